@@ -1,0 +1,84 @@
+"""Photos and their captions.
+
+An image is stored under a content-addressed path (its SHA-256), never under the name it was
+uploaded with; the same photo uploaded twice is one image. Captions accumulate over time (each
+model version, each human edit); exactly one is active, and that one is what search indexes.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def content_path(prefix: str, sha256: str, extension: str) -> str:
+    """Storage path derived only from the file's hash, so uploaded names never reach the disk."""
+    return f"{prefix}/{sha256[:2]}/{sha256}.{extension}"
+
+
+class Image(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a caption"
+        PROCESSING = "processing", "Being captioned"
+        DONE = "done", "Captioned"
+        FAILED = "failed", "Captioning failed"
+
+    file = models.ImageField(max_length=200, width_field="width", height_field="height")
+    thumbnail = models.ImageField(max_length=200, blank=True)
+    original_name = models.CharField(max_length=255, help_text="File name as uploaded; shown, never used as a path.")
+    sha256 = models.CharField(max_length=64, unique=True)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+    format = models.CharField(max_length=10)
+    uploader = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    uploaded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_changed_at = models.DateTimeField(auto_now_add=True, help_text="For the sweep that re-enqueues stuck work.")
+    error = models.TextField(blank=True)
+    hidden = models.BooleanField(default=False, db_index=True)
+
+    class Meta:
+        ordering = ["-uploaded_at", "-id"]
+        indexes = [models.Index(fields=["status", "status_changed_at"], name="gallery_image_sweep_idx")]
+
+    def __str__(self):
+        return f"{self.original_name} ({self.sha256[:12]})"
+
+    @property
+    def active_caption(self):
+        """The caption search uses; None until the image is captioned."""
+        # Uses the prefetch cache when a list view prefetched captions.
+        for caption in self.captions.all():
+            if caption.is_active:
+                return caption
+        return None
+
+
+class Caption(models.Model):
+    class Source(models.TextChoices):
+        MODEL = "model", "Model"
+        HUMAN = "human", "Human"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="captions")
+    text = models.TextField()
+    source = models.CharField(max_length=8, choices=Source.choices)
+    model_version = models.CharField(max_length=64, blank=True)
+    score = models.FloatField(null=True, blank=True, help_text="Length-normalised log-probability of the caption.")
+    attention = models.JSONField(
+        null=True, blank=True, help_text="Per-word attention over the 8x8 feature grid: [[word, [64 weights]], ...]."
+    )
+    is_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["image"], condition=Q(is_active=True), name="one_active_caption_per_image"),
+            # Captioning is idempotent: one model caption per image and model version.
+            models.UniqueConstraint(
+                fields=["image", "model_version"], condition=Q(source="model"), name="one_caption_per_model_version"
+            ),
+        ]
+
+    def __str__(self):
+        return self.text
