@@ -71,11 +71,3 @@ def set_human_caption(image: Image, text: str, *, user=None) -> Caption:
     _activate(image, caption)
     sync_index(image)
     return caption
-
-
-@transaction.atomic
-def set_hidden(image: Image, hidden: bool) -> None:
-    """Hidden images disappear from public pages and from search."""
-    Image.objects.filter(pk=image.pk).update(hidden=hidden)
-    image.hidden = hidden
-    sync_index(image)

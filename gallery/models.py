@@ -22,7 +22,7 @@ class Image(models.Model):
         DONE = "done", "Captioned"
         FAILED = "failed", "Captioning failed"
 
-    file = models.ImageField(max_length=200, width_field="width", height_field="height")
+    file = models.ImageField(max_length=200)
     thumbnail = models.ImageField(max_length=200, blank=True)
     original_name = models.CharField(max_length=255, help_text="File name as uploaded; shown, never used as a path.")
     sha256 = models.CharField(max_length=64, unique=True)

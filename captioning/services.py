@@ -1,0 +1,37 @@
+"""Django glue for the captioner: one lazily loaded model per process, configured by settings.
+
+Nothing here imports TensorFlow at import time. The model is built on first use, which in a
+Celery prefork worker happens inside the child process (a model built before the fork hangs
+the children).
+"""
+
+import threading
+
+from django.conf import settings
+
+_lock = threading.Lock()
+_captioner = None
+
+
+def get_captioner():
+    """The process-wide captioner, loaded once on first use."""
+    global _captioner
+    if _captioner is None:
+        with _lock:
+            if _captioner is None:
+                from .inference import Captioner
+
+                _captioner = Captioner.from_dirs(
+                    settings.IMAGESEARCH_MODEL_DIR,
+                    settings.IMAGESEARCH_FEATURE_DIR,
+                    beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
+                    batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
+                )
+    return _captioner
+
+
+def load_image(data: bytes):
+    """Decode and preprocess image bytes for the captioner; raises ValueError for non-images."""
+    from .inception import preprocess_image
+
+    return preprocess_image(data)

@@ -1,0 +1,137 @@
+"""Curation in Django admin: fix captions, re-caption, hide, unhide, delete."""
+from django import forms
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from . import curation
+from .captions import set_human_caption
+from .models import Caption, Image
+
+
+class CaptionInline(admin.TabularInline):
+    """Caption history, read-only: edits go through the 'caption' field so the rules apply."""
+
+    model = Caption
+    extra = 0
+    can_delete = False
+    fields = ["text", "source", "model_version", "score", "is_active", "created_at", "created_by"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class ImageAdminForm(forms.ModelForm):
+    caption = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+        help_text="Editing this saves a human caption, which becomes active and searchable at once.",
+    )
+
+    class Meta:
+        model = Image
+        fields = ["hidden"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        active = self.instance.active_caption if self.instance.pk else None
+        self.fields["caption"].initial = active.text if active else ""
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    form = ImageAdminForm
+    list_display = ["thumbnail_tag", "original_name", "caption_text", "status", "hidden", "uploaded_at"]
+    list_display_links = ["thumbnail_tag", "original_name"]
+    list_filter = ["status", "hidden", "captions__source", "format"]
+    search_fields = ["original_name", "sha256", "captions__text"]
+    readonly_fields = [
+        "preview",
+        "original_name",
+        "sha256",
+        "width",
+        "height",
+        "format",
+        "uploader",
+        "uploaded_at",
+        "status",
+        "error",
+    ]
+    fieldsets = [
+        (None, {"fields": ["preview", "caption", "hidden"]}),
+        ("Details", {"fields": readonly_fields[1:]}),
+    ]
+    inlines = [CaptionInline]
+    actions = ["recaption", "hide", "unhide", "delete_with_files"]
+    list_per_page = 50
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("captions").distinct()
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        # The default bulk delete bypasses the index and the files; ours does both.
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.display(description="Photo")
+    def thumbnail_tag(self, obj):
+        if not obj.thumbnail:
+            return "-"
+        return format_html('<img src="{}" alt="" style="height:64px;border-radius:4px">', obj.thumbnail.url)
+
+    @admin.display(description="Photo")
+    def preview(self, obj):
+        if not obj.thumbnail:
+            return "-"
+        return format_html('<img src="{}" alt="{}" style="max-height:320px">', obj.thumbnail.url, obj.original_name)
+
+    @admin.display(description="Active caption")
+    def caption_text(self, obj):
+        caption = obj.active_caption
+        return f"{caption.text} ({caption.source})" if caption else "-"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "hidden" in form.changed_data:
+            curation.set_hidden([obj], obj.hidden)
+        if "caption" in form.changed_data and form.cleaned_data["caption"].strip():
+            set_human_caption(obj, form.cleaned_data["caption"], user=request.user)
+
+    def delete_model(self, request, obj):
+        curation.delete_images([obj])
+
+    def delete_queryset(self, request, queryset):
+        curation.delete_images(queryset)
+
+    @admin.action(description="Re-caption with the installed model")
+    def recaption(self, request, queryset):
+        count = curation.recaption(queryset)
+        self.message_user(request, f"{count} image(s) queued for captioning.", messages.SUCCESS)
+
+    @admin.action(description="Hide from the gallery and search")
+    def hide(self, request, queryset):
+        self.message_user(request, f"{curation.set_hidden(queryset, True)} image(s) hidden.", messages.SUCCESS)
+
+    @admin.action(description="Show in the gallery and search")
+    def unhide(self, request, queryset):
+        self.message_user(request, f"{curation.set_hidden(queryset, False)} image(s) shown.", messages.SUCCESS)
+
+    @admin.action(description="Delete (files and index entries too)", permissions=["delete"])
+    def delete_with_files(self, request, queryset):
+        self.message_user(request, f"{curation.delete_images(queryset)} image(s) deleted.", messages.SUCCESS)
+
+
+@admin.register(Caption)
+class CaptionAdmin(admin.ModelAdmin):
+    list_display = ["text", "image", "source", "model_version", "score", "is_active", "created_at"]
+    list_filter = ["source", "is_active", "model_version"]
+    search_fields = ["text", "image__original_name"]
+    readonly_fields = ["image", "text", "source", "model_version", "score", "is_active", "created_at", "created_by"]
+    exclude = ["attention"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

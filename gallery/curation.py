@@ -1,0 +1,45 @@
+"""What curators do to images: hide, unhide, delete, re-caption. Each keeps the index in step."""
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from searchindex import index as search_index
+
+from .captions import sync_index
+from .models import Image
+
+
+@transaction.atomic
+def set_hidden(images, hidden: bool) -> int:
+    """Hidden images disappear from public pages and from search."""
+    changed = 0
+    for image in Image.objects.select_for_update().filter(pk__in=[i.pk for i in images]):
+        image.hidden = hidden
+        image.save(update_fields=["hidden"])
+        sync_index(image)
+        changed += 1
+    return changed
+
+
+def delete_images(images) -> int:
+    """Delete images, their captions, their postings and, once committed, their files."""
+    images = list(images)
+    with transaction.atomic():
+        for image in images:
+            search_index.delete_document(image.pk)
+            names = [image.file.name, image.thumbnail.name]
+            image.delete()
+            transaction.on_commit(lambda names=names: [default_storage.delete(n) for n in names if n])
+    return len(images)
+
+
+def recaption(images) -> int:
+    """Caption again with the installed model; done images keep their caption until it lands."""
+    from .ingest import enqueue_captioning
+
+    ids = [image.pk for image in images]
+    Image.objects.filter(pk__in=ids).exclude(status=Image.Status.DONE).update(
+        status=Image.Status.PENDING, error="", status_changed_at=timezone.now()
+    )
+    transaction.on_commit(lambda: enqueue_captioning(ids))
+    return len(ids)

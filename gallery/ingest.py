@@ -1,0 +1,182 @@
+"""Taking in photos: validate by content, store under a content-addressed path, thumbnail, record.
+
+The same code path serves the web upload, the JSON API and `import_images`. An upload is
+validated completely before anything is written, so a rejected file changes nothing. A stored
+image is committed with status pending and its captioning is enqueued only after the commit,
+so a broker outage delays captioning but never loses the upload (the recovery sweep
+re-enqueues it).
+"""
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL.Image
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from PIL import ImageOps
+
+from .models import Image, content_path
+
+logger = logging.getLogger(__name__)
+
+# Accepted formats (detected from the content, never from the name) and their stored extension.
+ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
+
+
+class RejectedUpload(ValueError):
+    """An upload that is not stored; the message is shown to the person who sent it."""
+
+
+@dataclass(frozen=True)
+class Inspection:
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    image: Image
+    created: bool
+
+
+def clean_original_name(name: str) -> str:
+    """Keep only a displayable base name: no directories, no control characters, bounded length."""
+    base = os.path.basename(str(name).replace("\\", "/"))
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    return base[:255] or "unnamed"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.0f} MB"
+
+
+def open_oriented_rgb(data: bytes) -> PIL.Image.Image:
+    """Decode an image (first frame of a GIF) upright, as RGB: what thumbnails and the captioner see."""
+    with PIL.Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        upright = ImageOps.exif_transpose(img)
+        return upright.convert("RGB")
+
+
+def inspect_upload(data: bytes) -> Inspection:
+    """Check size, format and integrity from the bytes alone; raise RejectedUpload with the reason."""
+    if not data:
+        raise RejectedUpload("The file is empty.")
+    limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise RejectedUpload(f"The file is {_megabytes(len(data))}; the limit is {_megabytes(limit)}.")
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+            if fmt not in ALLOWED_FORMATS:
+                raise RejectedUpload(
+                    f"{fmt or 'This'} files are not accepted; upload a JPEG, PNG, WebP or GIF image."
+                )
+            pixels = width * height
+            if pixels > settings.IMAGESEARCH_MAX_PIXELS:
+                raise RejectedUpload(
+                    f"The image is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels); "
+                    f"the limit is {settings.IMAGESEARCH_MAX_PIXELS / 1e6:.0f} megapixels."
+                )
+            img.verify()
+        # verify() does not decode pixel data; a full decode catches truncated files.
+        open_oriented_rgb(data)
+    except RejectedUpload:
+        raise
+    except PIL.Image.DecompressionBombError:
+        raise RejectedUpload("The image has too many pixels to be processed safely.") from None
+    except PIL.UnidentifiedImageError:
+        raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
+    upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
+    return Inspection(format=fmt, width=upright_width, height=upright_height)
+
+
+def _is_rotated(data: bytes) -> bool:
+    """Whether the EXIF orientation turns the picture by 90 degrees (so width and height swap)."""
+    with PIL.Image.open(io.BytesIO(data)) as img:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+
+
+def make_thumbnail(data: bytes) -> bytes:
+    """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, made once at upload."""
+    img = open_oriented_rgb(data)
+    size = settings.IMAGESEARCH_THUMBNAIL_SIZE
+    img.thumbnail((size, size), PIL.Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=85, optimize=True)
+    return out.getvalue()
+
+
+def _write_once(name: str, data: bytes) -> None:
+    """Write content-addressed bytes atomically; concurrent writers of the same content are harmless."""
+    path = Path(default_storage.path(name))
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult:
+    """Store a photo and enqueue its captioning; the same bytes twice give the same image."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = Image.objects.filter(sha256=sha256).first()
+    if existing is not None:
+        return IngestResult(existing, created=False)
+    info = inspect_upload(data)
+    file_name = content_path("images", sha256, ALLOWED_FORMATS[info.format])
+    thumb_name = content_path("thumbs", sha256, "jpg")
+    _write_once(file_name, data)
+    _write_once(thumb_name, make_thumbnail(data))
+    try:
+        with transaction.atomic():
+            image = Image.objects.create(
+                file=file_name,
+                thumbnail=thumb_name,
+                original_name=clean_original_name(original_name),
+                sha256=sha256,
+                width=info.width,
+                height=info.height,
+                format=info.format,
+                uploader=uploader if uploader is not None and uploader.is_authenticated else None,
+            )
+            transaction.on_commit(lambda: enqueue_captioning([image.pk]))
+    except IntegrityError:
+        # A concurrent upload of the same photo won the race: one image.
+        return IngestResult(Image.objects.get(sha256=sha256), created=False)
+    return IngestResult(image, created=True)
+
+
+def enqueue_captioning(image_ids: list[int]) -> bool:
+    """Send captioning work to the workers; when the broker is down the images stay pending.
+
+    Returns whether the work was queued. Pending images are picked up later by the sweep
+    (`caption_pending`, also run by Celery beat), so nothing is lost.
+    """
+    from .tasks import caption_images
+
+    batch = settings.IMAGESEARCH_CAPTION_BATCH
+    try:
+        for start in range(0, len(image_ids), batch):
+            caption_images.delay(image_ids[start : start + batch])
+    except Exception as exc:  # the broker being unreachable must not fail the upload
+        logger.warning("Captioning not queued (%s); the pending sweep will retry.", exc)
+        return False
+    return True

@@ -1,0 +1,104 @@
+"""Celery tasks: caption stored photos, caption query photos, sweep up stuck work.
+
+All tasks are idempotent (a model caption is unique per image and model version), acknowledged
+late (a worker killed mid-task leaves the message to be delivered again) and retried with
+backoff on transient errors. This module must not import TensorFlow: the captioner is loaded
+lazily inside each worker process, after the prefork fork.
+"""
+
+import base64
+import logging
+from datetime import timedelta
+
+import kombu.exceptions
+import redis.exceptions
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+from django.utils import timezone
+
+from captioning import services as captioning
+
+from .captions import add_model_caption
+from .models import Image
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    kombu.exceptions.OperationalError,
+)
+
+TASK_OPTIONS = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 6,
+}
+
+
+def _mark(image_ids, status, error=""):
+    Image.objects.filter(pk__in=image_ids).update(status=status, error=error, status_changed_at=timezone.now())
+
+
+@shared_task(**TASK_OPTIONS)
+def caption_images(image_ids: list[int]) -> dict:
+    """Caption a batch of stored images in one model call and index their captions."""
+    captioner = captioning.get_captioner()
+    version = captioner.version
+    images = [
+        image
+        for image in Image.objects.filter(pk__in=image_ids).prefetch_related("captions")
+        if not any(c.source == "model" and c.model_version == version for c in image.captions.all())
+    ]
+    done_already = len(image_ids) - len(images)
+    if not images:
+        return {"captioned": 0, "failed": 0, "skipped": done_already}
+    _mark([image.pk for image in images], Image.Status.PROCESSING)
+    readable, failed = [], 0
+    for image in images:
+        try:
+            with image.file.open("rb") as handle:
+                readable.append((image, captioning.load_image(handle.read())))
+        except (OSError, ValueError) as exc:
+            failed += 1
+            logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
+            _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
+    results = captioner.caption_arrays([pixels for _, pixels in readable]) if readable else []
+    for (image, _), result in zip(readable, results):
+        add_model_caption(
+            image, result.text, model_version=version, score=result.score, attention=result.attention_json()
+        )
+    return {"captioned": len(readable), "failed": failed, "skipped": done_already}
+
+
+@shared_task(acks_late=False, max_retries=0)
+def caption_query_image(image_b64: str) -> dict:
+    """Caption a search-by-image query photo; it is not stored, only described."""
+    captioner = captioning.get_captioner()
+    pixels = captioning.load_image(base64.b64decode(image_b64))
+    result = captioner.caption_arrays([pixels])[0]
+    return {"caption": result.text, "score": result.score, "model_version": captioner.version}
+
+
+@shared_task(**TASK_OPTIONS)
+def caption_pending(older_than_minutes: float = 10) -> int:
+    """Re-enqueue images left pending or processing for too long (a killed worker, a lost queue)."""
+    from .ingest import enqueue_captioning
+
+    cutoff = timezone.now() - timedelta(minutes=older_than_minutes)
+    stuck = list(
+        Image.objects.filter(
+            status__in=[Image.Status.PENDING, Image.Status.PROCESSING], status_changed_at__lte=cutoff
+        ).values_list("pk", flat=True)
+    )
+    if stuck:
+        # Touch them so the next sweep does not send them again while they wait in the queue.
+        Image.objects.filter(pk__in=stuck).update(status_changed_at=timezone.now())
+        enqueue_captioning(stuck)
+    return len(stuck)
+

@@ -1,0 +1,126 @@
+"""The data model: one image per photo (SHA-256), and the active-caption rules."""
+import hashlib
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.contrib import admin
+from django.core.management import call_command
+from django.db import IntegrityError, transaction
+
+from gallery.captions import add_model_caption, set_human_caption
+from gallery.ingest import ingest_bytes
+from gallery.models import Caption, Image
+from searchindex import index as search_index
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_queue(monkeypatch):
+    """These tests look at storage rules only; captioning is not queued."""
+    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+
+
+def found(query):
+    return [hit.doc_id for hit in search_index.search(query).hits]
+
+
+def test_upload_is_stored_under_its_hash_not_its_name(photo, media_root):
+    data = photo(1)
+    image = ingest_bytes(data, "../../etc/passwd.jpg").image
+    sha = hashlib.sha256(data).hexdigest()
+    assert image.sha256 == sha
+    assert image.file.name == f"images/{sha[:2]}/{sha}.jpg"
+    assert Path(media_root, image.file.name).read_bytes() == data
+    assert image.thumbnail.name == f"thumbs/{sha[:2]}/{sha}.jpg"
+    assert image.original_name == "passwd.jpg"
+    assert (image.width, image.height, image.format) == (96, 64, "JPEG")
+    assert image.status == Image.Status.PENDING
+
+
+def test_same_photo_twice_is_one_image(photo):
+    first = ingest_bytes(photo(2), "a.jpg")
+    second = ingest_bytes(photo(2), "b.jpg")
+    assert first.created and not second.created
+    assert first.image.pk == second.image.pk
+    assert Image.objects.count() == 1
+
+
+def test_database_refuses_a_second_row_with_the_same_hash(photo):
+    image = ingest_bytes(photo(3), "a.jpg").image
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Image.objects.create(file="x.jpg", original_name="x.jpg", sha256=image.sha256, format="JPEG")
+
+
+def test_model_caption_becomes_active_and_searchable(photo):
+    image = ingest_bytes(photo(4), "dog.jpg").image
+    caption = add_model_caption(image, "a brown dog runs on grass", model_version="v1", score=-0.5)
+    image.refresh_from_db()
+    assert image.status == Image.Status.DONE
+    assert image.active_caption == caption
+    assert found("dog") == [image.pk]
+
+
+def test_captioning_twice_with_one_model_version_is_idempotent(photo):
+    image = ingest_bytes(photo(5), "dog.jpg").image
+    first = add_model_caption(image, "a dog", model_version="v1")
+    again = add_model_caption(image, "a dog", model_version="v1")
+    assert first.pk == again.pk
+    assert image.captions.count() == 1
+
+
+def test_human_caption_wins_over_model_captions(photo):
+    image = ingest_bytes(photo(6), "beach.jpg").image
+    add_model_caption(image, "a man on a beach", model_version="v1")
+    human = set_human_caption(image, "  my   sister surfing at Biarritz ", user=None)
+    assert human.text == "my sister surfing at Biarritz"
+    add_model_caption(image, "a woman on a surfboard", model_version="v2")
+    image.refresh_from_db()
+    assert image.active_caption.pk == human.pk
+    assert image.captions.filter(is_active=True).count() == 1
+    assert image.captions.count() == 3
+    assert found("sister") == [image.pk]
+    assert found("beach") == [] and found("surfboard") == []
+
+
+def test_newer_model_caption_replaces_older_model_caption(photo):
+    image = ingest_bytes(photo(7), "x.jpg").image
+    add_model_caption(image, "a cat on a sofa", model_version="v1")
+    newer = add_model_caption(image, "a kitten sleeping on a couch", model_version="v2")
+    image.refresh_from_db()
+    assert image.active_caption.pk == newer.pk
+    assert found("sofa") == [] and found("kitten") == [image.pk]
+
+
+def test_empty_human_caption_is_refused(photo):
+    image = ingest_bytes(photo(8), "x.jpg").image
+    with pytest.raises(ValueError, match="cannot be empty"):
+        set_human_caption(image, "   ")
+    assert image.captions.count() == 0
+
+
+def test_only_one_active_caption_per_image_in_the_database(photo):
+    image = ingest_bytes(photo(9), "x.jpg").image
+    Caption.objects.create(image=image, text="one", source="human", is_active=True)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Caption.objects.create(image=image, text="two", source="human", is_active=True)
+
+
+def test_models_are_registered_in_admin():
+    assert admin.site.is_registered(Image)
+    assert admin.site.is_registered(Caption)
+
+
+def test_admin_pages_render(admin_client, photo):
+    image = ingest_bytes(photo(10), "x.jpg").image
+    add_model_caption(image, "a red bicycle", model_version="v1")
+    assert admin_client.get("/admin/gallery/image/").status_code == 200
+    assert admin_client.get(f"/admin/gallery/image/{image.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/gallery/caption/").status_code == 200
+
+
+def test_migrations_match_the_models():
+    out = StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()

@@ -1,0 +1,83 @@
+"""Settings come from the environment with safe defaults."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = (
+    "import json, django; from django.conf import settings as s; "
+    "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'], 'name': str(s.DATABASES['default']['NAME']), "
+    "'host': s.DATABASES['default'].get('HOST'), 'eager': s.CELERY_TASK_ALWAYS_EAGER, "
+    "'broker': s.CELERY_BROKER_URL, 'debug': s.DEBUG, 'hosts': s.ALLOWED_HOSTS, 'key': s.SECRET_KEY, "
+    "'max_upload': s.IMAGESEARCH_MAX_UPLOAD_BYTES, 'model_dir': str(s.IMAGESEARCH_MODEL_DIR), "
+    "'media': str(s.MEDIA_ROOT), 'public': s.IMAGESEARCH_PUBLIC}))"
+)
+
+
+def load_settings(tmp_path, **env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_", "IMAGESEARCH_"))}
+    clean.pop("SECRET_KEY", None)
+    clean.pop("DEBUG", None)
+    clean.update({"DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_DATA_DIR": str(tmp_path)})
+    clean.update(env)
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True)
+    return proc
+
+
+def test_embedded_default_uses_sqlite_and_eager_tasks(tmp_path):
+    proc = load_settings(tmp_path, DEBUG="true")
+    assert proc.returncode == 0, proc.stderr
+    values = json.loads(proc.stdout)
+    assert values["engine"] == "django.db.backends.sqlite3"
+    assert values["name"] == str(tmp_path / "imagesearch.sqlite3")
+    assert values["eager"] is True and values["broker"] == ""
+    assert values["media"] == str(tmp_path / "media")
+    assert values["public"] is True
+
+
+def test_local_secret_key_is_generated_once_and_kept(tmp_path):
+    first = json.loads(load_settings(tmp_path, DEBUG="true").stdout)["key"]
+    second = json.loads(load_settings(tmp_path, DEBUG="true").stdout)["key"]
+    assert len(first) >= 50 and first == second
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_production_requires_secret_key(tmp_path):
+    proc = load_settings(tmp_path, DEBUG="false")
+    assert proc.returncode != 0
+    assert "SECRET_KEY must be set" in proc.stderr
+
+
+def test_production_values_are_parsed(tmp_path):
+    proc = load_settings(
+        tmp_path,
+        SECRET_KEY="s3cret",
+        DATABASE_URL="postgres://photo:pw@db.internal:5433/photos",
+        CELERY_BROKER_URL="redis://cache:6379/0",
+        ALLOWED_HOSTS="photos.example.org,www.example.org",
+        IMAGESEARCH_MAX_UPLOAD_BYTES="1048576",
+        IMAGESEARCH_MODEL_DIR="/srv/models/v2",
+        IMAGESEARCH_PUBLIC="false",
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = json.loads(proc.stdout)
+    assert values["engine"] == "django.db.backends.postgresql"
+    assert (values["name"], values["host"]) == ("photos", "db.internal")
+    assert values["eager"] is False and values["broker"] == "redis://cache:6379/0"
+    assert values["debug"] is False and values["key"] == "s3cret"
+    assert values["hosts"] == ["photos.example.org", "www.example.org"]
+    assert values["max_upload"] == 1048576
+    assert values["model_dir"] == "/srv/models/v2"
+    assert values["public"] is False
+
+
+@pytest.mark.parametrize("value", ["not-a-number", "12MB"])
+def test_bad_numbers_fail_clearly(tmp_path, value):
+    proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_MAX_UPLOAD_BYTES=value)
+    assert proc.returncode != 0
+    assert "invalid literal" in proc.stderr or "ValueError" in proc.stderr
