@@ -58,7 +58,8 @@ def caption_images(image_ids: list[int]) -> dict:
     done_already = len(image_ids) - len(images)
     if not images:
         return {"captioned": 0, "failed": 0, "skipped": done_already}
-    _mark([image.pk for image in images], Image.Status.PROCESSING)
+    # Re-captioning keeps done images done: their current caption stays searchable until replaced.
+    _mark([image.pk for image in images if image.status != Image.Status.DONE], Image.Status.PROCESSING)
     readable, failed = [], 0
     for image in images:
         try:

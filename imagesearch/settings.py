@@ -167,6 +167,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 IMAGESEARCH_PENDING_SWEEP_MINUTES = env.int("IMAGESEARCH_PENDING_SWEEP_MINUTES", default=10)
+# `celery -A imagesearch beat` runs the recovery sweep: stuck images are queued again.
+CELERY_BEAT_SCHEDULE = {
+    "caption-pending": {
+        "task": "gallery.tasks.caption_pending",
+        "schedule": 60.0 * max(1, IMAGESEARCH_PENDING_SWEEP_MINUTES // 2),
+        "args": (IMAGESEARCH_PENDING_SWEEP_MINUTES,),
+    }
+}
 
 LOGGING = {
     "version": 1,
