@@ -4,13 +4,14 @@ Each value can still be overridden from the environment (CI on another machine, 
 """
 import os
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "test-suite-only-not-secret")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/imagesearch")
 os.environ.setdefault("IMAGESEARCH_DATA_DIR", tempfile.mkdtemp(prefix="imagesearch-test-"))
+# The converted InceptionV3 weights are shared with `make run` (converted once by prepare_models).
+os.environ.setdefault("IMAGESEARCH_FEATURE_DIR", str(Path(__file__).resolve().parent.parent / "var" / "models"))
 
 from imagesearch.settings import *  # noqa: E402,F401,F403
 
-# The suite decides per test whether tasks go to a real worker (see tests/conftest.py).
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
