@@ -13,6 +13,7 @@ from datetime import timedelta
 import kombu.exceptions
 import redis.exceptions
 from celery import shared_task
+from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
@@ -39,6 +40,15 @@ TASK_OPTIONS = {
     "retry_jitter": True,
     "max_retries": 6,
 }
+
+
+@worker_process_init.connect
+def load_model_in_worker_process(**kwargs):
+    """Load the captioner in each pool process right after the fork, before its first task."""
+    try:
+        captioning.get_captioner()
+    except Exception:  # a broken model must not kill the pool; tasks report the error instead
+        logger.exception("The captioning model could not be loaded")
 
 
 def _mark(image_ids, status, error=""):
