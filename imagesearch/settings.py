@@ -158,6 +158,9 @@ CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Each pool process loads TensorFlow and the model after the fork, which takes longer than the
+# default 4 s that the parent waits for a new child.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 180
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
