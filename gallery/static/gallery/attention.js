@@ -1,0 +1,102 @@
+// Image page: one small map per caption word (the photo, dimmed where the model did not look and
+// warmed where it did), as in the captioning tutorial's attention plot. Choosing a word lays its
+// map over the large photo. The attention is 64 weights per word: an 8 x 8 grid, row by row.
+(function () {
+  "use strict";
+  var dataNode = document.getElementById("attention-data");
+  var container = document.getElementById("attention-maps");
+  var photo = document.getElementById("photo");
+  var overlay = document.getElementById("photo-overlay");
+  var label = document.getElementById("overlay-label");
+  if (!dataNode || !container || !photo) return;
+  var words = JSON.parse(dataNode.textContent) || [];
+  var GRID = 8;
+
+  // The 8 x 8 weights as a tiny canvas, scaled up smoothly when drawn over the photo.
+  function heatCanvas(weights) {
+    var max = Math.max.apply(null, weights) || 1;
+    var cells = document.createElement("canvas");
+    cells.width = GRID;
+    cells.height = GRID;
+    var ctx = cells.getContext("2d");
+    var pixels = ctx.createImageData(GRID, GRID);
+    for (var i = 0; i < GRID * GRID; i += 1) {
+      var v = Math.max(0, (weights[i] || 0) / max);
+      // Dark where unattended; a warm yellow-orange glow where attended.
+      pixels.data[4 * i] = Math.round(255 * v);
+      pixels.data[4 * i + 1] = Math.round(190 * v);
+      pixels.data[4 * i + 2] = Math.round(40 * v);
+      pixels.data[4 * i + 3] = Math.round(255 * (0.72 - 0.42 * v));
+    }
+    ctx.putImageData(pixels, 0, 0);
+    return cells;
+  }
+
+  function drawMap(canvas, source, weights, withPhoto) {
+    var ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    if (withPhoto) ctx.drawImage(source, 0, 0, canvas.width, canvas.height);
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(heatCanvas(weights), 0, 0, canvas.width, canvas.height);
+  }
+
+  var buttons = [];
+  function select(index) {
+    var same = buttons[index].getAttribute("aria-pressed") === "true";
+    buttons.forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
+    var ctx = overlay.getContext("2d");
+    if (same) {
+      ctx.clearRect(0, 0, overlay.width, overlay.height);
+      label.hidden = true;
+      return;
+    }
+    buttons[index].setAttribute("aria-pressed", "true");
+    // The overlay covers the displayed photo (object-fit: contain keeps its aspect ratio).
+    var rect = photo.getBoundingClientRect();
+    var scale = Math.min(rect.width / photo.naturalWidth, rect.height / photo.naturalHeight);
+    var w = photo.naturalWidth * scale;
+    var h = photo.naturalHeight * scale;
+    overlay.width = Math.round(rect.width);
+    overlay.height = Math.round(rect.height);
+    ctx.clearRect(0, 0, overlay.width, overlay.height);
+    ctx.save();
+    ctx.translate((rect.width - w) / 2, (rect.height - h) / 2);
+    var area = document.createElement("canvas");
+    area.width = Math.round(w);
+    area.height = Math.round(h);
+    drawMap(area, null, words[index][1], false);
+    ctx.drawImage(area, 0, 0);
+    ctx.restore();
+    label.textContent = words[index][0];
+    label.hidden = false;
+  }
+
+  function build() {
+    var thumb = new Image();
+    thumb.onload = function () {
+      var ratio = thumb.naturalHeight / thumb.naturalWidth;
+      words.forEach(function (entry, index) {
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "attention-word";
+        button.setAttribute("aria-pressed", "false");
+        button.setAttribute("aria-label", "Show where the model looked for “" + entry[0] + "”");
+        var canvas = document.createElement("canvas");
+        canvas.width = 200;
+        canvas.height = Math.round(200 * ratio);
+        drawMap(canvas, thumb, entry[1], true);
+        var word = document.createElement("span");
+        word.textContent = entry[0];
+        button.appendChild(canvas);
+        button.appendChild(word);
+        button.addEventListener("click", function () { select(index); });
+        buttons.push(button);
+        container.appendChild(button);
+      });
+    };
+    thumb.src = container.dataset.thumbnail;
+  }
+
+  build();
+}());

@@ -1,0 +1,29 @@
+"""A read-only view of the search index in Django admin: terms with their document frequency,
+the most frequent terms and the index's size. Only searchindex.index writes the index."""
+from django.contrib import admin
+
+from . import index
+from .models import Term
+
+
+@admin.register(Term)
+class TermAdmin(admin.ModelAdmin):
+    change_list_template = "admin/searchindex/term/change_list.html"
+    list_display = ["text", "df"]
+    search_fields = ["text"]
+    ordering = ["-df", "text"]
+    list_per_page = 100
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "index_stats": index.index_stats(top=20)}
+        return super().changelist_view(request, extra_context)
