@@ -75,7 +75,7 @@ def upload_latencies(stack: Stack, paths: list[Path]) -> list[float]:
         start = time.perf_counter()
         response = session.post(f"{stack.base_url}/api/images", files={"file": (path.name, path.read_bytes())})
         response.raise_for_status()
-        image_id = response.json()["images"][0]["id"]
+        image_id = response.json()["image"]["id"]
         # Status "done" is committed in the same transaction as the index update.
         wait_until(lambda: session.get(f"{stack.base_url}/api/images/{image_id}").json()["status"] == "done",
                    120, f"image {image_id}", interval=0.02)
