@@ -81,8 +81,10 @@ def rejection_status(size: int, data: bytes) -> int:
                 return 413
     except PIL.Image.DecompressionBombError:
         return 413
-    except (OSError, SyntaxError, ValueError):
+    except PIL.UnidentifiedImageError:
         return 415
+    except (OSError, SyntaxError, ValueError):
+        pass  # recognised but damaged
     return 400
 
 
