@@ -19,7 +19,7 @@ def get_captioner():
     if _captioner is None:
         with _lock:
             if _captioner is None:
-                from .inference import Captioner
+                from .inference import ImageCaptioner as Captioner
 
                 _captioner = Captioner.from_dirs(
                     settings.IMAGESEARCH_MODEL_DIR,

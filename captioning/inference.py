@@ -1,0 +1,321 @@
+"""Caption images with a trained captioner: batched greedy/beam search compiled into one TF graph.
+
+Why it is built this way:
+
+* The whole search (all images x all beams, every step, stopping early once every hypothesis has
+  ended) is ONE ``tf.function`` around a ``tf.while_loop``; an eager per-step Python loop is about
+  5x slower on a small CPU.
+* Degenerate loops are impossible by construction (:func:`forbidden_tokens`): a token that would
+  complete a trigram already in the caption, or repeat the previous word, is masked out; so are
+  ``<pad>``/``<start>``/``<unk>``, ``<end>`` as the first token, and everything but ``<end>`` at the
+  last position, so every caption ends with ``<end>`` within the model's maximum length.
+* Scores are length-normalised log-probabilities (sum of log p / number of tokens incl. ``<end>``,
+  raised to ``length_alpha``). Finished hypotheses stay in the beam and compete on that score.
+* With a beam wider than 1, the greedy path is decoded as an extra lane next to the beam (plain
+  beam search can prune it), so beam search never returns a lower-scoring caption than greedy.
+
+No Django imports: the Django glue is ``captioning.services``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import features as feature_store
+from .inception import extract_features, preprocess_image
+from .vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
+
+__all__ = [
+    "CaptionResult",
+    "ImageCaptioner",
+    "ModelMismatchError",
+    "decode_features",
+    "forbidden_tokens",
+    "has_repeated_trigram",
+]
+
+DEFAULT_BEAM_WIDTH = 3
+# A masked log-probability: finite (no inf - inf = NaN), far below any real log-probability.
+_NEG = -1e9
+
+
+class ModelMismatchError(ValueError):
+    """The captioner model and the installed feature extractor do not belong together."""
+
+
+@dataclass
+class CaptionResult:
+    """One caption: ``attention[k]`` holds the 64 attention weights used to emit ``words[k]``."""
+
+    text: str
+    score: float
+    words: list[str]
+    attention: np.ndarray
+    reached_max_length: bool = field(default=False)
+
+    def attention_json(self) -> list:
+        """``[[word, [64 weights rounded to 4 decimals]], ...]``, JSON-serialisable (for the DB)."""
+        return [[w, [round(float(a), 4) for a in row]] for w, row in zip(self.words, self.attention)]
+
+
+def has_repeated_trigram(words: Sequence[str]) -> bool:
+    """True if some three consecutive words occur twice (the mark of a looping caption)."""
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    return len(trigrams) != len(set(trigrams))
+
+
+# ------------------------------------------------------------------------------------ the guard
+def forbidden_tokens(seq, step, vocab_size: int, max_length: int):
+    """Boolean (N, V) mask of the tokens that may NOT follow ``seq[:, :step + 1]``.
+
+    ``seq`` (N, max_length) int32 holds ``<start>`` at column 0 and the generated tokens at columns
+    1..step (the rest is ignored); the next token goes to column ``step + 1``. Forbidden: any token
+    completing a trigram already present, the previous token again, ``<pad>``/``<start>``/``<unk>``,
+    ``<end>`` as the first word, and anything but ``<end>`` at the last position.
+    """
+    import tensorflow as tf
+
+    seq = tf.convert_to_tensor(seq, tf.int32)
+    step = tf.convert_to_tensor(step, tf.int32)
+    n = tf.shape(seq)[0]
+    prev1 = seq[:, step]
+    prev2 = seq[:, tf.maximum(step - 1, 0)]
+    # Trigram (seq[j], seq[j+1], seq[j+2]) with j + 2 <= step, whose first two words are the last two.
+    j = tf.range(max_length - 2)
+    match = (
+        tf.equal(seq[:, :-2], prev2[:, None])
+        & tf.equal(seq[:, 1:-1], prev1[:, None])
+        & (j + 2 <= step)[None, :]
+        & (step >= 1)
+    )
+    rows = tf.broadcast_to(tf.range(n)[:, None], tf.shape(match))
+    indices = tf.stack([tf.boolean_mask(rows, match), tf.boolean_mask(seq[:, 2:], match)], axis=1)
+    banned = tf.scatter_nd(indices, tf.ones(tf.shape(indices)[:1], tf.int32), [n, vocab_size]) > 0
+    # The same word twice in a row ("a a", "dog dog"); <start> at step 0 is banned anyway.
+    banned |= tf.one_hot(prev1, vocab_size, on_value=True, off_value=False, dtype=tf.bool)
+    vocab = tf.range(vocab_size)
+    always = tf.equal(vocab, PAD_ID) | tf.equal(vocab, START_ID) | tf.equal(vocab, UNK_ID)
+    banned |= (always | (tf.equal(vocab, END_ID) & tf.equal(step, 0)))[None, :]
+    last = tf.equal(step, max_length - 2)
+    return tf.where(last, tf.broadcast_to(~tf.equal(vocab, END_ID)[None, :], tf.shape(banned)), banned)
+
+
+# ------------------------------------------------------------------------------------ the search
+_SEARCH_FUNCTIONS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _search_function(captioner, beam_width: int, length_alpha: float):
+    """The compiled search for one model and beam width (traced once, any batch size)."""
+    cache = _SEARCH_FUNCTIONS.setdefault(captioner, {})
+    key = (beam_width, float(length_alpha))
+    if key not in cache:
+        cache[key] = _build_search(captioner, beam_width, float(length_alpha))
+    return cache[key]
+
+
+def _build_search(captioner, beam_width: int, length_alpha: float):
+    import tensorflow as tf
+
+    cfg = captioner.config
+    vocab, max_len, locations = cfg.vocab_size, cfg.max_length, cfg.feature_locations
+    if beam_width < 1:
+        raise ValueError(f"beam width must be at least 1, got {beam_width}")
+    # Lanes per image: the beam, plus one greedy lane when the beam is wider than 1.
+    groups = [(0, beam_width)] + ([(beam_width, 1)] if beam_width > 1 else [])
+    lanes = sum(width for _, width in groups)
+    lane_starts = np.zeros(lanes, bool)
+    lane_starts[[start for start, _ in groups]] = True
+
+    def normalise(total, length):
+        return total / tf.pow(tf.maximum(tf.cast(length, tf.float32), 1.0), length_alpha)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None, locations, cfg.feature_depth), tf.float32)],
+        reduce_retracing=True,
+    )
+    def search(features):
+        batch = tf.shape(features)[0]
+        rows = batch * lanes
+        enc, keys = captioner.encode(features)
+        enc, keys = tf.repeat(enc, lanes, axis=0), tf.repeat(keys, lanes, axis=0)
+        # Only the first lane of each group is alive at first (the others would duplicate it).
+        total = tf.tile(tf.where(lane_starts, 0.0, _NEG), [batch])
+        length = tf.zeros([rows], tf.int32)
+        finished = tf.zeros([rows], tf.bool)
+        tokens = tf.fill([rows], START_ID)
+        state = captioner.initial_state(rows)
+        seq = tf.tile(tf.one_hot([0], max_len, on_value=START_ID, off_value=PAD_ID, dtype=tf.int32), [rows, 1])
+        alphas = tf.zeros([rows, max_len - 1, locations])
+        image_offsets = tf.range(batch)[:, None] * lanes
+        is_pad = tf.equal(tf.range(vocab), PAD_ID)[None, :]
+
+        def cond(step, tokens, state, finished, *_):
+            return (step < max_len - 1) & ~tf.reduce_all(finished)
+
+        def body(step, tokens, state, finished, total, length, seq, alphas):
+            logits, new_state, alpha = captioner.decode_step(tokens, state, enc, keys)
+            logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+            logp = tf.where(forbidden_tokens(seq, step, vocab, max_len), _NEG, logp)
+            live = normalise(total[:, None] + logp, length[:, None] + 1)
+            done = tf.where(is_pad, normalise(total, length)[:, None], _NEG)  # finished: pad, same score
+            candidates = tf.reshape(tf.where(finished[:, None], done, live), [batch, lanes, vocab])
+            parents, picks = [], []
+            for start, width in groups:
+                flat = tf.reshape(candidates[:, start : start + width], [batch, width * vocab])
+                index = tf.math.top_k(flat, k=width, sorted=True).indices
+                parents.append(index // vocab + start)
+                picks.append(index % vocab)
+            parent = tf.reshape(tf.concat(parents, axis=1) + image_offsets, [-1])
+            token = tf.reshape(tf.concat(picks, axis=1), [-1])
+            was_finished = tf.gather(finished, parent)
+            token_logp = tf.gather_nd(logp, tf.stack([parent, token], axis=1))
+            total = tf.gather(total, parent) + tf.where(was_finished, 0.0, token_logp)
+            length = tf.gather(length, parent) + tf.cast(~was_finished, tf.int32)
+            token = tf.where(was_finished, PAD_ID, token)
+            finished = was_finished | tf.equal(token, END_ID)
+            seq = tf.gather(seq, parent) + tf.one_hot(step + 1, max_len, dtype=tf.int32)[None, :] * token[:, None]
+            alphas = tf.gather(alphas, parent) + (
+                tf.one_hot(step, max_len - 1)[None, :, None] * tf.gather(alpha, parent)[:, None, :]
+            )
+            return step + 1, token, tf.gather(new_state, parent), finished, total, length, seq, alphas
+
+        loop_vars = (tf.constant(0), tokens, state, finished, total, length, seq, alphas)
+        _, _, _, finished, total, length, seq, alphas = tf.while_loop(cond, body, loop_vars)
+        score = tf.reshape(tf.where(finished, normalise(total, length), _NEG), [batch, lanes])
+        best = tf.argmax(score, axis=1, output_type=tf.int32) + image_offsets[:, 0]
+        return (
+            tf.gather(seq, best),
+            tf.gather(alphas, best),
+            tf.gather(normalise(total, length), best),
+            tf.gather(length, best),
+        )
+
+    return search
+
+
+def decode_features(
+    captioner, tokenizer, features, *, beam_width: int = DEFAULT_BEAM_WIDTH, length_alpha: float = 1.0
+) -> list[CaptionResult]:
+    """Caption precomputed features (n, 64, 2048) in one compiled search (greedy if beam_width=1)."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 3:
+        raise ValueError(f"expected features of shape (n, 64, 2048), got {features.shape}")
+    if len(features) == 0:
+        return []
+    seq, alphas, scores, lengths = (
+        t.numpy() for t in _search_function(captioner, int(beam_width), length_alpha)(features)
+    )
+    max_words = captioner.config.max_length - 2
+    results = []
+    for ids, attention, score, length in zip(seq, alphas, scores, lengths):
+        n_words = int(length) - 1  # length counts the generated tokens, <end> included
+        words = [tokenizer.index_word[int(i)] for i in ids[1 : 1 + n_words]]
+        results.append(
+            CaptionResult(
+                text=" ".join(words),
+                score=float(score),
+                words=words,
+                attention=np.array(attention[:n_words], dtype=np.float32),
+                reached_max_length=n_words >= max_words,
+            )
+        )
+    return results
+
+
+# ------------------------------------------------------------------------------------ serving
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class ImageCaptioner:
+    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches."""
+
+    def __init__(
+        self,
+        captioner,
+        tokenizer,
+        feature_model,
+        *,
+        version: str = "unversioned",
+        beam_width: int = DEFAULT_BEAM_WIDTH,
+        batch_size: int = 16,
+        length_alpha: float = 1.0,
+    ):
+        if tokenizer.size != captioner.config.vocab_size:
+            raise ModelMismatchError(
+                f"vocabulary has {tokenizer.size} tokens but the model outputs {captioner.config.vocab_size}"
+            )
+        self.captioner = captioner
+        self.tokenizer = tokenizer
+        self.feature_model = feature_model
+        self.version = version
+        self.beam_width = int(beam_width)
+        self.batch_size = max(1, int(batch_size))
+        self.length_alpha = float(length_alpha)
+
+    @classmethod
+    def from_dirs(cls, model_dir, feature_dir, *, beam_width: int = DEFAULT_BEAM_WIDTH, batch_size: int = 16):
+        """Load a model directory and the converted InceptionV3 weights that it was trained with.
+
+        Raises :class:`ModelMismatchError` when the checksums recorded in the model's meta.json differ
+        from the installed feature weights (features of another network are meaningless to the
+        model), and ``ModelFileError`` for missing or damaged files.
+        """
+        from .inception import ModelFileError
+        from .storage import load_model_dir
+
+        loaded = load_model_dir(model_dir, expected_feature_extractor=feature_store.FEATURE_EXTRACTOR_ID)
+        recorded = loaded.meta["feature_extractor"]
+        installed = feature_store.read_feature_meta(feature_dir)
+        if installed is None or not feature_store.feature_weights_path(feature_dir).is_file():
+            raise ModelFileError(
+                f"no converted InceptionV3 weights in {feature_dir}; run `python manage.py prepare_models`"
+            )
+        checked = [key for key in ("source_sha256", "sha256") if recorded.get(key)]
+        if not checked:
+            raise ModelMismatchError(f"{loaded.path}: meta.json records no feature-extractor checksum")
+        for key in checked:
+            if recorded[key] != installed.get(key):
+                raise ModelMismatchError(
+                    f"the captioner in {loaded.path} was trained on InceptionV3 features with {key} "
+                    f"{recorded[key]}, but the weights installed in {feature_dir} have {installed.get(key)}; "
+                    f"install the matching model or re-run `python manage.py prepare_models`"
+                )
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            feature_store.load_extractor(feature_dir),  # also verifies the file against its record
+            version=loaded.version,
+            beam_width=beam_width,
+            batch_size=batch_size,
+        )
+
+    def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:
+        """Caption precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
+        width = self.beam_width if beam_width is None else int(beam_width)
+        results: list[CaptionResult] = []
+        for chunk in _batches(features, self.batch_size):
+            results += decode_features(
+                self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
+            )
+        return results
+
+    def caption_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[CaptionResult]:
+        """Caption preprocessed images ((299, 299, 3) arrays from ``preprocess_image``)."""
+        width = self.beam_width if beam_width is None else int(beam_width)
+        results: list[CaptionResult] = []
+        for chunk in _batches(list(arrays), self.batch_size):
+            features = extract_features(self.feature_model, np.stack(chunk))
+            results += decode_features(
+                self.captioner, self.tokenizer, features, beam_width=width, length_alpha=self.length_alpha
+            )
+        return results
+
+    def caption_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[CaptionResult]:
+        """Caption image files or encoded bytes; raises InvalidImageError / FileNotFoundError."""
+        return self.caption_arrays([preprocess_image(s) for s in sources], beam_width=beam_width)

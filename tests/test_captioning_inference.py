@@ -1,0 +1,297 @@
+"""Inference: greedy/beam search, the no-loop guard, batching, attention maps, the `caption` command.
+
+Fast tests use a tiny randomly initialised captioner and a stand-in feature extractor; the last test
+runs the bundled model on a few Flickr8k dev images (skipped until that model is committed).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+
+from captioning.inference import (
+    CaptionResult,
+    ImageCaptioner,
+    decode_features,
+    forbidden_tokens,
+    has_repeated_trigram,
+)
+from captioning.model import ModelConfig, build_captioner
+from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID, Tokenizer, normalize_words
+
+WORDS = [f"w{i}" for i in range(26)]
+MAX_LENGTH = 12
+REPO = Path(__file__).resolve().parent.parent
+FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
+BUNDLED_MODEL = REPO / "captioning" / "models" / "current"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(WORDS)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    config = ModelConfig(
+        vocab_size=tokenizer.size, embedding_dim=16, units=32, attention_units=16, max_length=MAX_LENGTH
+    )
+    return build_captioner(config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return np.random.default_rng(0).standard_normal((12, 64, 2048)).astype(np.float32)
+
+
+def tiny_feature_model():
+    """Stands in for InceptionV3: (299, 299, 3) -> (8, 8, 2048), cheap and deterministic."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((299, 299, 3))
+    x = keras.layers.AveragePooling2D(37)(inputs)  # 299 // 37 = 8
+    return keras.Model(inputs, keras.layers.Conv2D(2048, 1)(x))
+
+
+@pytest.fixture(scope="module")
+def image_captioner(tiny_model, tokenizer):
+    return ImageCaptioner(tiny_model, tokenizer, tiny_feature_model(), version="tiny", beam_width=3, batch_size=3)
+
+
+# ---------------------------------------------------------------------------- the guard
+def test_guard_forbids_completing_a_seen_trigram_and_repeating_the_last_word():
+    vocab = 10
+    # <start> 4 5 6 4 5 -> "6" would repeat the trigram (4, 5, 6); "5" would repeat the last word.
+    seq = np.zeros((1, MAX_LENGTH), np.int32)
+    seq[0, :6] = [START_ID, 4, 5, 6, 4, 5]
+    banned = forbidden_tokens(seq, 5, vocab, MAX_LENGTH).numpy()[0]
+    assert banned[6] and banned[5]
+    assert not banned[4] and not banned[7] and not banned[END_ID]
+    assert banned[PAD_ID] and banned[START_ID] and banned[UNK_ID]
+
+
+def test_guard_forbids_an_empty_caption_and_forces_end_at_the_last_position():
+    vocab = 10
+    seq = np.zeros((2, MAX_LENGTH), np.int32)
+    seq[:, 0] = START_ID
+    first = forbidden_tokens(seq, 0, vocab, MAX_LENGTH).numpy()
+    assert first[:, END_ID].all() and not first[:, 4:].any()
+    seq[:, 1 : MAX_LENGTH - 1] = np.arange(4, 4 + MAX_LENGTH - 2) % vocab
+    last = forbidden_tokens(seq, MAX_LENGTH - 2, vocab, MAX_LENGTH).numpy()
+    assert (~last).sum(axis=1).tolist() == [1, 1] and not last[:, END_ID].any()
+
+
+def test_rigged_model_that_loves_two_words_cannot_loop(tokenizer):
+    """Logits rigged towards "w0 w1 w0 w1 ...": the guard breaks the loop and <end> follows."""
+    config = ModelConfig(vocab_size=tokenizer.size, embedding_dim=8, units=8, attention_units=8, max_length=MAX_LENGTH)
+    model = build_captioner(config, seed=1)
+    kernel, bias = model.decoder.fc2.get_weights()
+    bias = np.zeros_like(bias)
+    bias[tokenizer.word_index["w0"]], bias[tokenizer.word_index["w1"]], bias[END_ID] = 30.0, 29.0, 28.0
+    model.decoder.fc2.set_weights([kernel * 0.0, bias])
+    feats = np.random.default_rng(2).standard_normal((4, 64, 2048)).astype(np.float32)
+    greedy = decode_features(model, tokenizer, feats, beam_width=1)
+    beam = decode_features(model, tokenizer, feats, beam_width=3)
+    for g, b in zip(greedy, beam):
+        # Greedy: after "w0 w1 w0 w1", w1 would repeat the last word, w0 would repeat (w0, w1, w0).
+        assert g.words == ["w0", "w1", "w0", "w1"] and not g.reached_max_length
+        # Beam prefers ending one word earlier (higher mean log-probability).
+        assert b.words == ["w0", "w1", "w0"] and b.score > g.score
+
+
+def test_random_models_never_produce_a_repeated_trigram_or_special_token(tokenizer, tiny_model):
+    feats = np.random.default_rng(3).standard_normal((32, 64, 2048)).astype(np.float32)
+    for width in (1, 2, 4):
+        for result in decode_features(tiny_model, tokenizer, feats, beam_width=width):
+            assert 1 <= len(result.words) <= MAX_LENGTH - 2
+            assert not has_repeated_trigram(result.words)
+            assert not {"<pad>", "<start>", "<end>", "<unk>"} & set(result.words)
+            assert all(a != b for a, b in zip(result.words, result.words[1:]))
+
+
+def test_has_repeated_trigram():
+    assert has_repeated_trigram("a dog runs a dog runs".split())
+    assert not has_repeated_trigram("a dog runs on a dog".split())
+
+
+# ---------------------------------------------------------------------------- search
+@pytest.mark.parametrize("width", [2, 3, 5])
+def test_beam_score_is_never_below_greedy(tiny_model, tokenizer, features, width):
+    greedy = decode_features(tiny_model, tokenizer, features, beam_width=1)
+    beam = decode_features(tiny_model, tokenizer, features, beam_width=width)
+    assert all(b.score >= g.score - 1e-5 for b, g in zip(beam, greedy))
+
+
+def test_score_is_the_length_normalised_log_probability(tiny_model, tokenizer, features):
+    """Re-score the returned caption with teacher forcing: mean log p over words + <end>."""
+    import tensorflow as tf
+
+    result = decode_features(tiny_model, tokenizer, features[:1], beam_width=3)[0]
+    ids = [START_ID] + [tokenizer.word_index[w] for w in result.words] + [END_ID]
+    logits, alphas = tiny_model((features[:1], np.array([ids[:-1]], np.int32)))
+    logp = tf.nn.log_softmax(logits[0]).numpy()
+    expected = float(np.mean([logp[t, ids[t + 1]] for t in range(len(ids) - 1)]))
+    assert result.score == pytest.approx(expected, abs=1e-4)
+    np.testing.assert_allclose(result.attention, alphas[0, : len(result.words)].numpy(), atol=1e-5)
+
+
+def test_attention_has_one_row_of_64_weights_per_word(tiny_model, tokenizer, features):
+    for result in decode_features(tiny_model, tokenizer, features[:4], beam_width=3):
+        assert result.attention.shape == (len(result.words), 64)
+        np.testing.assert_allclose(result.attention.sum(axis=1), 1.0, atol=1e-4)
+        stored = json.loads(json.dumps(result.attention_json()))
+        assert [w for w, _ in stored] == result.words
+        assert all(len(row) == 64 and row == [round(x, 4) for x in row] for _, row in stored)
+
+
+def test_batched_results_equal_single_image_results(tiny_model, tokenizer, features):
+    batched = decode_features(tiny_model, tokenizer, features, beam_width=3)
+    for i, result in enumerate(batched):
+        single = decode_features(tiny_model, tokenizer, features[i : i + 1], beam_width=3)[0]
+        assert single.words == result.words
+        assert single.score == pytest.approx(result.score, abs=1e-5)
+        np.testing.assert_allclose(single.attention, result.attention, atol=1e-5)
+
+
+def test_image_captioner_batches_and_takes_beam_width_per_call(image_captioner, photo):
+    sources = [photo(seed) for seed in range(7)]  # batch_size 3: batches of 3, 3, 1
+    results = image_captioner.caption_sources(sources)
+    assert len(results) == 7 and all(isinstance(r, CaptionResult) for r in results)
+    one_by_one = [image_captioner.caption_sources([s])[0] for s in sources[:3]]
+    assert [r.text for r in one_by_one] == [r.text for r in results[:3]]
+    greedy = image_captioner.caption_sources(sources, beam_width=1)
+    assert all(b.score >= g.score - 1e-5 for b, g in zip(results, greedy))
+
+
+def test_image_captioner_refuses_a_vocabulary_of_another_size(tiny_model):
+    with pytest.raises(ValueError, match="vocabulary"):
+        ImageCaptioner(tiny_model, Tokenizer(WORDS[:5]), tiny_feature_model())
+
+
+# ---------------------------------------------------------------------------- loading
+@pytest.fixture
+def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
+    """A saved tiny model directory and a feature directory whose record matches it."""
+    from captioning import features as feature_store
+    from captioning.storage import save_model_dir
+
+    source_sha = "ab" * 32
+    model_dir = save_model_dir(
+        tmp_path / "model",
+        tiny_model,
+        tokenizer,
+        version="tiny-1",
+        feature_extractor={"id": feature_store.FEATURE_EXTRACTOR_ID, "source_sha256": source_sha},
+    )
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
+    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps({"source_sha256": source_sha}))
+    monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
+    return model_dir, feature_dir
+
+
+def test_from_dirs_loads_the_model_and_its_version(model_and_feature_dirs, image_captioner, photo):
+    captioner = ImageCaptioner.from_dirs(*model_and_feature_dirs, beam_width=2, batch_size=4)
+    assert captioner.version == "tiny-1" and captioner.beam_width == 2
+    sources = [photo(1), photo(2)]
+    assert [r.text for r in captioner.caption_sources(sources)] == [
+        r.text for r in image_captioner.caption_sources(sources, beam_width=2)
+    ]
+
+
+def test_from_dirs_refuses_feature_weights_of_another_source(model_and_feature_dirs):
+    from captioning import features as feature_store
+    from captioning.inference import ModelMismatchError
+
+    model_dir, feature_dir = model_and_feature_dirs
+    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps({"source_sha256": "cd" * 32}))
+    with pytest.raises(ModelMismatchError, match="trained on InceptionV3 features with source_sha256"):
+        ImageCaptioner.from_dirs(model_dir, feature_dir)
+
+
+def test_from_dirs_without_feature_weights_says_how_to_make_them(model_and_feature_dirs, tmp_path):
+    with pytest.raises(ValueError, match="prepare_models"):
+        ImageCaptioner.from_dirs(model_and_feature_dirs[0], tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------- the command
+@pytest.fixture
+def installed_captioner(monkeypatch, image_captioner):
+    from captioning import services
+
+    monkeypatch.setattr(services, "_captioner", image_captioner)
+    return image_captioner
+
+
+def test_caption_command_prints_one_json_line_per_file(installed_captioner, tmp_path, photo, capsys):
+    files = []
+    for seed in range(2):
+        path = tmp_path / f"p{seed}.jpg"
+        path.write_bytes(photo(seed))
+        files.append(str(path))
+    call_command("caption", *files, "--json", "--beam", "2")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["file"] for line in lines] == files
+    expected = installed_captioner.caption_sources(files, beam_width=2)
+    assert [line["caption"] for line in lines] == [r.text for r in expected]
+    assert all(isinstance(line["score"], float) for line in lines)
+
+
+def test_caption_command_reports_bad_files_clearly_and_fails(installed_captioner, tmp_path, photo, capsys):
+    good, text = tmp_path / "good.jpg", tmp_path / "notes.jpg"
+    good.write_bytes(photo(0))
+    text.write_text("this is not an image")
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(CommandError, match="2 of 3 files could not be captioned") as raised:
+        call_command("caption", str(text), str(good), str(missing), "--json")
+    assert raised.value.returncode == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["file"] == str(text) and lines[0]["error"].startswith("not an image")
+    assert "caption" in lines[1]
+    assert lines[2] == {"file": str(missing), "error": "file not found"}
+
+
+def test_caption_command_plain_output(installed_captioner, tmp_path, photo, capsys):
+    path = tmp_path / "p.png"
+    path.write_bytes(photo(5, fmt="PNG"))
+    call_command("caption", str(path))
+    out = capsys.readouterr().out.strip()
+    assert str(path) in out and installed_captioner.caption_sources([path])[0].text in out
+
+
+# ---------------------------------------------------------------------------- the bundled model
+def _human_captions(names):
+    refs = {n: [] for n in names}
+    for line in (FLICKR / "captions.txt").read_text(encoding="utf-8").splitlines():
+        key, _, text = line.partition("\t")
+        name = key.split("#")[0]
+        if name in refs:
+            refs[name].append(set(normalize_words(text)))
+    return refs
+
+
+STOPWORDS = {"a", "an", "the", "is", "are", "in", "on", "of", "with", "and", "at", "to", "its", "his", "her"}
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL.is_dir(), reason="the bundled model is not committed yet")
+def test_bundled_model_captions_dev_images_sensibly(settings, monkeypatch):
+    from captioning import services
+    from captioning.features import ensure_feature_weights
+
+    ensure_feature_weights(settings.IMAGESEARCH_FEATURE_DIR, log=lambda message: None)  # once per data dir
+    monkeypatch.setattr(services, "_captioner", None)
+    captioner = services.get_captioner()
+    names = (FLICKR / "dev.txt").read_text().split()[:8]
+    results = captioner.caption_sources([FLICKR / "images" / n for n in names])
+    refs = _human_captions(names)
+    shared = 0
+    for name, result in zip(names, results):
+        assert result.words and not result.reached_max_length, (name, result.text)
+        assert not has_repeated_trigram(result.words)
+        content = set(result.words) - STOPWORDS
+        shared += any(content & ref for ref in refs[name])
+    assert shared >= 6, [r.text for r in results]
