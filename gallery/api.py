@@ -189,6 +189,7 @@ def images(request):
         outcome = upload_file(_one_file(request), request.user)
         if outcome.error:
             raise ApiError(outcome.error, outcome.status)
+        outcome.image.refresh_from_db()  # in-process captioning may have finished already
         response = JsonResponse(
             {"created": outcome.created, "image": image_json(request, outcome.image, detail=True)},
             status=outcome.status,

@@ -4,9 +4,12 @@ Captioning is replaced by a deterministic fake here (these tests are about the w
 real model and workers are exercised by the pipeline tests.
 """
 import hashlib
+import math
 import re
+import threading
 
 import pytest
+from celery._state import _set_task_join_will_block
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -15,13 +18,20 @@ from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
+from gallery.tasks import caption_query_image
 
 pytestmark = pytest.mark.django_db
 
 
 def attention_for(text):
-    """Per-word 8x8 attention with one bright cell per word, like the model's attention_json()."""
-    return [[word, [0.9 if cell == i % 64 else 0.1 / 63 for cell in range(64)]] for i, word in enumerate(text.split())]
+    """Per-word attention over the 8x8 grid, row by row, like the model's attention_json(): a soft
+    spot that moves from word to word, summing to 1."""
+    maps = []
+    for i, word in enumerate(text.split()):
+        row, col = (2 + 3 * i) % 8, (1 + 5 * i) % 8
+        weights = [math.exp(-((cell // 8 - row) ** 2 + (cell % 8 - col) ** 2) / 3) for cell in range(64)]
+        maps.append([word, [round(w / sum(weights), 5) for w in weights]])
+    return maps
 
 
 class FakeResult:
@@ -140,7 +150,7 @@ def test_image_page_embeds_the_attention_of_a_model_caption(client, photo, no_qu
     html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
     assert "Caption by model <code>v1</code>" in html and "score -0.500" in html
     data = re.search(r'<script id="attention-data" type="application/json">(.*?)</script>', html, re.S).group(1)
-    assert '["two", [0.9' in data and data.count("[") == 1 + 2 * 5
+    assert '["two", [' in data and data.count("[") == 1 + 2 * 5
     assert "gallery/attention.js" in html
 
 
@@ -269,3 +279,44 @@ def test_pages_load_their_own_static_files_only(client):
     html = client.get(reverse("gallery:index")).content.decode()
     assert "/static/gallery/site.css" in html
     assert not re.search(r'(src|href)="(https?:)?//', html)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="Service gap in gallery.querying.describe_query_photo: with in-process (eager) captioning, "
+    "Celery's 'never join a result inside a task' guard is one process-wide flag that each eager task "
+    "sets and restores; two tasks overlapping in a threaded server (parallel uploads under runserver) "
+    "can leave it set, and then every search by photo fails with a 500 until a restart.",
+)
+def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captioner):
+    """Two eager tasks in two threads: the first ends before the second, which restores 'set'."""
+    first_inside, release_first, release_second = threading.Event(), threading.Event(), threading.Event()
+    gates = {"first": (first_inside, release_first), "second": (threading.Event(), release_second)}
+    caption_arrays = fake_captioner.caption_arrays
+
+    def gated(arrays):
+        inside, release = gates[threading.current_thread().name]
+        inside.set()
+        release.wait(10)
+        return caption_arrays(arrays)
+
+    fake_captioner.caption_arrays = gated
+    threads = [
+        threading.Thread(target=caption_query_image.apply_async, args=(("eA==",),), name=name)
+        for name in ("first", "second")
+    ]
+    threads[0].start()
+    first_inside.wait(10)
+    threads[1].start()
+    gates["second"][0].wait(10)
+    release_first.set()
+    threads[0].join(10)
+    release_second.set()
+    threads[1].join(10)
+    fake_captioner.caption_arrays = caption_arrays
+    try:
+        response = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.jpg", photo(1))})
+        assert response.status_code == 200
+    finally:
+        _set_task_join_will_block(False)  # keep the flag from breaking later tests in this process

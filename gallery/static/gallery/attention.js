@@ -26,7 +26,7 @@
       pixels.data[4 * i] = Math.round(255 * v);
       pixels.data[4 * i + 1] = Math.round(190 * v);
       pixels.data[4 * i + 2] = Math.round(40 * v);
-      pixels.data[4 * i + 3] = Math.round(255 * (0.72 - 0.42 * v));
+      pixels.data[4 * i + 3] = Math.round(255 * (0.8 - 0.55 * v));
     }
     ctx.putImageData(pixels, 0, 0);
     return cells;

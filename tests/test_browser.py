@@ -1,0 +1,187 @@
+"""The product in a real browser: Debian's headless Chromium driven by Playwright (no browser download).
+
+Log in, upload two photos, see them captioned, search a word of a caption, open the image page
+and its attention maps, fix a caption in admin and find the photo by the new word, search with a
+photo; then the same pages at a phone's size. Screenshots of each page go to test-artifacts/.
+Captioning runs in-process with the deterministic fake captioner: this is about the web layer.
+"""
+import io
+import os
+from pathlib import Path
+
+import PIL.Image
+import pytest
+import skimage.data
+from celery._state import _set_task_join_will_block
+from django.contrib.auth import get_user_model
+from django.urls import get_resolver
+from django.views.static import serve
+from playwright.sync_api import expect, sync_playwright
+
+from gallery.ingest import ingest_bytes
+
+from tests.test_web_pages import fake_captioner  # noqa: F401 (fixture)
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls made here are still synchronous.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PASSWORD = "pw-for-the-browser-1"
+CAT = "a tabby cat resting on a wooden chair"
+COFFEE = "a cup of coffee on a white saucer"
+
+
+def jpeg(pixels, crop=None) -> bytes:
+    image = PIL.Image.fromarray(pixels)
+    if crop:
+        image = image.crop(crop)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (make test does it).")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def site(live_server, media_root, monkeypatch):
+    """The live server, serving this test's media folder (imagesearch/urls.py binds MEDIA_ROOT at import)."""
+    for pattern in get_resolver().url_patterns:
+        if getattr(pattern, "callback", None) is serve:
+            monkeypatch.setitem(pattern.default_args, "document_root", str(media_root))
+    ARTIFACTS.mkdir(exist_ok=True)
+    return live_server.url
+
+
+@pytest.fixture(autouse=True)
+def celery_join_guard():
+    """Put back Celery's process-wide join guard, which overlapping eager tasks (the parallel uploads
+    here) can leave set; see test_web_pages.test_search_by_photo_after_overlapping_captioning."""
+    yield
+    _set_task_join_will_block(False)
+
+
+@pytest.fixture
+def curator(transactional_db):
+    return get_user_model().objects.create_superuser("curator", "curator@example.com", PASSWORD)
+
+
+def shot(page, name):
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page, site, next_path):
+    page.goto(f"{site}{next_path}")
+    expect(page).to_have_url(f"{site}/accounts/login/?next={next_path}")
+    page.get_by_label("Username").fill("curator")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{site}{next_path}")
+
+
+def upload_two_photos(page, site, fake_captioner):  # noqa: F811
+    cat = fake_captioner.register(jpeg(skimage.data.chelsea()), CAT)
+    coffee = fake_captioner.register(jpeg(skimage.data.coffee()), COFFEE)
+    log_in(page, site, "/upload/")
+    page.locator('input[type="file"]').set_input_files(
+        [
+            {"name": "chelsea.jpg", "mimeType": "image/jpeg", "buffer": cat},
+            {"name": "coffee.jpg", "mimeType": "image/jpeg", "buffer": coffee},
+            {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"a text file named like a photo"},
+        ]
+    )
+    done = page.locator(".upload-item.is-done")
+    expect(done).to_have_count(2)
+    expect(done.filter(has_text=CAT)).to_have_count(1)
+    expect(done.filter(has_text=COFFEE)).to_have_count(1)
+    expect(page.locator(".upload-item.is-error")).to_contain_text("notes.jpg")
+    expect(page.locator(".upload-item.is-error")).to_contain_text("not an image")
+
+
+def test_upload_search_view_and_curate(browser, site, curator, fake_captioner):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(f"{site}/accounts/login/")
+    shot(page, "01-login")
+    upload_two_photos(page, site, fake_captioner)
+    shot(page, "02-upload")
+
+    page.goto(f"{site}/")
+    cards = page.locator(".grid .card")
+    expect(cards).to_have_count(2)
+    expect(cards.filter(has_text=COFFEE)).to_have_count(1)
+    expect(page.get_by_role("img", name=CAT)).to_be_visible()
+    shot(page, "03-gallery")
+
+    search_box = page.get_by_label("Search photos by words")
+    search_box.fill("cats")
+    search_box.press("Enter")
+    expect(page).to_have_url(f"{site}/search/?q=cats")
+    result = page.locator(".results .card")
+    expect(result).to_have_count(1)
+    expect(result.locator("mark")).to_have_text("cat")
+    expect(result).to_contain_text("score")
+    shot(page, "04-search")
+
+    result.locator("a").click()
+    expect(page.locator("h1")).to_have_text(CAT)
+    words = page.locator(".attention-word")
+    expect(words).to_have_count(len(CAT.split()))
+    words.nth(2).focus()
+    page.keyboard.press("Enter")  # keyboard-usable: lays the word's map over the photo
+    expect(words.nth(2)).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#overlay-label")).to_have_text("cat")
+    shot(page, "05-image")
+
+    page.get_by_role("link", name="Edit in admin").click()
+    page.locator('textarea[name="caption"]').fill("our cat Chelsea asleep on the armchair")
+    shot(page, "06-admin-edit")
+    page.locator('input[name="_save"]').click()
+    expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
+    page.goto(f"{site}/search/?q=armchair")
+    expect(page.locator(".results .card")).to_have_count(1)
+    expect(page.locator(".results .card mark")).to_have_text("armchair")
+    shot(page, "07-search-new-word")
+
+    page.goto(f"{site}/admin/searchindex/term/")
+    expect(page.locator("#content")).to_contain_text("Most frequent terms")
+    shot(page, "08-admin-index")
+    context.close()
+
+
+def search_by_photo(page, site, fake_captioner):  # noqa: F811
+    query = fake_captioner.register(jpeg(skimage.data.chelsea(), crop=(100, 0, 400, 300)), "a cat looking up")
+    page.goto(f"{site}/search/by-image/")
+    page.get_by_label("Photo to search with").set_input_files(
+        {"name": "query.jpg", "mimeType": "image/jpeg", "buffer": query}
+    )
+    page.get_by_role("button", name="Describe and search").click()
+    expect(page.locator(".described")).to_contain_text("a cat looking up")
+    expect(page.locator(".results .card")).to_have_count(1)
+    expect(page.locator(".results .card mark")).to_have_text("cat")
+
+
+def test_search_by_photo(browser, site, fake_captioner):  # noqa: F811
+    ingest_bytes(fake_captioner.register(jpeg(skimage.data.chelsea()), CAT), "chelsea.jpg")  # captioned on commit
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    search_by_photo(page, site, fake_captioner)
+    shot(page, "09-search-by-image")
+    page.close()
