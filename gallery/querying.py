@@ -32,6 +32,11 @@ def describe_query_photo(data: bytes) -> QueryCaption:
 
     inspect_upload(data)
     payload = base64.b64encode(data).decode("ascii")
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        # In-process: a plain call. Going through Celery's eager machinery here would trip its
+        # process-wide "never join a result inside a task" flag when uploads caption concurrently.
+        answer = caption_query_image.run(payload)
+        return QueryCaption(answer["caption"], answer["score"], answer["model_version"])
     try:
         result = caption_query_image.apply_async((payload,), expires=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT)
         answer = result.get(timeout=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT, propagate=True)
