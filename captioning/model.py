@@ -133,18 +133,27 @@ class GRUDecoder(keras.layers.Layer):
         self.fc2.build((None, self.units))
         self.built = True
 
-    def step(self, tokens, state, context, training=False):
-        """One GRU step given the attention context -> (logits, new_state)."""
+    def recur(self, tokens, state, context, training=False):
+        """The recurrent part of a step -> (gru_output, new_state, emb); no output layers."""
         emb = self.embedding(tokens)  # (B, E)
         emb = self.dropout(emb, training=training)
         x = tf.concat([context, emb], axis=-1)
         output, new_state = self.gru(x, state, training=training)
         if isinstance(new_state, (list, tuple)):
             new_state = new_state[0]
+        return output, new_state, emb
+
+    def project(self, output, context, emb, training=False):
+        """Output layers: [gru_output, context, emb] -> vocabulary logits (any leading dims)."""
         h = tf.concat([self.dropout(output, training=training), context, emb], axis=-1)
         h = self.fc1(h)
         h = self.dropout(h, training=training)
-        return self.fc2(h), new_state
+        return self.fc2(h)
+
+    def step(self, tokens, state, context, training=False):
+        """One GRU step given the attention context -> (logits, new_state)."""
+        output, new_state, emb = self.recur(tokens, state, context, training=training)
+        return self.project(output, context, emb, training=training), new_state
 
 
 class Captioner(keras.Model):

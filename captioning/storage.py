@@ -136,6 +136,7 @@ def save_model_dir(
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)
     try:
         weights = tmp / WEIGHTS_NAME
         model.save_weights(str(weights))

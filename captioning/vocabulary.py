@@ -165,6 +165,7 @@ class Tokenizer:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.to_dict(), fh, ensure_ascii=False, indent=0)
                 fh.write("\n")
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -6,7 +6,7 @@ Example (the bundled model)::
         --format flickr8k --images ../shared/datasets/flickr8k/images \\
         --train-split ../shared/datasets/flickr8k/train.txt \\
         --dev-split ../shared/datasets/flickr8k/dev.txt \\
-        --version flickr8k-v1 --output captioning/models/flickr8k-v1 --epochs 20
+        --model-version flickr8k-v1 --output captioning/models/flickr8k-v1 --epochs 20
 
 Work files (feature cache, checkpoints, logs) go under ``var/``; ``--resume`` continues from the
 newest checkpoint of the same ``--work-dir``; ``--export-only`` exports the best checkpoint so
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--images", required=True, help="directory holding the image files")
         parser.add_argument("--train-split", help="file of training image names (default: 80%% of images)")
         parser.add_argument("--dev-split", help="file of validation image names (default: the other 20%%)")
-        parser.add_argument("--version", default="flickr8k-v1", help="model version name written to meta.json")
+        parser.add_argument("--model-version", default="flickr8k-v1", help="model version name written to meta.json")
         parser.add_argument("--output", help="model directory to write (default captioning/models/<version>)")
         parser.add_argument("--work-dir", help="checkpoints and logs (default var/train/<version>)")
         parser.add_argument("--feature-cache", help="feature .npy cache (default var/features/<extractor>/<images dir name>)")
@@ -91,16 +91,17 @@ class Command(BaseCommand):
         from captioning.vocabulary import Tokenizer
 
         base = Path(settings.BASE_DIR)
-        version = opts["version"]
+        version = opts["model_version"]
         output = Path(opts["output"] or base / "captioning" / "models" / version)
         work_dir = Path(opts["work_dir"] or base / "var" / "train" / version)
         work_dir.mkdir(parents=True, exist_ok=True)
         images_dir = Path(opts["images"])
         feature_dir = Path(settings.IMAGESEARCH_FEATURE_DIR)
         fx_id = features.FEATURE_EXTRACTOR_ID
-        cache_dir = Path(
-            opts["feature_cache"] or base / "var" / "features" / fx_id.replace("/", "_") / images_dir.resolve().name
-        )
+        data_name = images_dir.resolve().name
+        if data_name == "images":  # e.g. .../flickr8k/images -> flickr8k
+            data_name = images_dir.resolve().parent.name
+        cache_dir = Path(opts["feature_cache"] or base / "var" / "features" / fx_id.replace("/", "_") / data_name)
 
         # ---- data and vocabulary
         try:
