@@ -49,8 +49,9 @@ def _csrf_failure(request) -> str | None:
     return check.process_view(request, None, (), {})
 
 
-def api_view(*methods, login: bool = False):
-    """Method check (405), access (401), CSRF for session users (403) and ApiError -> JSON."""
+def api_view(*methods, post_needs_login: bool = False):
+    """Method check (405), access (401: private site, or a POST that needs a login), CSRF for
+    session users (403), and ApiError turned into a JSON error."""
 
     def decorate(view):
         @csrf_exempt
@@ -60,7 +61,7 @@ def api_view(*methods, login: bool = False):
                 response = json_error(f"Method {request.method} not allowed.", 405)
                 response["Allow"] = ", ".join(methods)
                 return response
-            needs_login = (login and request.method == "POST") or not settings.IMAGESEARCH_PUBLIC
+            needs_login = (post_needs_login and request.method == "POST") or not settings.IMAGESEARCH_PUBLIC
             if needs_login and not request.user.is_authenticated:
                 return json_error(
                     "Authentication required: log in at /accounts/login/ and send the session cookie.",
@@ -182,7 +183,7 @@ def search_by_image(request):
     )
 
 
-@api_view("GET", "POST", login=True)
+@api_view("GET", "POST", post_needs_login=True)
 def images(request):
     """GET: the gallery, newest first. POST (logged in): upload one photo in the field 'file'."""
     if request.method == "POST":

@@ -85,6 +85,7 @@ def curator(transactional_db):
 
 
 def shot(page, name):
+    page.evaluate("window.scrollTo(0, 0)")  # a sticky header is drawn where the page was scrolled to
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
@@ -185,3 +186,35 @@ def test_search_by_photo(browser, site, fake_captioner):  # noqa: F811
     search_by_photo(page, site, fake_captioner)
     shot(page, "09-search-by-image")
     page.close()
+
+
+def test_phone_viewport(browser, site, curator, fake_captioner):  # noqa: F811
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    upload_two_photos(page, site, fake_captioner)
+    shot(page, "10-phone-upload")
+
+    def fits():
+        return page.evaluate("document.documentElement.scrollWidth") <= 390
+
+    page.goto(f"{site}/")
+    expect(page.locator(".grid .card")).to_have_count(2)
+    assert fits()
+    boxes = [page.locator(".grid .card").nth(i).bounding_box() for i in range(2)]
+    assert boxes[0]["y"] == boxes[1]["y"] and boxes[0]["width"] < 195  # two columns side by side
+    expect(page.get_by_label("Search photos by words")).to_be_visible()
+    shot(page, "11-phone-gallery")
+
+    page.get_by_label("Search photos by words").fill("coffee")
+    page.get_by_role("button", name="Search", exact=True).tap()
+    expect(page.locator(".results .card")).to_have_count(1)
+    assert fits()
+    shot(page, "12-phone-search")
+
+    page.locator(".results .card a").tap()
+    expect(page.locator(".attention-word")).to_have_count(len(COFFEE.split()))
+    page.locator(".attention-word").nth(1).tap()
+    expect(page.locator("#overlay-label")).to_have_text("cup")
+    assert fits()
+    shot(page, "13-phone-image")
+    context.close()

@@ -12,6 +12,7 @@ import pytest
 from celery._state import _set_task_join_will_block
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.template.loader import render_to_string
 from django.urls import reverse
 
 from gallery.captions import add_model_caption, set_human_caption
@@ -320,3 +321,23 @@ def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captio
         assert response.status_code == 200
     finally:
         _set_task_join_will_block(False)  # keep the flag from breaking later tests in this process
+
+
+def test_the_server_error_page_stands_alone():
+    html = render_to_string("500.html")  # rendered by Django with no request context at all
+    assert "Something went wrong" in html and "/static/gallery/site.css" in html
+
+
+def test_index_admin_shows_terms_frequencies_and_size_read_only(client, photo, staff, no_queue):
+    captioned(photo, 1, "a dog on a beach")
+    captioned(photo, 2, "a dog in a park")
+    client.force_login(staff)
+    response = client.get("/admin/searchindex/term/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Most frequent terms" in html and "Index size" in html
+    assert re.search(r"<td>dog</td><td>2</td>", html)  # most frequent first
+    assert re.search(r"Documents \(captioned, visible images\)</th><td>2</td>", html)
+    assert "Add term" not in html
+    assert client.get("/admin/searchindex/term/add/").status_code == 403
+    assert client.get("/admin/searchindex/term/?q=beach").status_code == 200

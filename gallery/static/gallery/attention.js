@@ -42,34 +42,30 @@
   }
 
   var buttons = [];
-  function select(index) {
-    var same = buttons[index].getAttribute("aria-pressed") === "true";
-    buttons.forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
+  var selected = -1;
+
+  // The overlay covers the displayed photo (object-fit: contain keeps its aspect ratio).
+  function drawOverlay() {
     var ctx = overlay.getContext("2d");
-    if (same) {
-      ctx.clearRect(0, 0, overlay.width, overlay.height);
-      label.hidden = true;
-      return;
-    }
-    buttons[index].setAttribute("aria-pressed", "true");
-    // The overlay covers the displayed photo (object-fit: contain keeps its aspect ratio).
     var rect = photo.getBoundingClientRect();
-    var scale = Math.min(rect.width / photo.naturalWidth, rect.height / photo.naturalHeight);
-    var w = photo.naturalWidth * scale;
-    var h = photo.naturalHeight * scale;
     overlay.width = Math.round(rect.width);
     overlay.height = Math.round(rect.height);
     ctx.clearRect(0, 0, overlay.width, overlay.height);
-    ctx.save();
-    ctx.translate((rect.width - w) / 2, (rect.height - h) / 2);
+    label.hidden = selected < 0;
+    if (selected < 0 || !photo.naturalWidth) return;
+    var scale = Math.min(rect.width / photo.naturalWidth, rect.height / photo.naturalHeight);
     var area = document.createElement("canvas");
-    area.width = Math.round(w);
-    area.height = Math.round(h);
-    drawMap(area, null, words[index][1], false);
-    ctx.drawImage(area, 0, 0);
-    ctx.restore();
-    label.textContent = words[index][0];
-    label.hidden = false;
+    area.width = Math.round(photo.naturalWidth * scale);
+    area.height = Math.round(photo.naturalHeight * scale);
+    drawMap(area, null, words[selected][1], false);
+    ctx.drawImage(area, (rect.width - area.width) / 2, (rect.height - area.height) / 2);
+    label.textContent = words[selected][0];
+  }
+
+  function select(index) {
+    selected = selected === index ? -1 : index;
+    buttons.forEach(function (b, i) { b.setAttribute("aria-pressed", String(i === selected)); });
+    drawOverlay();
   }
 
   function build() {
@@ -99,4 +95,5 @@
   }
 
   build();
+  window.addEventListener("resize", drawOverlay);
 }());
