@@ -86,9 +86,13 @@ def _positive_int(request, name: str, default: int, maximum: int | None = None) 
     raw = request.GET.get(name, "")
     if raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
         raise ApiError(f"'{name}' must be a positive integer.")
-    return min(int(raw), maximum) if maximum else int(raw)
+    return min(value, maximum) if maximum else value
 
 
 def _one_file(request):

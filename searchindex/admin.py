@@ -9,11 +9,19 @@ from .models import Term
 @admin.register(Term)
 class TermAdmin(admin.ModelAdmin):
     change_list_template = "admin/searchindex/term/change_list.html"
-    list_display = ["text", "df"]
+    list_display = ["term", "documents"]
     search_fields = ["text"]
     ordering = ["-df", "text"]
     list_per_page = 100
     show_full_result_count = False
+
+    @admin.display(description="Term", ordering="text")
+    def term(self, obj):
+        return obj.text
+
+    @admin.display(description="Documents containing it", ordering="df")
+    def documents(self, obj):
+        return obj.df
 
     def has_add_permission(self, request):
         return False

@@ -48,6 +48,7 @@ def test_list_images_newest_first_with_pages(client, photo, no_queue):  # noqa: 
 def test_list_images_rejects_bad_pages(client):
     assert "positive integer" in error_of(client.get("/api/images", {"page": "zero"}), 400)
     assert "positive integer" in error_of(client.get("/api/images", {"page": "0"}), 400)
+    assert "positive integer" in error_of(client.get("/api/images", {"page": "²"}), 400)
     assert "no page 3" in error_of(client.get("/api/images", {"page": 3}), 404)
 
 
