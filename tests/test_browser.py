@@ -12,7 +12,6 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import skimage.data
-from celery._state import _set_task_join_will_block
 from django.contrib.auth import get_user_model
 from django.urls import get_resolver
 from django.views.static import serve
@@ -69,14 +68,6 @@ def site(live_server, media_root, monkeypatch):
             monkeypatch.setitem(pattern.default_args, "document_root", str(media_root))
     ARTIFACTS.mkdir(exist_ok=True)
     return live_server.url
-
-
-@pytest.fixture(autouse=True)
-def celery_join_guard():
-    """Put back Celery's process-wide join guard, which overlapping eager tasks (the parallel uploads
-    here) can leave set; see test_web_pages.test_search_by_photo_after_overlapping_captioning."""
-    yield
-    _set_task_join_will_block(False)
 
 
 @pytest.fixture

@@ -282,16 +282,10 @@ def test_pages_load_their_own_static_files_only(client):
     assert not re.search(r'(src|href)="(https?:)?//', html)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="Service gap in gallery.querying.describe_query_photo: with in-process (eager) captioning, "
-    "Celery's 'never join a result inside a task' guard is one process-wide flag that each eager task "
-    "sets and restores; two tasks overlapping in a threaded server (parallel uploads under runserver) "
-    "can leave it set, and then every search by photo fails with a 500 until a restart.",
-)
 def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captioner):
-    """Two eager tasks in two threads: the first ends before the second, which restores 'set'."""
+    """Two in-process tasks in two threads, the first ending before the second: that leaves Celery's
+    process-wide "never join a result inside a task" flag set, which once made every later search
+    by photo fail with a 500 under a threaded server (parallel uploads)."""
     first_inside, release_first, release_second = threading.Event(), threading.Event(), threading.Event()
     gates = {"first": (first_inside, release_first), "second": (threading.Event(), release_second)}
     caption_arrays = fake_captioner.caption_arrays
@@ -320,7 +314,7 @@ def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captio
         response = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.jpg", photo(1))})
         assert response.status_code == 200
     finally:
-        _set_task_join_will_block(False)  # keep the flag from breaking later tests in this process
+        _set_task_join_will_block(False)  # the flag stays set in this process otherwise
 
 
 def test_the_server_error_page_stands_alone():
