@@ -14,7 +14,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from .forms import read_upload, rejection_status, upload_file
+from .forms import read_upload, upload_file
 from .ingest import RejectedUpload
 from .querying import CaptioningBusy, describe_query_photo, search_images
 from .views import RETRY_AFTER, visible_images
@@ -167,13 +167,10 @@ def search(request):
 
 @api_view("POST")
 def search_by_image(request):
-    uploaded = _one_file(request)
-    data = b""
     try:
-        data = read_upload(uploaded)
-        described = describe_query_photo(data)
+        described = describe_query_photo(read_upload(_one_file(request)))
     except RejectedUpload as exc:
-        raise ApiError(str(exc), rejection_status(uploaded.size, data)) from None
+        raise ApiError(str(exc), exc.status) from None
     except CaptioningBusy as exc:
         raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
     results, matches = search_images(described.caption)

@@ -1,12 +1,9 @@
 """Forms of the web pages, and the one way an uploaded file reaches ingest (pages and API alike)."""
-import io
 from dataclasses import dataclass
 
-import PIL.Image
 from django import forms
-from django.conf import settings
 
-from .ingest import ALLOWED_FORMATS, RejectedUpload, clean_original_name, ingest_bytes
+from .ingest import RejectedUpload, check_size, clean_original_name, ingest_bytes
 from .models import Image
 
 ACCEPT = "image/jpeg,image/png,image/webp,image/gif"
@@ -57,44 +54,16 @@ class UploadOutcome:
 
 def read_upload(uploaded) -> bytes:
     """The file's bytes, refusing before reading anything when it is larger than the upload limit."""
-    limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
-    if uploaded.size > limit:
-        raise RejectedUpload(f"The file is larger than the {limit // (1024 * 1024)} MB limit.")
+    check_size(uploaded.size)
     uploaded.seek(0)
     return uploaded.read()
-
-
-def rejection_status(size: int, data: bytes) -> int:
-    """The HTTP status of a rejected upload: 413 too large (bytes or pixels), 415 not an accepted image, else 400.
-
-    RejectedUpload carries only its message, so the reason is read again from the header alone.
-    """
-    if size > settings.IMAGESEARCH_MAX_UPLOAD_BYTES:
-        return 413
-    if not data:
-        return 400
-    try:
-        with PIL.Image.open(io.BytesIO(data)) as img:
-            if img.format not in ALLOWED_FORMATS:
-                return 415
-            if img.width * img.height > settings.IMAGESEARCH_MAX_PIXELS:
-                return 413
-    except PIL.Image.DecompressionBombError:
-        return 413
-    except PIL.UnidentifiedImageError:
-        return 415
-    except (OSError, SyntaxError, ValueError):
-        pass  # recognised but damaged
-    return 400
 
 
 def upload_file(uploaded, user) -> UploadOutcome:
     """Ingest one uploaded file; a rejection becomes this file's own error, never the request's."""
     name = clean_original_name(uploaded.name)
-    data = b""
     try:
-        data = read_upload(uploaded)
-        result = ingest_bytes(data, uploaded.name, user)
+        result = ingest_bytes(read_upload(uploaded), uploaded.name, user)
     except RejectedUpload as exc:
-        return UploadOutcome(name, error=str(exc), status=rejection_status(uploaded.size, data))
+        return UploadOutcome(name, error=str(exc), status=exc.status)
     return UploadOutcome(name, result.image, result.created, status=201 if result.created else 200)

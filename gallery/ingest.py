@@ -31,7 +31,15 @@ ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 
 class RejectedUpload(ValueError):
-    """An upload that is not stored; the message is shown to the person who sent it."""
+    """An upload that is not stored; the message is shown to the person who sent it.
+
+    `status` is the HTTP status that fits the reason: 413 too large, 415 not an accepted image,
+    400 empty or damaged.
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,11 @@ def clean_original_name(name: str) -> str:
     return base[:255] or "unnamed"
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.0f} MB"
+def _human_size(size: int) -> str:
+    for unit, scale in (("MB", 1024 * 1024), ("KB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def open_oriented_rgb(data: bytes) -> PIL.Image.Image:
@@ -66,25 +77,31 @@ def open_oriented_rgb(data: bytes) -> PIL.Image.Image:
         return upright.convert("RGB")
 
 
+def check_size(size: int) -> None:
+    """Refuse a file by its size alone, before it is read into memory."""
+    limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
+    if size > limit:
+        raise RejectedUpload(f"The file is {_human_size(size)}, larger than the {_human_size(limit)} limit.", 413)
+    if size == 0:
+        raise RejectedUpload("The file is empty.")
+
+
 def inspect_upload(data: bytes) -> Inspection:
     """Check size, format and integrity from the bytes alone; raise RejectedUpload with the reason."""
-    if not data:
-        raise RejectedUpload("The file is empty.")
-    limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
-    if len(data) > limit:
-        raise RejectedUpload(f"The file is {_megabytes(len(data))}; the limit is {_megabytes(limit)}.")
+    check_size(len(data))
     try:
         with PIL.Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
             if fmt not in ALLOWED_FORMATS:
                 raise RejectedUpload(
-                    f"{fmt or 'This'} files are not accepted; upload a JPEG, PNG, WebP or GIF image."
+                    f"{fmt or 'This'} files are not accepted; upload a JPEG, PNG, WebP or GIF image.", 415
                 )
             pixels = width * height
             if pixels > settings.IMAGESEARCH_MAX_PIXELS:
                 raise RejectedUpload(
                     f"The image is {width}x{height} pixels ({pixels / 1e6:.0f} megapixels); "
-                    f"the limit is {settings.IMAGESEARCH_MAX_PIXELS / 1e6:.0f} megapixels."
+                    f"the limit is {settings.IMAGESEARCH_MAX_PIXELS / 1e6:.0f} megapixels.",
+                    413,
                 )
             img.verify()
         # verify() does not decode pixel data; a full decode catches truncated files.
@@ -92,9 +109,9 @@ def inspect_upload(data: bytes) -> Inspection:
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
-        raise RejectedUpload("The image has too many pixels to be processed safely.") from None
+        raise RejectedUpload("The image has too many pixels to be processed safely.", 413) from None
     except PIL.UnidentifiedImageError:
-        raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).") from None
+        raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
     upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)

@@ -116,6 +116,9 @@ MEDIA_URL = env.str("MEDIA_URL", default="/media/")
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
 # Serve uploaded photos from Django itself unless a front web server serves MEDIA_ROOT.
 IMAGESEARCH_SERVE_MEDIA = env.bool("IMAGESEARCH_SERVE_MEDIA", default=True)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve app static files without requiring `collectstatic` on a small self-hosted install.
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

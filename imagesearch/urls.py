@@ -4,6 +4,12 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.static import serve
 
+
+def serve_media(request, path):
+    """Uploaded photos and thumbnails (content-addressed names); MEDIA_ROOT is read per request."""
+    return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
@@ -11,7 +17,5 @@ urlpatterns = [
 ]
 
 if settings.IMAGESEARCH_SERVE_MEDIA:
-    # Uploaded photos live under content-addressed names; a front proxy may serve MEDIA_ROOT instead.
-    urlpatterns.append(
-        re_path(rf"^{settings.MEDIA_URL.strip('/')}/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})
-    )
+    # A front web server may serve MEDIA_ROOT itself instead (IMAGESEARCH_SERVE_MEDIA=false).
+    urlpatterns.append(re_path(rf"^{settings.MEDIA_URL.strip('/')}/(?P<path>.*)$", serve_media))

@@ -14,8 +14,6 @@ import PIL.Image
 import pytest
 import skimage.data
 from django.contrib.auth import get_user_model
-from django.urls import get_resolver
-from django.views.static import serve
 from playwright.sync_api import expect, sync_playwright
 
 from gallery.ingest import ingest_bytes
@@ -62,11 +60,7 @@ def browser():
 
 
 @pytest.fixture
-def site(live_server, media_root, monkeypatch):
-    """The live server, serving this test's media folder (imagesearch/urls.py binds MEDIA_ROOT at import)."""
-    for pattern in get_resolver().url_patterns:
-        if getattr(pattern, "callback", None) is serve:
-            monkeypatch.setitem(pattern.default_args, "document_root", str(media_root))
+def site(live_server):
     ARTIFACTS.mkdir(exist_ok=True)
     return live_server.url
 
