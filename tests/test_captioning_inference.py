@@ -178,18 +178,23 @@ def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
     from captioning import features as feature_store
     from captioning.storage import save_model_dir
 
-    source_sha = "ab" * 32
+    source_sha, weights_sha = "ab" * 32, "12" * 32
     model_dir = save_model_dir(
         tmp_path / "model",
         tiny_model,
         tokenizer,
         version="tiny-1",
-        feature_extractor={"id": feature_store.FEATURE_EXTRACTOR_ID, "source_sha256": source_sha},
+        feature_extractor={
+            "id": feature_store.FEATURE_EXTRACTOR_ID,
+            "source_sha256": source_sha,
+            "weights_sha256": weights_sha,
+        },
     )
     feature_dir = tmp_path / "features"
     feature_dir.mkdir()
     feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
-    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps({"source_sha256": source_sha}))
+    record = {"source_sha256": source_sha, "sha256": weights_sha}
+    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
     monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
     return model_dir, feature_dir
 
@@ -208,8 +213,13 @@ def test_from_dirs_refuses_feature_weights_of_another_source(model_and_feature_d
     from captioning.inference import ModelMismatchError
 
     model_dir, feature_dir = model_and_feature_dirs
-    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps({"source_sha256": "cd" * 32}))
-    with pytest.raises(ModelMismatchError, match="trained on InceptionV3 features with source_sha256"):
+    record_path = feature_dir / feature_store.FEATURE_META_NAME
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "sha256": "cd" * 32}))
+    with pytest.raises(ModelMismatchError, match="trained on InceptionV3 features with weights_sha256"):
+        ImageCaptioner.from_dirs(model_dir, feature_dir)
+    record_path.write_text(json.dumps({**record, "source_sha256": "cd" * 32}))
+    with pytest.raises(ModelMismatchError, match="with source_sha256 abab"):
         ImageCaptioner.from_dirs(model_dir, feature_dir)
 
 

@@ -1,0 +1,96 @@
+"""``manage.py evaluate_captioner``: BLEU/METEOR/ROUGE-L/CIDEr and degenerate share on a split.
+
+Prints a table, writes the full report as JSON (``--output``) and attention plots of a few images.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Caption a data split (default: Flickr8k dev) and score it with the COCO caption metrics."
+
+    def add_arguments(self, parser):
+        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, <split>.txt, images/")
+        parser.add_argument("--split", default="dev", help="split file name without .txt (default: dev)")
+        parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
+        parser.add_argument("--beam", type=int, default=None, help="beam width (1 = greedy; default: settings)")
+        parser.add_argument("--length-alpha", type=float, default=None, help="length normalisation exponent")
+        parser.add_argument("--model-dir", default=None, help="model directory (default: settings)")
+        parser.add_argument("--feature-dir", default=None, help="converted InceptionV3 weights (default: settings)")
+        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--output", default=None, help="JSON report (default: var/eval/<version>-<split>-beam<N>.json)")
+        parser.add_argument("--plots", type=int, default=3, help="attention plots to save (0 = none)")
+        parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java, slow)")
+
+    def handle(self, *args, **opts):
+        from captioning import evaluation
+        from captioning import features as feature_store
+        from captioning.inference import ImageCaptioner
+
+        data_dir = Path(opts["data_dir"])
+        if opts["beam"] is not None and opts["beam"] < 1:
+            raise CommandError("--beam must be at least 1")
+        try:
+            names, references = evaluation.load_split(data_dir, opts["split"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        if opts["limit"]:
+            names = names[: opts["limit"]]
+        model_dir = Path(opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR)
+        feature_dir = Path(opts["feature_dir"] or settings.IMAGESEARCH_FEATURE_DIR)
+        try:
+            captioner = ImageCaptioner.from_dirs(
+                model_dir,
+                feature_dir,
+                beam_width=opts["beam"] or settings.IMAGESEARCH_BEAM_WIDTH,
+                batch_size=opts["batch_size"],
+            )
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot load the captioner: {exc}") from exc
+        if opts["length_alpha"] is not None:
+            captioner.length_alpha = opts["length_alpha"]
+        # The cache that train_captioner fills: var/features/<extractor id>/<data set name>.
+        cache_dir = Path(
+            opts["cache_dir"]
+            or Path(settings.BASE_DIR) / "var" / "features" / feature_store.FEATURE_EXTRACTOR_ID.replace("/", "_") / data_dir.name
+        )
+        cached = sum(feature_store.cache_path(cache_dir, n).is_file() for n in names)
+        self.stderr.write(f"{len(names)} {opts['split']} images, {cached} with cached features in {cache_dir}")
+
+        from tqdm import tqdm
+
+        with tqdm(total=len(names), desc="captioning", unit="img", file=sys.stderr) as bar:
+            report, results = evaluation.evaluate(
+                captioner,
+                names,
+                references,
+                data_dir / "images",
+                cache_dir=cache_dir,
+                meteor=not opts["no_meteor"],
+                progress=bar.update,
+            )
+        report.update(split=opts["split"], data_dir=str(data_dir), model_dir=str(model_dir))
+
+        output = Path(
+            opts["output"]
+            or Path(settings.BASE_DIR) / "var" / "eval" / f"{captioner.version}-{opts['split']}-beam{captioner.beam_width}.json"
+        )
+        plots = []
+        for name in names[: max(0, opts["plots"])]:
+            path = output.with_name(f"{output.stem}-attention-{Path(name).stem}.png")
+            plots.append(str(evaluation.plot_attention(data_dir / "images" / name, results[name], path)))
+        report["attention_plots"] = plots
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+        self.stdout.write(evaluation.format_table(report))
+        self.stdout.write(f"report: {output}")
+        for plot in plots:
+            self.stdout.write(f"attention plot: {plot}")
