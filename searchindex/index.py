@@ -1,9 +1,269 @@
-"""Public interface of the search index (being written)."""
+"""Public interface of the search index: plain documents (an integer id and a text), TF-IDF cosine ranking.
+
+Writes go to PostgreSQL, each in one transaction that first locks the single IndexState row: that
+serialises writers (document frequencies stay exact under concurrent workers) and numbers every
+change in commit order. Searches run in memory (searchindex.engine) and check that version first.
+
+Ranking is scikit-learn's TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf=False):
+idf = ln((1+n)/(1+df)) + 1, raw tf, L2-normalised document and query vectors, score = cosine
+(details in searchindex.engine and docs/search.md).
+
+Nothing here raises for a bad query: search() returns empty results with a message instead. Only
+programming errors raise (rebuild() with a document id twice raises ValueError), and database
+errors pass through.
+
+Callers that hold other row locks should index last in their transaction: the IndexState lock is
+held until commit.
+"""
+
+import io
+import math
+import uuid
+from collections import Counter
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from django.core.management.color import no_style
+from django.db import connection, transaction
+from django.db.models import Count, F, Sum
+
+from . import engine
+from .analysis import analyze, analyze_with_positions, highlight_terms, positions_by_term, tokens
+from .models import Document, IndexChange, IndexState, Posting, Term
+from .query import Interpretation, parse_query
+
+__all__ = [
+    "Hit",
+    "Interpretation",
+    "SearchResults",
+    "analyze",
+    "analyze_with_positions",
+    "delete_document",
+    "highlight_terms",
+    "index_document",
+    "index_stats",
+    "positions_by_term",
+    "rebuild",
+    "search",
+    "tokens",
+]
+
+REBUILD_BATCH = 20_000  # documents per COPY during rebuild
+PRUNE_EVERY = 1_000  # versions between prunings of the change log
+KEEP_CHANGES = 100_000  # change-log rows kept; a process further behind reloads everything
+MAX_PER_PAGE = 1_000
 
 
-def index_document(doc_id, text):
-    raise NotImplementedError
+@dataclass(frozen=True)
+class Hit:
+    doc_id: int
+    score: float
+    matched_terms: list[str]  # index terms (stems) of the query found in the document; see highlight_terms
 
 
-def delete_document(doc_id):
-    raise NotImplementedError
+@dataclass
+class SearchResults:
+    hits: list[Hit]
+    total: int
+    page: int
+    per_page: int
+    num_pages: int
+    interpretation: Interpretation = field(default_factory=Interpretation)
+    message: str | None = None  # why the query could not be searched; None when it was
+
+
+def _lock_state() -> IndexState:
+    """Lock the state row (creating it on first use); every writer takes this lock first."""
+    state = IndexState.objects.select_for_update().filter(pk=1).first()
+    if state is None:
+        IndexState.objects.bulk_create([IndexState(pk=1, epoch=uuid.uuid4().hex)], ignore_conflicts=True)
+        state = IndexState.objects.select_for_update().get(pk=1)
+    return state
+
+
+def _record_change(state: IndexState, doc_id: int) -> None:
+    """Give the change the next version; searches fetch the documents changed since theirs."""
+    state.version += 1
+    IndexChange.objects.create(version=state.version, doc_id=doc_id)
+    if state.version % PRUNE_EVERY == 0 and state.version - KEEP_CHANGES > state.log_floor:
+        state.log_floor = state.version - KEEP_CHANGES
+        IndexChange.objects.filter(version__lte=state.log_floor).delete()
+    state.save(update_fields=["version", "log_floor"])
+
+
+def _remove_terms(term_ids) -> None:
+    if term_ids:
+        Term.objects.filter(pk__in=term_ids).update(df=F("df") - 1)
+        Term.objects.filter(pk__in=term_ids, df=0).delete()
+
+
+def index_document(doc_id: int, text: str) -> None:
+    """Index a document, replacing any earlier version of it, in one transaction."""
+    doc_id = int(doc_id)
+    grouped = positions_by_term(text)
+    with transaction.atomic():
+        state = _lock_state()
+        old = dict(Posting.objects.filter(document_id=doc_id).values_list("term__text", "term_id"))
+        Posting.objects.filter(document_id=doc_id).delete()
+        Document.objects.bulk_create(
+            [Document(doc_id=doc_id, length=sum(map(len, grouped.values())))],
+            update_conflicts=True, unique_fields=["doc_id"], update_fields=["length"],
+        )
+        _remove_terms([tid for term, tid in old.items() if term not in grouped])
+        new = [term for term in grouped if term not in old]
+        if new:
+            Term.objects.bulk_create([Term(text=term) for term in new], ignore_conflicts=True)
+            Term.objects.filter(text__in=new).update(df=F("df") + 1)
+        ids = dict(Term.objects.filter(text__in=list(grouped)).values_list("text", "id"))
+        Posting.objects.bulk_create(
+            Posting(document_id=doc_id, term_id=ids[term], tf=len(pos), positions=" ".join(map(str, pos)))
+            for term, pos in grouped.items()
+        )
+        _record_change(state, doc_id)
+
+
+def delete_document(doc_id: int) -> None:
+    """Remove a document from the index; nothing happens when it is not there."""
+    doc_id = int(doc_id)
+    with transaction.atomic():
+        state = _lock_state()
+        if not Document.objects.filter(doc_id=doc_id).delete()[0]:
+            return
+        _remove_terms(list(Posting.objects.filter(document_id=doc_id).values_list("term_id", flat=True)))
+        Posting.objects.filter(document_id=doc_id).delete()
+        _record_change(state, doc_id)
+
+
+class _BulkWriter:
+    """Rows written in batches: COPY on PostgreSQL, bulk_create elsewhere."""
+
+    def __init__(self):
+        self.copy = connection.vendor == "postgresql"
+
+    def write(self, model, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        if not rows:
+            return
+        if not self.copy:
+            model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
+            return
+        buffer = io.StringIO("".join("\t".join(map(str, row)) + "\n" for row in rows))
+        with connection.cursor() as cursor:
+            cursor.cursor.copy_expert(f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN", buffer)
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
+    """Replace the whole index with these (doc_id, text) documents; returns how many were indexed.
+
+    One transaction: searches keep seeing the old index (PostgreSQL rows, and each process's
+    memory) until it commits, then reload. Writers wait for it and apply their change on top.
+    progress, if given, is called with the number of documents done since its last call
+    (tqdm's update fits). A doc_id given twice raises ValueError and changes nothing.
+    """
+    writer = _BulkWriter()
+    with transaction.atomic():
+        state = _lock_state()
+        for model in (IndexChange, Posting, Document, Term):
+            model.objects.all().delete()  # DELETE, not TRUNCATE: concurrent readers are not blocked
+        term_ids: dict[str, int] = {}
+        dfs: list[int] = []
+        seen: set[int] = set()
+        docs, postings = [], []
+        count = 0
+        for doc_id, text in documents:
+            doc_id = int(doc_id)
+            if doc_id in seen:
+                raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
+            seen.add(doc_id)
+            grouped = positions_by_term(text)
+            docs.append((doc_id, sum(map(len, grouped.values()))))
+            for term, positions in grouped.items():
+                tid = term_ids.get(term)
+                if tid is None:
+                    tid = term_ids[term] = len(term_ids) + 1
+                    dfs.append(0)
+                dfs[tid - 1] += 1
+                postings.append((doc_id, tid, len(positions), " ".join(map(str, positions))))
+            count += 1
+            if len(docs) >= REBUILD_BATCH:
+                writer.write(Document, ("doc_id", "length"), docs)
+                writer.write(Posting, ("document_id", "term_id", "tf", "positions"), postings)
+                if progress:
+                    progress(len(docs))
+                docs, postings = [], []
+        writer.write(Document, ("doc_id", "length"), docs)
+        writer.write(Posting, ("document_id", "term_id", "tf", "positions"), postings)
+        if progress and docs:
+            progress(len(docs))
+        writer.write(Term, ("id", "text", "df"), [(tid, _copy_text(t), dfs[tid - 1]) for t, tid in term_ids.items()])
+        with connection.cursor() as cursor:
+            for sql in connection.ops.sequence_reset_sql(no_style(), [Term]):
+                cursor.execute(sql)
+        state.epoch = uuid.uuid4().hex
+        state.version += 1
+        state.log_floor = state.version
+        state.save()
+    return count
+
+
+def search(
+    query: str,
+    *,
+    page: int = 1,
+    per_page: int = 20,
+    min_score: float | None = None,
+    exclude_ids: Collection[int] = (),
+) -> SearchResults:
+    """Rank documents for a query (syntax in searchindex.query); never raises for a bad query.
+
+    Hits are ordered by score, then doc_id; scores equal to 1e-12 count as equal. page is
+    clamped to [1, num_pages].
+    """
+    try:
+        per_page = min(max(int(per_page), 1), MAX_PER_PAGE)
+    except (TypeError, ValueError):
+        per_page = 20
+    try:
+        page = max(int(page), 1)
+    except (TypeError, ValueError):
+        page = 1
+    parsed = parse_query(query)
+    if parsed.message:
+        return SearchResults([], 0, 1, per_page, 0, parsed.interpretation, parsed.message)
+
+    view = engine.cache.view()
+    weights = {}
+    for term, count in Counter(parsed.terms).items():
+        idf = view.idf_of(term)
+        if idf is None:
+            parsed.interpretation.unknown.append(parsed.surface[term])
+        else:
+            weights[term] = count * idf
+    if not weights:
+        return SearchResults([], 0, 1, per_page, 0, parsed.interpretation)
+
+    ids, scores, local = view.rank(parsed, weights, min_score, exclude_ids)
+    total = len(ids)
+    num_pages = math.ceil(total / per_page)
+    page = min(page, max(num_pages, 1))
+    chosen = engine.top(ids, scores, (page - 1) * per_page, page * per_page)
+    matched = view.matched_terms(ids[chosen], local[chosen], list(weights))
+    hits = [Hit(int(ids[i]), float(scores[i]), terms) for i, terms in zip(chosen, matched)]
+    return SearchResults(hits, total, page, per_page, num_pages, parsed.interpretation)
+
+
+def index_stats(top: int = 20) -> dict:
+    """Sizes of the index and its most frequent terms, for an admin page."""
+    live = Term.objects.filter(df__gt=0)
+    totals = live.aggregate(terms=Count("id"), postings=Sum("df"))
+    state = IndexState.objects.filter(pk=1).values_list("version", flat=True).first()
+    return {
+        "documents": Document.objects.count(),
+        "terms": totals["terms"],
+        "postings": totals["postings"] or 0,
+        "top_terms": list(live.order_by("-df", "text").values_list("text", "df")[:top]),
+        "version": state or 0,
+    }

@@ -1,0 +1,374 @@
+"""The in-memory side of the index: postings as NumPy arrays, scored with vectorised operations.
+
+PostgreSQL holds the index; each process keeps a snapshot of it (compressed-sparse-row arrays of
+postings, grouped by term and sorted by document) plus an overlay of the documents changed
+since the snapshot was loaded. Every search reads the one IndexState row (epoch, version): an
+unchanged version costs nothing more; a higher one fetches only the documents changed since
+(IndexChange rows); a new epoch (rebuild), a pruned change log or an overlay grown past
+OVERLAY_FRACTION of the snapshot reloads everything.
+
+Weighting (scikit-learn TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf=False)):
+    idf(t) = ln((1 + n) / (1 + df(t))) + 1          n = documents in the index
+    w(t, d) = tf(t, d) * idf(t)                      raw term frequency
+    w(t, q) = tf(t, q) * idf(t)                      query terms absent from the index dropped
+    score(q, d) = sum_t w(t, q) w(t, d) / (|q| |d|)  cosine of the L2-normalised vectors
+Because idf moves with every change, document norms |d| are recomputed from the postings, with
+the current idf, whenever the version changes (one vectorised pass over all postings), so a
+ranking always equals that of a from-scratch build; see docs/search.md for the cost.
+"""
+
+import io
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from django.db import connection
+
+from .models import Document, IndexChange, IndexState, Posting, Term
+
+OVERLAY_FRACTION = 0.02  # reload the snapshot once this share of documents changed since
+OVERLAY_MIN = 2_000  # ... but never for fewer changed documents than this
+_KEY_BIAS = 1 << 31  # phrase keys pack (document, position - offset + bias) into one int64
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Immutable postings arrays of the whole index at one version."""
+
+    terms: dict  # term text -> row in the arrays below
+    df: np.ndarray  # int64 [T]
+    t_ptr: np.ndarray  # int64 [T+1]: postings of term t are [t_ptr[t], t_ptr[t+1])
+    p_doc: np.ndarray  # int32 [P]: local document number, ascending within a term
+    p_term: np.ndarray  # int32 [P]
+    p_tf: np.ndarray  # int32 [P]
+    pos_ptr: np.ndarray  # int64 [P+1]: positions of posting i are pos[pos_ptr[i]:pos_ptr[i+1]]
+    pos: np.ndarray  # int64
+    doc_ids: np.ndarray  # int64 [D], ascending: local document number -> doc_id
+
+    @classmethod
+    def empty(cls, terms=None, doc_ids=None):
+        """No postings (yet): the given terms and documents, or none."""
+        terms = terms or {}
+        none32, none64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        return cls(terms, np.zeros(len(terms), np.int64), np.zeros(len(terms) + 1, np.int64), none32, none32,
+                   none32, np.zeros(1, np.int64), none64, none64 if doc_ids is None else doc_ids)
+
+
+def _copy_out(sql: str) -> bytes:
+    """Tab-separated text of a query's rows: COPY on PostgreSQL, a cursor elsewhere."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            buffer = io.BytesIO()
+            cursor.cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
+            return buffer.getvalue()
+        cursor.execute(sql)
+        return "".join("\t".join(map(str, row)) + "\n" for row in cursor.fetchall()).encode()
+
+
+def _ints(raw: bytes) -> np.ndarray:
+    return np.fromstring(raw, dtype=np.int64, sep=" ") if raw else np.zeros(0, np.int64)
+
+
+def load_snapshot() -> Snapshot:
+    """Read every posting; rows that refer to documents or terms not (yet) seen are dropped.
+
+    Under READ COMMITTED the three reads may straddle a commit; whatever they disagree about was
+    changed after the version read before them, so the overlay replays it on the next search.
+    """
+    doc_ids = np.sort(_ints(_copy_out(f"SELECT doc_id FROM {Document._meta.db_table}")))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, text FROM {Term._meta.db_table} WHERE df > 0 ORDER BY id")
+        term_rows = cursor.fetchall()
+    term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
+    raw = _copy_out(f"SELECT document_id, term_id, tf, positions FROM {Posting._meta.db_table}")
+    values = _ints(raw)
+    terms = {row[1]: i for i, row in enumerate(term_rows)}
+    if not len(values):
+        return Snapshot.empty(terms, doc_ids)
+    # Each line holds document, term, tf and then tf positions: count numbers per line.
+    chars = np.frombuffer(raw, dtype=np.uint8)
+    line_ends = np.flatnonzero(chars == 10)
+    line_starts = np.concatenate(([0], line_ends[:-1] + 1))
+    separators = (chars == 9) | (chars == 32)
+    per_line = np.add.reduceat(separators, line_starts, dtype=np.int64) + 1
+    starts = np.concatenate(([0], np.cumsum(per_line)[:-1]))
+    row_doc, row_term, row_tf = values[starts], values[starts + 1], values[starts + 2]
+    head = np.zeros(len(values), dtype=bool)
+    head[starts] = head[starts + 1] = head[starts + 2] = True
+    row_pos = values[~head]
+    n_pos = per_line - 3
+
+    doc_loc = np.searchsorted(doc_ids, row_doc).clip(max=max(len(doc_ids) - 1, 0))
+    term_loc = np.searchsorted(term_ids, row_term).clip(max=max(len(term_ids) - 1, 0))
+    if len(doc_ids) and len(term_ids):
+        keep = (doc_ids[doc_loc] == row_doc) & (term_ids[term_loc] == row_term)
+    else:
+        keep = np.zeros(len(row_doc), dtype=bool)
+    pos_start = np.concatenate(([0], np.cumsum(n_pos)[:-1]))
+
+    order = np.flatnonzero(keep)  # then by term, and by document within a term
+    order = order[np.argsort((term_loc[order] << 32) | doc_loc[order])]
+    p_doc = doc_loc[order].astype(np.int32)
+    p_term = term_loc[order].astype(np.int32)
+    p_tf = row_tf[order].astype(np.int32)
+    counts = n_pos[order]
+    pos_ptr = np.concatenate(([0], np.cumsum(counts)))
+    gather = np.repeat(pos_start[order] - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
+    df = np.bincount(p_term, minlength=len(term_ids)).astype(np.int64)
+    return Snapshot(
+        terms=terms,
+        df=df,
+        t_ptr=np.concatenate(([0], np.cumsum(df))),
+        p_doc=p_doc,
+        p_term=p_term,
+        p_tf=p_tf,
+        pos_ptr=pos_ptr,
+        pos=row_pos[gather],
+        doc_ids=doc_ids,
+    )
+
+
+def fetch_documents(doc_ids) -> dict:
+    """Current content of some documents: doc_id -> {term: positions tuple}, or None when absent."""
+    doc_ids = list(doc_ids)
+    found = {}
+    for start in range(0, len(doc_ids), 5000):
+        chunk = doc_ids[start : start + 5000]
+        for doc_id in Document.objects.filter(doc_id__in=chunk).values_list("doc_id", flat=True):
+            found[doc_id] = {}
+        rows = Posting.objects.filter(document_id__in=chunk).values_list("document_id", "term__text", "positions")
+        for doc_id, term, positions in rows:
+            if doc_id in found:
+                found[doc_id][term] = tuple(int(p) for p in positions.split())
+    return {doc_id: found.get(doc_id) for doc_id in doc_ids}
+
+
+def _phrase_match(doc: dict, phrase) -> bool:
+    """Whether a document given as {term: positions} contains the phrase [(term, offset), ...]."""
+    first_term, first_offset = phrase[0]
+    for start in doc.get(first_term, ()):
+        base = start - first_offset
+        if all(base + offset in doc.get(term, ()) for term, offset in phrase[1:]):
+            return True
+    return False
+
+
+class View:
+    """A snapshot plus the documents changed since, with idf and norms for the current corpus."""
+
+    def __init__(self, snap: Snapshot, epoch: str, version: int, changed: dict):
+        self.snap, self.epoch, self.version, self.changed = snap, epoch, version, changed
+        n_docs = len(snap.doc_ids)
+        self.superseded = np.zeros(n_docs, dtype=bool)
+        if changed and n_docs:
+            keys = np.fromiter(changed, dtype=np.int64, count=len(changed))
+            loc = np.searchsorted(snap.doc_ids, keys).clip(max=n_docs - 1)
+            self.superseded[loc[snap.doc_ids[loc] == keys]] = True
+        df = snap.df.copy()
+        if self.superseded.any():
+            df -= np.bincount(snap.p_term[self.superseded[snap.p_doc]], minlength=len(df))
+        new_df = Counter()
+        for doc in changed.values():
+            for term in doc or ():
+                if term in snap.terms:
+                    df[snap.terms[term]] += 1
+                else:
+                    new_df[term] += 1
+        self.df = df
+        self.n = n_docs - int(self.superseded.sum()) + sum(doc is not None for doc in changed.values())
+        self.idf = np.log((1 + self.n) / (1 + df)) + 1
+        self.new_idf = {term: math.log((1 + self.n) / (1 + c)) + 1 for term, c in new_df.items()}
+        weights = snap.p_tf * self.idf[snap.p_term]
+        self.norms = np.sqrt(np.bincount(snap.p_doc, weights=weights * weights, minlength=n_docs))
+        self.overlay = {}  # term -> {doc_id: positions} over changed documents
+        self.overlay_norm = {}
+        for doc_id, doc in changed.items():
+            if doc:
+                self.overlay_norm[doc_id] = math.sqrt(sum((len(p) * self.idf_of(t)) ** 2 for t, p in doc.items()))
+                for term, positions in doc.items():
+                    self.overlay.setdefault(term, {})[doc_id] = positions
+
+    def idf_of(self, term: str) -> float | None:
+        """Current idf of a term, None when no document contains it."""
+        t = self.snap.terms.get(term)
+        if t is not None and self.df[t] > 0:
+            return float(self.idf[t])
+        return self.new_idf.get(term)
+
+    def _term_docs(self, term: str) -> np.ndarray:
+        t = self.snap.terms.get(term)
+        if t is None:
+            return np.zeros(0, dtype=np.int32)
+        return self.snap.p_doc[self.snap.t_ptr[t] : self.snap.t_ptr[t + 1]]
+
+    def _phrase_docs(self, phrase) -> np.ndarray:
+        """Snapshot documents (local numbers, sorted) where the phrase [(term, offset), ...] occurs."""
+        s = self.snap
+        keys = None
+        for term, offset in phrase:
+            t = s.terms.get(term)
+            if t is None:
+                return np.zeros(0, dtype=np.int64)
+            a, b = s.t_ptr[t], s.t_ptr[t + 1]
+            docs = np.repeat(s.p_doc[a:b].astype(np.int64), np.diff(s.pos_ptr[a : b + 1]))
+            term_keys = (docs << 32) + (s.pos[s.pos_ptr[a] : s.pos_ptr[b]] - offset + _KEY_BIAS)
+            keys = term_keys if keys is None else np.intersect1d(keys, term_keys)
+        return np.unique(keys >> 32)
+
+    def rank(self, parsed, weights: dict, min_score, exclude_ids):
+        """All matching documents as (doc_ids, scores, local numbers or -1 for overlay documents)."""
+        s = self.snap
+        n_docs = len(s.doc_ids)
+        qnorm = math.sqrt(sum(w * w for w in weights.values()))
+        doc_parts, dot_parts = [], []
+        for term, w in weights.items():
+            t = s.terms.get(term)
+            if t is not None and s.t_ptr[t] < s.t_ptr[t + 1]:
+                a, b = s.t_ptr[t], s.t_ptr[t + 1]
+                doc_parts.append(s.p_doc[a:b])
+                dot_parts.append(s.p_tf[a:b] * (self.idf[t] * w / qnorm))
+        if len(doc_parts) == 1:  # one term: its postings are already unique and sorted
+            cand, dots = doc_parts[0], dot_parts[0]
+        elif doc_parts:
+            docs, contributions = np.concatenate(doc_parts), np.concatenate(dot_parts)
+            if len(docs) * 8 < n_docs:  # few postings: sort them rather than scan every document
+                cand, inverse = np.unique(docs, return_inverse=True)
+                dots = np.bincount(inverse, weights=contributions)
+            else:
+                dots = np.bincount(docs, weights=contributions, minlength=n_docs)
+                cand = np.flatnonzero(dots)
+                dots = dots[cand]
+        else:
+            cand, dots = np.zeros(0, np.int32), np.zeros(0)
+        keep = ~self.superseded[cand] if self.changed else np.ones(len(cand), dtype=bool)
+        for phrase in parsed.phrases:
+            keep &= np.isin(cand, self._phrase_docs(phrase))
+        for term in parsed.excluded_terms:
+            keep &= ~np.isin(cand, self._term_docs(term))
+        for phrase in parsed.excluded_phrases:
+            keep &= ~np.isin(cand, self._phrase_docs(phrase))
+        excluded = np.fromiter((int(i) for i in exclude_ids), dtype=np.int64)
+        if len(excluded):
+            keep &= ~np.isin(s.doc_ids[cand], excluded)
+        cand, dots = cand[keep], dots[keep]
+        ids, scores, local = s.doc_ids[cand], dots / self.norms[cand], cand.astype(np.int64)
+
+        extra = self._rank_overlay(parsed, weights, qnorm, set(excluded.tolist()))
+        if extra:
+            ids = np.concatenate((ids, np.fromiter(extra, dtype=np.int64, count=len(extra))))
+            scores = np.concatenate((scores, np.fromiter(extra.values(), dtype=np.float64, count=len(extra))))
+            local = np.concatenate((local, np.full(len(extra), -1)))
+        if min_score is not None:
+            keep = scores >= min_score
+            ids, scores, local = ids[keep], scores[keep], local[keep]
+        return ids, scores, local
+
+    def _rank_overlay(self, parsed, weights, qnorm, excluded_ids) -> dict:
+        dots = Counter()
+        for term, w in weights.items():
+            idf = self.idf_of(term)
+            for doc_id, positions in self.overlay.get(term, {}).items():
+                dots[doc_id] += len(positions) * idf * w / qnorm
+        out = {}
+        for doc_id, dot in dots.items():
+            doc = self.changed[doc_id]
+            if (
+                doc_id in excluded_ids
+                or any(term in doc for term in parsed.excluded_terms)
+                or any(_phrase_match(doc, p) for p in parsed.excluded_phrases)
+                or not all(_phrase_match(doc, p) for p in parsed.phrases)
+            ):
+                continue
+            out[doc_id] = dot / self.overlay_norm[doc_id]
+        return out
+
+    def matched_terms(self, ids, local, terms) -> list[list[str]]:
+        """For each hit, which of the query's terms its document contains, in query order."""
+        out = [[] for _ in ids]
+        for term in terms:
+            docs = self._term_docs(term)
+            at = np.searchsorted(docs, local).clip(max=max(len(docs) - 1, 0))
+            found = (local >= 0) & (docs[at] == local) if len(docs) else np.zeros(len(ids), bool)
+            for i in np.flatnonzero(found):
+                out[i].append(term)
+        for i in np.flatnonzero(local < 0):
+            doc = self.changed[int(ids[i])]
+            out[i] = [t for t in terms if t in doc]
+        return out
+
+
+def top(ids, scores, start: int, stop: int) -> np.ndarray:
+    """Indices of ranks [start, stop): by score (equal to 1e-12 counts as a tie), then doc_id."""
+    key = np.round(scores, 12)
+    if len(key) > stop:
+        threshold = -np.partition(-key, stop - 1)[stop - 1]
+        chosen = np.flatnonzero(key >= threshold)
+    else:
+        chosen = np.arange(len(key))
+    return chosen[np.lexsort((ids[chosen], -key[chosen]))][start:stop]
+
+
+def _read_state():
+    """(epoch, version, log_floor), or None before the first write; raw SQL as it runs per search."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT epoch, version, log_floor FROM {IndexState._meta.db_table} WHERE id = 1")
+        return cursor.fetchone()
+
+
+def _transaction_has_writes() -> bool:
+    """Whether the current transaction wrote anything (its view of the index may never commit)."""
+    if not connection.in_atomic_block:
+        return False
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+        return cursor.fetchone()[0]
+
+
+class Cache:
+    """The process's current View, refreshed from the database by version."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._view = None
+
+    def view(self) -> View:
+        """The view matching the database now; one small query when nothing changed.
+
+        Inside a transaction that has written, the result is used for this search only and not
+        kept: those writes may still roll back.
+        """
+        state = _read_state()
+        uncommitted = _transaction_has_writes()
+        with self._lock:
+            view = self._refresh(self._view, state)
+            if not uncommitted:
+                self._view = view
+        return view
+
+    def clear(self):
+        with self._lock:
+            self._view = None
+
+    @staticmethod
+    def _refresh(view, state) -> View:
+        if state is None:
+            return View(Snapshot.empty(), "", 0, {})
+        epoch, version, floor = state
+        if view is None or view.epoch != epoch or view.version < floor or view.version > version:
+            return View(load_snapshot(), epoch, version, {})
+        if view.version == version:
+            return view
+        touched = set(IndexChange.objects.filter(version__gt=view.version).values_list("doc_id", flat=True))
+        changed = dict(view.changed)
+        changed.update(fetch_documents(touched))
+        if len(changed) > max(OVERLAY_MIN, OVERLAY_FRACTION * len(view.snap.doc_ids)):
+            return View(load_snapshot(), epoch, version, {})
+        return View(view.snap, epoch, version, changed)
+
+
+cache = Cache()
+

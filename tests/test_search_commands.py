@@ -1,0 +1,88 @@
+"""The search and rebuild_index management commands over gallery images."""
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from gallery.models import Caption, Image
+from searchindex import index as search_index
+
+pytestmark = pytest.mark.django_db
+
+
+def add_image(n: int, caption: str | None, hidden: bool = False) -> Image:
+    image = Image.objects.create(
+        file=f"images/{n}.jpg", original_name=f"photo-{n}.jpg", sha256=f"{n:064d}", format="JPEG", hidden=hidden
+    )
+    if caption is not None:
+        Caption.objects.create(image=image, text=f"old {caption}", source="model", model_version="v0")
+        Caption.objects.create(image=image, text=caption, source="model", model_version="v1", is_active=True)
+    return image
+
+
+@pytest.fixture
+def gallery():
+    images = {
+        "dog": add_image(1, "a dog runs on the beach"),
+        "two_dogs": add_image(2, "two dogs play in the snow"),
+        "hidden": add_image(3, "a dog hides under a table", hidden=True),
+        "pending": add_image(4, None),
+        "cat": add_image(5, "a cat sleeps on a sofa"),
+    }
+    search_index.index_document(images["hidden"].pk, "a dog hides under a table")  # stale entry
+    call_command("rebuild_index", stdout=StringIO(), stderr=StringIO())
+    return images
+
+
+def run(*args) -> str:
+    out = StringIO()
+    call_command("search", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_rebuild_index_indexes_visible_active_captions_only(gallery, capsys):
+    assert search_index.index_stats()["documents"] == 3
+    found = {hit.doc_id for hit in search_index.search("dog").hits}
+    assert found == {gallery["dog"].pk, gallery["two_dogs"].pk}
+    assert not search_index.search("old").hits  # inactive captions are not indexed
+
+
+def test_rebuild_index_reports_progress(gallery, capsys):
+    call_command("rebuild_index")
+    captured = capsys.readouterr()
+    assert "Indexed 3 caption(s)." in captured.out
+    assert "3/3" in captured.err  # the tqdm bar
+
+
+def test_search_json_gives_file_score_and_active_caption(gallery):
+    out = json.loads(run("snow dogs", "--json", "--limit", "1"))
+    assert out["query"] == "snow dogs"
+    assert out["results"] == [
+        {"id": gallery["two_dogs"].pk, "file": "photo-2.jpg", "score": pytest.approx(out["results"][0]["score"]),
+         "caption": "two dogs play in the snow"}
+    ]
+    assert 0 < out["results"][0]["score"] <= 1
+
+
+def test_search_plain_text(gallery):
+    lines = run("cat").splitlines()
+    assert len(lines) == 1 and "photo-5.jpg" in lines[0] and "a cat sleeps on a sofa" in lines[0]
+    assert run("zebra").strip() == "No matches."
+
+
+def test_queries_file_gives_one_json_line_per_query(gallery, tmp_path):
+    queries = tmp_path / "queries.txt"
+    queries.write_text('dog\n\n"dogs play" -snow\nthe\ncat sofa\n', encoding="utf-8")
+    lines = [json.loads(line) for line in run("--queries", str(queries)).splitlines()]
+    assert [line["query"] for line in lines] == ["dog", '"dogs play" -snow', "the", "cat sofa"]
+    assert len(lines[0]["results"]) == 2
+    assert lines[1]["results"] == [] and lines[2]["results"] == [] and "common words" in lines[2]["message"]
+    assert [r["file"] for r in lines[3]["results"]] == ["photo-5.jpg"]
+
+
+def test_search_needs_a_query_or_a_file(gallery, tmp_path):
+    with pytest.raises(CommandError):
+        run()
+    with pytest.raises(CommandError):
+        run("--queries", str(tmp_path / "missing.txt"))

@@ -1,0 +1,92 @@
+"""Several worker processes indexing and deleting at once keep document frequencies exact."""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from searchindex import index as si
+from searchindex.models import Document, IndexChange, Posting, Term
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+WORKER = """
+import json, os, sys, time
+import django
+django.setup()
+from searchindex import index as si
+start_at, ops = json.loads(sys.argv[1])
+time.sleep(max(0.0, start_at - time.time()))
+for op, doc_id, text in ops:
+    si.index_document(doc_id, text) if op == "index" else si.delete_document(doc_id)
+"""
+
+TEXTS = [
+    "a dog runs on the beach",
+    "a black dog and a white dog play in the snow",
+    "a man in a red shirt climbs a rock",
+    "two children play in the sprinkler",
+    "a woman rides a bike down the street",
+    "a brown dog jumps over a log",
+]
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def test_concurrent_workers_keep_document_frequencies_exact():
+    rng = random.Random(7)
+    workers = []
+    for worker in range(4):
+        ops = [
+            ("delete", d, "") if rng.random() < 0.2 else ("index", d, f"{rng.choice(TEXTS)} w{worker} d{d}")
+            for d in (rng.randint(1, 25) for _ in range(40))
+        ]
+        workers.append(ops)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url()}
+    start_at = time.time() + 4  # all start together, after Django has loaded in each
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([start_at, ops])], env=env,
+                         cwd=Path(__file__).resolve().parent.parent)
+        for ops in workers
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+
+    # Document frequencies equal the postings, term by term; no term is left without postings.
+    postings = Counter(Posting.objects.values_list("term__text", flat=True))
+    assert dict(Term.objects.values_list("text", "df")) == dict(postings)
+    # Every change got its own version, without gaps (a delete of an absent document makes none).
+    versions = list(IndexChange.objects.order_by("version").values_list("version", flat=True))
+    assert versions == list(range(1, len(versions) + 1)) and len(versions) > 100
+    # Each stored document is one of the texts written for it, whole.
+    written = {}
+    for ops in workers:
+        for op, doc_id, text in ops:
+            if op == "index":
+                written.setdefault(doc_id, []).append(text)
+    final = {}
+    for doc in Document.objects.all():
+        stored = sorted(Posting.objects.filter(document=doc).values_list("term__text", "positions"))
+        matches = [t for t in written[doc.doc_id] if sorted(_postings(t)) == stored]
+        assert matches, doc.doc_id
+        final[doc.doc_id] = matches[0]
+    # And searching gives what a fresh build of those documents gives.
+    before = [(h.doc_id, round(h.score, 9)) for h in si.search("dog play", per_page=100).hits]
+    si.rebuild(final.items())
+    assert before == [(h.doc_id, round(h.score, 9)) for h in si.search("dog play", per_page=100).hits]
+
+
+def _postings(text):
+    grouped = {}
+    for term, position in si.analyze_with_positions(text):
+        grouped.setdefault(term, []).append(str(position))
+    return [(term, " ".join(positions)) for term, positions in grouped.items()]
+
