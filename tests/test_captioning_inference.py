@@ -305,3 +305,76 @@ def test_bundled_model_captions_dev_images_sensibly(settings, monkeypatch):
         content = set(result.words) - STOPWORDS
         shared += any(content & ref for ref in refs[name])
     assert shared >= 6, [r.text for r in results]
+
+
+# ---------------------------------------------------------------------------- evaluation
+def test_score_captions_rewards_a_human_caption_over_a_wrong_one():
+    from captioning.evaluation import score_captions
+
+    refs = {
+        "a.jpg": ["A dog runs through the grass .", "A brown dog is running on a lawn ."],
+        "b.jpg": ["Two children play on a beach .", "Kids playing in the sand by the sea ."],
+    }
+    good = score_captions(refs, {"a.jpg": "a dog runs through the grass", "b.jpg": "two children play on a beach"}, meteor=False)
+    bad = score_captions(refs, {"a.jpg": "a red car", "b.jpg": "a man rides a bike"}, meteor=False)
+    assert set(good["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert good["scores"]["BLEU-4"] > 90 and bad["scores"]["BLEU-4"] < 1
+    assert good["scores"]["CIDEr"] > bad["scores"]["CIDEr"]
+
+
+def test_degenerate_captions_are_counted():
+    from captioning.evaluation import is_degenerate
+
+    def result(words, at_max=False):
+        return CaptionResult(" ".join(words), -1.0, words, np.zeros((len(words), 64)), at_max)
+
+    assert not is_degenerate(result("a dog runs".split()))
+    assert is_degenerate(result("a dog runs a dog runs".split()))
+    assert is_degenerate(result("a dog runs".split(), at_max=True))
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, photo):
+    """A Flickr8k-shaped data directory with 3 dev photos."""
+    data = tmp_path / "flickr"
+    (data / "images").mkdir(parents=True)
+    names = [f"{i}.jpg" for i in range(3)]
+    lines = []
+    for i, name in enumerate(names):
+        (data / "images" / name).write_bytes(photo(i, size=(120, 90)))
+        lines += [f"{name}#{k}\tw{i} w{k} w{i + k} ." for k in range(5)]
+    (data / "captions.txt").write_text("\n".join(lines) + "\n")
+    (data / "dev.txt").write_text("\n".join(names) + "\n")
+    return data
+
+
+def test_evaluate_captioner_command_writes_report_and_attention_plot(model_and_feature_dirs, tiny_dataset, tmp_path, capsys):
+    model_dir, feature_dir = model_and_feature_dirs
+    output = tmp_path / "eval" / "report.json"
+    call_command(
+        "evaluate_captioner",
+        "--data-dir", str(tiny_dataset), "--model-dir", str(model_dir), "--feature-dir", str(feature_dir),
+        "--cache-dir", str(tmp_path / "no-cache"), "--output", str(output), "--plots", "1", "--no-meteor", "--beam", "2",
+    )
+    out = capsys.readouterr().out
+    assert "BLEU-4" in out and "CIDEr" in out and "degenerate" in out
+    report = json.loads(output.read_text())
+    assert report["images"] == 3 and report["beam_width"] == 2 and report["model_version"] == "tiny-1"
+    assert set(report["scores"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert 0.0 <= report["degenerate_share"] <= 1.0
+    [plot] = report["attention_plots"]
+    assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tiny_dataset, tmp_path):
+    from captioning import features as feature_store
+    from captioning.evaluation import caption_images
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    feats = np.random.default_rng(5).standard_normal((1, 64, 2048)).astype(np.float16)
+    np.save(feature_store.cache_path(cache, "0.jpg"), feats[0])
+    (tiny_dataset / "images" / "0.jpg").unlink()  # only the cache can caption it now
+    results = caption_images(image_captioner, ["0.jpg", "1.jpg"], tiny_dataset / "images", cache_dir=cache)
+    expected = decode_features(image_captioner.captioner, image_captioner.tokenizer, feats.astype(np.float32))[0]
+    assert results["0.jpg"].text == expected.text and results["1.jpg"].words
