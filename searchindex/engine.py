@@ -12,9 +12,10 @@ Weighting (scikit-learn TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf
     w(t, d) = tf(t, d) * idf(t)                      raw term frequency
     w(t, q) = tf(t, q) * idf(t)                      query terms absent from the index dropped
     score(q, d) = sum_t w(t, q) w(t, d) / (|q| |d|)  cosine of the L2-normalised vectors
-Because idf moves with every change, document norms |d| are recomputed from the postings, with
-the current idf, whenever the version changes (one vectorised pass over all postings), so a
-ranking always equals that of a from-scratch build; see docs/search.md for the cost.
+Because idf moves with every change, document norms |d| are brought up to date with the current
+idf whenever the version changes (View._norms: O(documents) plus the postings of the terms whose
+df moved), so a ranking always equals that of a from-scratch build; see docs/search.md for the
+cost.
 """
 
 import io
@@ -35,25 +36,49 @@ _KEY_BIAS = 1 << 31  # phrase keys pack (document, position - offset + bias) int
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Immutable postings arrays of the whole index at one version."""
+    """Immutable postings arrays of the whole index at one version (build() derives the rest)."""
 
     terms: dict  # term text -> row in the arrays below
-    df: np.ndarray  # int64 [T]
-    t_ptr: np.ndarray  # int64 [T+1]: postings of term t are [t_ptr[t], t_ptr[t+1])
+    doc_ids: np.ndarray  # int64 [D], ascending: local document number -> doc_id
     p_doc: np.ndarray  # int32 [P]: local document number, ascending within a term
     p_term: np.ndarray  # int32 [P]
     p_tf: np.ndarray  # int32 [P]
     pos_ptr: np.ndarray  # int64 [P+1]: positions of posting i are pos[pos_ptr[i]:pos_ptr[i+1]]
-    pos: np.ndarray  # int64
-    doc_ids: np.ndarray  # int64 [D], ascending: local document number -> doc_id
+    pos: np.ndarray  # int32
+    df: np.ndarray  # int64 [T]
+    t_ptr: np.ndarray  # int64 [T+1]: postings of term t are [t_ptr[t], t_ptr[t+1])
+    d_ptr: np.ndarray  # int64 [D+1]: postings of document d are d_post[d_ptr[d]:d_ptr[d+1]]
+    d_post: np.ndarray  # int32 or int64 [P]
+    # Per document, for norms in O(documents) whatever n is (see View): with b(t) = ln(1 + df(t)),
+    # s0 = sum tf^2, s1 = sum tf^2 b, s2 = sum tf^2 b^2, at this snapshot's df.
+    s0: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    @classmethod
+    def build(cls, terms, doc_ids, p_doc, p_term, p_tf, pos_ptr, pos):
+        """Derive the per-term and per-document arrays from postings sorted by (term, document)."""
+        n_docs = len(doc_ids)
+        df = np.bincount(p_term, minlength=len(terms)).astype(np.int64)
+        per_doc = np.bincount(p_doc, minlength=n_docs)
+        tf2 = p_tf.astype(np.float64) ** 2
+        b = np.log1p(df)[p_term]
+        return cls(
+            terms=terms, doc_ids=doc_ids, p_doc=p_doc, p_term=p_term, p_tf=p_tf, pos_ptr=pos_ptr, pos=pos, df=df,
+            t_ptr=np.concatenate(([0], np.cumsum(df))),
+            d_ptr=np.concatenate(([0], np.cumsum(per_doc))),
+            d_post=np.argsort(p_doc, kind="stable").astype(np.int32 if len(p_doc) < 2**31 else np.int64),
+            s0=np.bincount(p_doc, weights=tf2, minlength=n_docs),
+            s1=np.bincount(p_doc, weights=tf2 * b, minlength=n_docs),
+            s2=np.bincount(p_doc, weights=tf2 * b * b, minlength=n_docs),
+        )
 
     @classmethod
     def empty(cls, terms=None, doc_ids=None):
         """No postings (yet): the given terms and documents, or none."""
-        terms = terms or {}
-        none32, none64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
-        return cls(terms, np.zeros(len(terms), np.int64), np.zeros(len(terms) + 1, np.int64), none32, none32,
-                   none32, np.zeros(1, np.int64), none64, none64 if doc_ids is None else doc_ids)
+        none32 = np.zeros(0, np.int32)
+        doc_ids = np.zeros(0, np.int64) if doc_ids is None else doc_ids
+        return cls.build(terms or {}, doc_ids, none32, none32, none32, np.zeros(1, np.int64), none32)
 
 
 def _copy_out(sql: str) -> bytes:
@@ -116,18 +141,7 @@ def load_snapshot() -> Snapshot:
     counts = n_pos[order]
     pos_ptr = np.concatenate(([0], np.cumsum(counts)))
     gather = np.repeat(pos_start[order] - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
-    df = np.bincount(p_term, minlength=len(term_ids)).astype(np.int64)
-    return Snapshot(
-        terms=terms,
-        df=df,
-        t_ptr=np.concatenate(([0], np.cumsum(df))),
-        p_doc=p_doc,
-        p_term=p_term,
-        p_tf=p_tf,
-        pos_ptr=pos_ptr,
-        pos=row_pos[gather],
-        doc_ids=doc_ids,
-    )
+    return Snapshot.build(terms, doc_ids, p_doc, p_term, p_tf, pos_ptr, row_pos[gather].astype(np.int32))
 
 
 def fetch_documents(doc_ids) -> dict:
@@ -158,17 +172,24 @@ def _phrase_match(doc: dict, phrase) -> bool:
 class View:
     """A snapshot plus the documents changed since, with idf and norms for the current corpus."""
 
-    def __init__(self, snap: Snapshot, epoch: str, version: int, changed: dict):
+    def __init__(self, snap: Snapshot, epoch: str, version: int, changed: dict, previous=None):
+        """changed: doc_id -> {term: positions} or None (deleted), for documents changed since snap.
+
+        previous: the view this one follows on the same snapshot, whose per-document sums are
+        reused so that a refresh costs O(documents + postings of the terms whose df moved).
+        """
         self.snap, self.epoch, self.version, self.changed = snap, epoch, version, changed
         n_docs = len(snap.doc_ids)
         self.superseded = np.zeros(n_docs, dtype=bool)
+        df = snap.df.copy()
         if changed and n_docs:
             keys = np.fromiter(changed, dtype=np.int64, count=len(changed))
             loc = np.searchsorted(snap.doc_ids, keys).clip(max=n_docs - 1)
-            self.superseded[loc[snap.doc_ids[loc] == keys]] = True
-        df = snap.df.copy()
-        if self.superseded.any():
-            df -= np.bincount(snap.p_term[self.superseded[snap.p_doc]], minlength=len(df))
+            gone = loc[snap.doc_ids[loc] == keys]
+            self.superseded[gone] = True
+            starts, counts = snap.d_ptr[gone], snap.d_ptr[gone + 1] - snap.d_ptr[gone]
+            at = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(counts.sum())
+            df -= np.bincount(snap.p_term[snap.d_post[at]], minlength=len(df))
         new_df = Counter()
         for doc in changed.values():
             for term in doc or ():
@@ -180,8 +201,7 @@ class View:
         self.n = n_docs - int(self.superseded.sum()) + sum(doc is not None for doc in changed.values())
         self.idf = np.log((1 + self.n) / (1 + df)) + 1
         self.new_idf = {term: math.log((1 + self.n) / (1 + c)) + 1 for term, c in new_df.items()}
-        weights = snap.p_tf * self.idf[snap.p_term]
-        self.norms = np.sqrt(np.bincount(snap.p_doc, weights=weights * weights, minlength=n_docs))
+        self._norms(previous if previous is not None and previous.snap is snap else None)
         self.overlay = {}  # term -> {doc_id: positions} over changed documents
         self.overlay_norm = {}
         for doc_id, doc in changed.items():
@@ -189,6 +209,30 @@ class View:
                 self.overlay_norm[doc_id] = math.sqrt(sum((len(p) * self.idf_of(t)) ** 2 for t, p in doc.items()))
                 for term, positions in doc.items():
                     self.overlay.setdefault(term, {})[doc_id] = positions
+
+    def _norms(self, previous) -> None:
+        """Norms of the snapshot's documents under the current idf.
+
+        idf(t) = A - b(t) with A = ln(1 + n) + 1 and b(t) = ln(1 + df(t)), so
+        |d|^2 = sum tf^2 (A - b)^2 = A^2 s0 - 2 A s1 + s2. s1 and s2 are brought up to date only
+        for the postings of terms whose df moved since the previous view; a new n costs O(D).
+        """
+        s = self.snap
+        s1, s2, old_df = (s.s1, s.s2, s.df) if previous is None else (previous.s1, previous.s2, previous.df)
+        moved = np.flatnonzero(self.df != old_df)
+        if len(moved):
+            s1, s2 = s1.copy(), s2.copy()
+            for t, b_old, b_new in zip(moved, np.log1p(old_df[moved]), np.log1p(self.df[moved])):
+                docs = s.p_doc[s.t_ptr[t] : s.t_ptr[t + 1]]
+                tf2 = s.p_tf[s.t_ptr[t] : s.t_ptr[t + 1]].astype(np.float64) ** 2
+                s1[docs] += tf2 * (b_new - b_old)
+                s2[docs] += tf2 * (b_new * b_new - b_old * b_old)
+        self.s1, self.s2 = s1, s2
+        big_a = math.log(1 + self.n) + 1
+        norms = s.s0 * (big_a * big_a)
+        norms -= (2 * big_a) * s1
+        norms += s2
+        self.norms = np.sqrt(np.maximum(norms, 0.0, out=norms), out=norms)
 
     def idf_of(self, term: str) -> float | None:
         """Current idf of a term, None when no document contains it."""
@@ -213,7 +257,7 @@ class View:
                 return np.zeros(0, dtype=np.int64)
             a, b = s.t_ptr[t], s.t_ptr[t + 1]
             docs = np.repeat(s.p_doc[a:b].astype(np.int64), np.diff(s.pos_ptr[a : b + 1]))
-            term_keys = (docs << 32) + (s.pos[s.pos_ptr[a] : s.pos_ptr[b]] - offset + _KEY_BIAS)
+            term_keys = (docs << 32) + (s.pos[s.pos_ptr[a] : s.pos_ptr[b]].astype(np.int64) - offset + _KEY_BIAS)
             keys = term_keys if keys is None else np.intersect1d(keys, term_keys)
         return np.unique(keys >> 32)
 
@@ -367,7 +411,7 @@ class Cache:
         changed.update(fetch_documents(touched))
         if len(changed) > max(OVERLAY_MIN, OVERLAY_FRACTION * len(view.snap.doc_ids)):
             return View(load_snapshot(), epoch, version, {})
-        return View(view.snap, epoch, version, changed)
+        return View(view.snap, epoch, version, changed, previous=view)
 
 
 cache = Cache()
