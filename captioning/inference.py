@@ -96,8 +96,8 @@ def forbidden_tokens(seq, step, vocab_size: int, max_length: int):
         & (step >= 1)
     )
     rows = tf.broadcast_to(tf.range(n)[:, None], tf.shape(match))
-    indices = tf.stack([tf.boolean_mask(rows, match), tf.boolean_mask(seq[:, 2:], match)], axis=1)
-    banned = tf.scatter_nd(indices, tf.ones(tf.shape(indices)[:1], tf.int32), [n, vocab_size]) > 0
+    indices = tf.stack([rows, seq[:, 2:]], axis=-1)  # (N, T-2, 2); non-matches add 0
+    banned = tf.scatter_nd(indices, tf.cast(match, tf.int32), [n, vocab_size]) > 0
     # The same word twice in a row ("a a", "dog dog"); <start> at step 0 is banned anyway.
     banned |= tf.one_hot(prev1, vocab_size, on_value=True, off_value=False, dtype=tf.bool)
     vocab = tf.range(vocab_size)
@@ -136,15 +136,13 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
     def normalise(total, length):
         return total / tf.pow(tf.maximum(tf.cast(length, tf.float32), 1.0), length_alpha)
 
-    @tf.function(
-        input_signature=[tf.TensorSpec((None, locations, cfg.feature_depth), tf.float32)],
-        reduce_retracing=True,
-    )
+    @tf.function(input_signature=[tf.TensorSpec((None, locations, cfg.feature_depth), tf.float32)])
     def search(features):
         batch = tf.shape(features)[0]
         rows = batch * lanes
         enc, keys = captioner.encode(features)
-        enc, keys = tf.repeat(enc, lanes, axis=0), tf.repeat(keys, lanes, axis=0)
+        lane_image = tf.range(rows) // lanes
+        enc, keys = tf.gather(enc, lane_image), tf.gather(keys, lane_image)
         # Only the first lane of each group is alive at first (the others would duplicate it).
         total = tf.tile(tf.where(lane_starts, 0.0, _NEG), [batch])
         length = tf.zeros([rows], tf.int32)
