@@ -256,13 +256,14 @@ def test_caption_command_reports_bad_files_clearly_and_fails(installed_captioner
     good.write_bytes(photo(0))
     text.write_text("this is not an image")
     missing = tmp_path / "missing.jpg"
-    with pytest.raises(CommandError, match="2 of 3 files could not be captioned") as raised:
-        call_command("caption", str(text), str(good), str(missing), "--json")
+    with pytest.raises(CommandError, match="3 of 4 files could not be captioned") as raised:
+        call_command("caption", str(text), str(good), str(missing), str(tmp_path), "--json")
     assert raised.value.returncode == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["file"] == str(text) and lines[0]["error"].startswith("not an image")
     assert "caption" in lines[1]
     assert lines[2] == {"file": str(missing), "error": "file not found"}
+    assert lines[3] == {"file": str(tmp_path), "error": "is a directory, not an image file"}
 
 
 def test_caption_command_plain_output(installed_captioner, tmp_path, photo, capsys):

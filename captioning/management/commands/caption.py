@@ -1,6 +1,7 @@
 """``manage.py caption FILE... [--beam N] [--json]``: caption image files without storing anything."""
 
 import json
+import os
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -61,12 +62,12 @@ def _read(name):
     """The preprocessed image, or a one-line reason why the file cannot be captioned."""
     from captioning.inception import InvalidImageError, preprocess_image
 
+    if os.path.isdir(name):
+        return "is a directory, not an image file"
     try:
         return preprocess_image(name)
     except FileNotFoundError:
         return "file not found"
-    except IsADirectoryError:
-        return "is a directory, not an image file"
     except InvalidImageError as exc:
         return f"not an image: {exc}"
     except OSError as exc:
