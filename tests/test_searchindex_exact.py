@@ -18,7 +18,7 @@ from searchindex import index as si
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CAPTIONS_FILE = Path("/work/shared/datasets/flickr8k/captions.txt")
+CAPTIONS_FILE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flickr8k" / "captions.txt"
 
 
 def read_captions(limit: int) -> list[str]:
