@@ -385,15 +385,15 @@ class Cache:
         Inside a transaction that has written, the result is used for this search only and not
         kept: those writes may still roll back.
         """
-        state = _read_state()
         uncommitted = _transaction_has_writes()
-        with self._lock:
-            view = self._refresh(self._view, state)
+        with self._lock:  # state read under the lock, so threads never see versions out of order
+            view = self._refresh(self._view, _read_state())
             if not uncommitted:
                 self._view = view
         return view
 
     def clear(self):
+        """Forget the view: the next search loads a fresh snapshot."""
         with self._lock:
             self._view = None
 
