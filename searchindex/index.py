@@ -140,19 +140,21 @@ class _BulkWriter:
     def __init__(self):
         self.copy = connection.vendor == "postgresql"
 
-    def write(self, model, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    def write(self, model, columns: tuple[str, ...], rows: list[tuple], free_text: bool = False) -> None:
+        """free_text: some values may hold characters that COPY's text format must escape."""
         if not rows:
             return
         if not self.copy:
             model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
             return
-        buffer = io.StringIO("".join("\t".join(map(str, row)) + "\n" for row in rows))
+        field = _copy_escape if free_text else str
+        buffer = io.StringIO("".join("\t".join(map(field, row)) + "\n" for row in rows))
         with connection.cursor() as cursor:
             cursor.cursor.copy_expert(f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN", buffer)
 
 
-def _copy_text(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+def _copy_escape(value) -> str:
+    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
@@ -198,7 +200,8 @@ def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
         writer.write(Posting, ("document_id", "term_id", "tf", "positions"), postings)
         if progress and docs:
             progress(len(docs))
-        writer.write(Term, ("id", "text", "df"), [(tid, _copy_text(t), dfs[tid - 1]) for t, tid in term_ids.items()])
+        terms = [(tid, term, dfs[tid - 1]) for term, tid in term_ids.items()]
+        writer.write(Term, ("id", "text", "df"), terms, free_text=True)
         with connection.cursor() as cursor:
             for sql in connection.ops.sequence_reset_sql(no_style(), [Term]):
                 cursor.execute(sql)

@@ -34,7 +34,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("query", nargs="?", help='Words, "quoted phrases", -excluded words.')
-        parser.add_argument("--limit", type=int, default=10, help="How many results (default 10).")
+        parser.add_argument("--limit", type=int, default=10, help="How many results (default 10, at most 1000).")
         parser.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
         parser.add_argument("--queries", metavar="FILE", help="Run each non-empty line of FILE as a query.")
 
