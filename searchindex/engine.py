@@ -4,8 +4,8 @@ PostgreSQL holds the index; each process keeps a snapshot of it (compressed-spar
 postings, grouped by term and sorted by document) plus an overlay of the documents changed
 since the snapshot was loaded. Every search reads the one IndexState row (epoch, version): an
 unchanged version costs nothing more; a higher one fetches only the documents changed since
-(IndexChange rows); a new epoch (rebuild), a pruned change log or an overlay grown past
-OVERLAY_FRACTION of the snapshot reloads everything.
+(IndexChange rows); a new epoch (rebuild) or a pruned change log reloads everything, and an
+overlay grown past OVERLAY_FRACTION of the snapshot starts a fresh load in the background.
 
 Weighting (scikit-learn TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf=False)):
     idf(t) = ln((1 + n) / (1 + df(t))) + 1          n = documents in the index
@@ -19,6 +19,7 @@ cost.
 """
 
 import io
+import logging
 import math
 import threading
 from collections import Counter
@@ -29,7 +30,9 @@ from django.db import connection
 
 from .models import Document, IndexChange, IndexState, Posting, Term
 
-OVERLAY_FRACTION = 0.02  # reload the snapshot once this share of documents changed since
+log = logging.getLogger(__name__)
+
+OVERLAY_FRACTION = 0.02  # load a fresh snapshot (in the background) once this share of documents changed
 OVERLAY_MIN = 2_000  # ... but never for fewer changed documents than this
 _KEY_BIAS = 1 << 31  # phrase keys pack (document, position - offset + bias) into one int64
 
@@ -373,11 +376,18 @@ def _transaction_has_writes() -> bool:
 
 
 class Cache:
-    """The process's current View, refreshed from the database by version."""
+    """The process's current View, refreshed from the database by version.
+
+    A full snapshot load takes seconds at a million documents. When it is needed because the
+    overlay grew, the current view stays exact meanwhile, so the load runs in a background thread
+    and is swapped in when ready. Only a new epoch (a rebuild) or a pruned change log makes a
+    search wait for it, since the old snapshot no longer describes the index.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._view = None
+        self._loader = None  # the background snapshot load, while one runs
 
     def view(self) -> View:
         """The view matching the database now; one small query when nothing changed.
@@ -390,6 +400,8 @@ class Cache:
             view = self._refresh(self._view, _read_state())
             if not uncommitted:
                 self._view = view
+                if len(view.changed) > max(OVERLAY_MIN, OVERLAY_FRACTION * len(view.snap.doc_ids)):
+                    self._start_loader()
         return view
 
     def clear(self):
@@ -409,10 +421,27 @@ class Cache:
         touched = set(IndexChange.objects.filter(version__gt=view.version).values_list("doc_id", flat=True))
         changed = dict(view.changed)
         changed.update(fetch_documents(touched))
-        if len(changed) > max(OVERLAY_MIN, OVERLAY_FRACTION * len(view.snap.doc_ids)):
-            return View(load_snapshot(), epoch, version, {})
         return View(view.snap, epoch, version, changed, previous=view)
+
+    def _start_loader(self) -> None:
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load, name="searchindex-snapshot", daemon=True)
+            self._loader.start()
+
+    def _load(self) -> None:
+        """Load a fresh snapshot on this thread's own connection; the next search catches it up."""
+        try:
+            state = _read_state()
+            if state is not None:
+                fresh = View(load_snapshot(), state[0], state[1], {})
+                with self._lock:
+                    if self._view is not None and self._view.epoch == fresh.epoch:
+                        self._view = fresh
+        except Exception:  # the next search that needs it starts another
+            log.exception("Loading a fresh search-index snapshot failed")
+        finally:
+            connection.close()
+            self._loader = None
 
 
 cache = Cache()
-
