@@ -55,8 +55,9 @@ def caption_images(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, CaptionResult]:
     """Caption images by name: from cached features when present, else from the image files."""
-    cached = [n for n in names if cache_dir and feature_store.cache_path(cache_dir, n).is_file()]
-    uncached = [n for n in names if n not in set(cached)]
+    in_cache = {n for n in names if cache_dir and feature_store.cache_path(cache_dir, n).is_file()}
+    cached = [n for n in names if n in in_cache]
+    uncached = [n for n in names if n not in in_cache]
     results: dict[str, CaptionResult] = {}
     step = captioner.batch_size * 4
     for start in range(0, len(cached), step):
