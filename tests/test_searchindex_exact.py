@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
@@ -143,3 +143,14 @@ def test_searches_see_the_old_index_until_a_rebuild_commits(captions, monkeypatc
     si.rebuild([(10, "a dog in the snow"), (11, "a dog and a cat")], progress=search_elsewhere)
     assert seen and all(found == [1] for found in seen)
     assert sorted(h.doc_id for h in si.search("dog").hits) == [10, 11]
+
+
+def test_a_search_inside_a_writing_transaction_is_not_cached_past_a_rollback():
+    si.rebuild([(1, "a dog on the beach")])
+    assert [h.doc_id for h in si.search("dog").hits] == [1]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        si.index_document(2, "a dog in the snow")
+        assert [h.doc_id for h in si.search("snow").hits] == [2]  # the transaction sees its own write
+        raise RuntimeError
+    si.index_document(3, "a cat on a sofa")  # commits the version number the rolled-back write had
+    assert si.search("snow").hits == [] and [h.doc_id for h in si.search("cat").hits] == [3]
