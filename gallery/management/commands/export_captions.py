@@ -1,7 +1,6 @@
 """Export the image-to-caption mapping (one row per image, its active caption)."""
 import csv
 import json
-import sys
 
 from django.core.management.base import BaseCommand
 
@@ -31,15 +30,14 @@ class Command(BaseCommand):
         parser.add_argument("--output", help="File to write (default: standard output).")
 
     def handle(self, *args, format, output, **options):
-        handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
+        handle = open(output, "w", newline="", encoding="utf-8") if output else self.stdout
         try:
             if format == "csv":
                 writer = csv.DictWriter(handle, fieldnames=FIELDS)
                 writer.writeheader()
                 writer.writerows(caption_rows())
             else:
-                json.dump(list(caption_rows()), handle, ensure_ascii=False, indent=1)
-                handle.write("\n")
+                handle.write(json.dumps(list(caption_rows()), ensure_ascii=False, indent=1) + "\n")
         finally:
             if output:
                 handle.close()
