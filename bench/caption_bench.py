@@ -70,9 +70,10 @@ class PeakRss:
 def load_captioner(args) -> tuple[ImageCaptioner, str]:
     """The bundled model if installed, else a random one of the real size; says which."""
     feature_store.ensure_feature_weights(args.feature_dir, log=lambda message: print(message, file=sys.stderr))
-    if BUNDLED.exists() and not args.random_model:
-        captioner = ImageCaptioner.from_dirs(BUNDLED, args.feature_dir, beam_width=args.beam, batch_size=args.batch)
-        return captioner, f"bundled model {captioner.version}"
+    model_dir = Path(args.model_dir)
+    if model_dir.exists() and not args.random_model:
+        captioner = ImageCaptioner.from_dirs(model_dir, args.feature_dir, beam_width=args.beam, batch_size=args.batch)
+        return captioner, f"trained model {captioner.version} ({model_dir})"
     from captioning.model import ModelConfig, build_captioner
     from captioning.vocabulary import Tokenizer
 
@@ -155,7 +156,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=96, help="photos for the bulk measurement")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--random-model", action="store_true", help="ignore the bundled model")
+    parser.add_argument("--model-dir", default=str(BUNDLED), help="model directory (default: the bundled model)")
+    parser.add_argument("--random-model", action="store_true", help="a random model of the real size instead")
     args = parser.parse_args(argv)
 
     rss = PeakRss()
