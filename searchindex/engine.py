@@ -235,7 +235,9 @@ class View:
         norms = s.s0 * (big_a * big_a)
         norms -= (2 * big_a) * s1
         norms += s2
-        self.norms = np.sqrt(np.maximum(norms, 0.0, out=norms), out=norms)
+        norms = np.sqrt(np.maximum(norms, 0.0, out=norms), out=norms)
+        # Reciprocals, so that scoring multiplies; zero for documents without terms (never matched).
+        self.inv_norms = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
 
     def idf_of(self, term: str) -> float | None:
         """Current idf of a term, None when no document contains it."""
@@ -264,8 +266,8 @@ class View:
             keys = term_keys if keys is None else np.intersect1d(keys, term_keys)
         return np.unique(keys >> 32)
 
-    def rank(self, parsed, weights: dict, min_score, exclude_ids):
-        """All matching documents as (doc_ids, scores, local numbers or -1 for overlay documents)."""
+    def rank(self, parsed, weights: dict, min_score, exclude_ids) -> "Ranking":
+        """Every matching document with its score (cosine); weights: query term -> tf * idf."""
         s = self.snap
         n_docs = len(s.doc_ids)
         qnorm = math.sqrt(sum(w * w for w in weights.values()))
@@ -277,40 +279,44 @@ class View:
                 doc_parts.append(s.p_doc[a:b])
                 dot_parts.append(s.p_tf[a:b] * (self.idf[t] * w / qnorm))
         if len(doc_parts) == 1:  # one term: its postings are already unique and sorted
-            cand, dots = doc_parts[0], dot_parts[0]
+            cand = doc_parts[0]
+            scores = dot_parts[0] * self.inv_norms[cand]
         elif doc_parts:
             docs, contributions = np.concatenate(doc_parts), np.concatenate(dot_parts)
             if len(docs) * 8 < n_docs:  # few postings: sort them rather than scan every document
                 cand, inverse = np.unique(docs, return_inverse=True)
-                dots = np.bincount(inverse, weights=contributions)
+                scores = np.bincount(inverse, weights=contributions) * self.inv_norms[cand]
             else:
-                dots = np.bincount(docs, weights=contributions, minlength=n_docs)
-                cand = np.flatnonzero(dots)
-                dots = dots[cand]
+                dense = np.bincount(docs, weights=contributions, minlength=n_docs)
+                dense *= self.inv_norms
+                cand = np.flatnonzero(dense)
+                scores = dense[cand]
         else:
-            cand, dots = np.zeros(0, np.int32), np.zeros(0)
-        keep = ~self.superseded[cand] if self.changed else np.ones(len(cand), dtype=bool)
+            cand, scores = np.zeros(0, np.int32), np.zeros(0)
+        drop = self.superseded[cand] if self.changed else None
         for phrase in parsed.phrases:
-            keep &= np.isin(cand, self._phrase_docs(phrase))
+            drop = _or(drop, ~np.isin(cand, self._phrase_docs(phrase)))
         for term in parsed.excluded_terms:
-            keep &= ~np.isin(cand, self._term_docs(term))
+            drop = _or(drop, np.isin(cand, self._term_docs(term)))
         for phrase in parsed.excluded_phrases:
-            keep &= ~np.isin(cand, self._phrase_docs(phrase))
+            drop = _or(drop, np.isin(cand, self._phrase_docs(phrase)))
         excluded = np.fromiter((int(i) for i in exclude_ids), dtype=np.int64)
-        if len(excluded):
-            keep &= ~np.isin(s.doc_ids[cand], excluded)
-        cand, dots = cand[keep], dots[keep]
-        ids, scores, local = s.doc_ids[cand], dots / self.norms[cand], cand.astype(np.int64)
+        if len(excluded) and n_docs:
+            loc = np.searchsorted(s.doc_ids, excluded).clip(max=n_docs - 1)
+            drop = _or(drop, np.isin(cand, loc[s.doc_ids[loc] == excluded]))
+        if min_score is not None:
+            drop = _or(drop, scores < min_score)
+        if drop is not None and drop.any():
+            cand, scores = cand[~drop], scores[~drop]
 
         extra = self._rank_overlay(parsed, weights, qnorm, set(excluded.tolist()))
-        if extra:
-            ids = np.concatenate((ids, np.fromiter(extra, dtype=np.int64, count=len(extra))))
-            scores = np.concatenate((scores, np.fromiter(extra.values(), dtype=np.float64, count=len(extra))))
-            local = np.concatenate((local, np.full(len(extra), -1)))
         if min_score is not None:
-            keep = scores >= min_score
-            ids, scores, local = ids[keep], scores[keep], local[keep]
-        return ids, scores, local
+            extra = {doc_id: score for doc_id, score in extra.items() if score >= min_score}
+        extra_ids = np.fromiter(extra, dtype=np.int64, count=len(extra))
+        if len(extra):
+            scores = np.concatenate((scores, np.fromiter(extra.values(), dtype=np.float64, count=len(extra))))
+            cand = np.concatenate((cand, -1 - np.arange(len(extra))))
+        return Ranking(scores, cand.astype(np.int64, copy=False), s.doc_ids, extra_ids)
 
     def _rank_overlay(self, parsed, weights, qnorm, excluded_ids) -> dict:
         dots = Counter()
@@ -331,30 +337,56 @@ class View:
             out[doc_id] = dot / self.overlay_norm[doc_id]
         return out
 
-    def matched_terms(self, ids, local, terms) -> list[list[str]]:
-        """For each hit, which of the query's terms its document contains, in query order."""
-        out = [[] for _ in ids]
+    def matched_terms(self, refs, ids, terms) -> list[list[str]]:
+        """For each hit (Ranking refs and ids), which of the query's terms it contains, in query order."""
+        out = [[] for _ in refs]
         for term in terms:
             docs = self._term_docs(term)
-            at = np.searchsorted(docs, local).clip(max=max(len(docs) - 1, 0))
-            found = (local >= 0) & (docs[at] == local) if len(docs) else np.zeros(len(ids), bool)
-            for i in np.flatnonzero(found):
-                out[i].append(term)
-        for i in np.flatnonzero(local < 0):
+            if len(docs):
+                at = np.searchsorted(docs, refs).clip(max=len(docs) - 1)
+                for i in np.flatnonzero((refs >= 0) & (docs[at] == refs)):
+                    out[i].append(term)
+        for i in np.flatnonzero(refs < 0):
             doc = self.changed[int(ids[i])]
             out[i] = [t for t in terms if t in doc]
         return out
 
 
-def top(ids, scores, start: int, stop: int) -> np.ndarray:
-    """Indices of ranks [start, stop): by score (equal to 1e-12 counts as a tie), then doc_id."""
-    key = np.round(scores, 12)
-    if len(key) > stop:
-        threshold = -np.partition(-key, stop - 1)[stop - 1]
-        chosen = np.flatnonzero(key >= threshold)
-    else:
-        chosen = np.arange(len(key))
-    return chosen[np.lexsort((ids[chosen], -key[chosen]))][start:stop]
+def _or(mask, more):
+    return more if mask is None else mask | more
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Matching documents: ref >= 0 is a snapshot document number, ref < 0 is extra_ids[-1 - ref]."""
+
+    scores: np.ndarray
+    refs: np.ndarray
+    doc_ids: np.ndarray  # the snapshot's
+    extra_ids: np.ndarray  # changed documents, from the overlay
+
+    def ids(self, which) -> np.ndarray:
+        refs = self.refs[which]
+        base = refs >= 0
+        out = np.empty(len(refs), dtype=np.int64)
+        out[base] = self.doc_ids[refs[base]]
+        out[~base] = self.extra_ids[-1 - refs[~base]]
+        return out
+
+    def top(self, start: int, stop: int) -> np.ndarray:
+        """Positions of ranks [start, stop): by score (equal to 1e-12 counts as a tie), then doc_id.
+
+        Only documents within 1e-12 of the stop-th best raw score can rank before `stop`, so only
+        those are rounded and sorted.
+        """
+        n = len(self.scores)
+        if n > stop:
+            threshold = np.partition(self.scores, n - stop)[n - stop]
+            chosen = np.flatnonzero(self.scores >= threshold - 1e-12)
+        else:
+            chosen = np.arange(n)
+        key = np.round(self.scores[chosen], 12)
+        return chosen[np.lexsort((self.ids(chosen), -key))][start:stop]
 
 
 def _read_state():

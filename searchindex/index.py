@@ -248,13 +248,14 @@ def search(
     if not weights:
         return SearchResults([], 0, 1, per_page, 0, parsed.interpretation)
 
-    ids, scores, local = view.rank(parsed, weights, min_score, exclude_ids)
-    total = len(ids)
+    ranking = view.rank(parsed, weights, min_score, exclude_ids)
+    total = len(ranking.scores)
     num_pages = math.ceil(total / per_page)
     page = min(page, max(num_pages, 1))
-    chosen = engine.top(ids, scores, (page - 1) * per_page, page * per_page)
-    matched = view.matched_terms(ids[chosen], local[chosen], list(weights))
-    hits = [Hit(int(ids[i]), float(scores[i]), terms) for i, terms in zip(chosen, matched)]
+    chosen = ranking.top((page - 1) * per_page, page * per_page)
+    ids = ranking.ids(chosen)
+    matched = view.matched_terms(ranking.refs[chosen], ids, list(weights))
+    hits = [Hit(int(i), float(ranking.scores[c]), terms) for i, c, terms in zip(ids, chosen, matched)]
     return SearchResults(hits, total, page, per_page, num_pages, parsed.interpretation)
 
 
