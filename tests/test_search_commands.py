@@ -73,12 +73,14 @@ def test_search_plain_text(gallery):
 
 def test_queries_file_gives_one_json_line_per_query(gallery, tmp_path):
     queries = tmp_path / "queries.txt"
-    queries.write_text('dog\n\n"dogs play" -snow\nthe\ncat sofa\n', encoding="utf-8")
+    queries.write_bytes('dog\n\n"dogs play" -snow\nthe\ncat sofa\n\xff\xfe\x00dog\n'.encode("latin-1"))
     lines = [json.loads(line) for line in run("--queries", str(queries)).splitlines()]
-    assert [line["query"] for line in lines] == ["dog", '"dogs play" -snow', "the", "cat sofa"]
+    assert [line["query"] for line in lines][:4] == ["dog", '"dogs play" -snow', "the", "cat sofa"]
+    assert len(lines) == 5
     assert len(lines[0]["results"]) == 2
     assert lines[1]["results"] == [] and lines[2]["results"] == [] and "common words" in lines[2]["message"]
     assert [r["file"] for r in lines[3]["results"]] == ["photo-5.jpg"]
+    assert lines[4]["results"] == [] and "binary" in lines[4]["message"]  # undecodable bytes
 
 
 def test_search_needs_a_query_or_a_file(gallery, tmp_path):
