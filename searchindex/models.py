@@ -30,7 +30,10 @@ class Document(models.Model):
 
 class Posting(models.Model):
     pk = models.CompositePrimaryKey("document", "term")
-    document = models.ForeignKey(Document, on_delete=models.DO_NOTHING, db_constraint=False, related_name="postings")
+    # No index of its own on document: the primary key (document, term) leads with it.
+    document = models.ForeignKey(
+        Document, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="postings"
+    )
     term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
     tf = models.PositiveIntegerField(help_text="Occurrences of the term in the document.")
     positions = models.TextField(help_text="Space-separated word positions of the term, stop words counted.")
