@@ -319,6 +319,7 @@ class View:
         return Ranking(scores, cand.astype(np.int64, copy=False), s.doc_ids, extra_ids)
 
     def _rank_overlay(self, parsed, weights, qnorm, excluded_ids) -> dict:
+        """Scores of the matching changed documents (few: plain Python over the overlay)."""
         dots = Counter()
         for term, w in weights.items():
             idf = self.idf_of(term)
@@ -353,6 +354,7 @@ class View:
 
 
 def _or(mask, more):
+    """Combine drop masks; None stands for "nothing dropped yet" and saves an all-False array."""
     return more if mask is None else mask | more
 
 
