@@ -41,9 +41,10 @@ def folder(tmp_path):
     return tmp_path
 
 
-def test_import_images_reports_imported_duplicates_and_rejections(folder, django_capture_on_commit_callbacks):
-    with django_capture_on_commit_callbacks(execute=True):
-        out = run("import_images", str(folder), "--recursive", "--wait", "--timeout", "300")
+@pytest.mark.django_db(transaction=True)
+def test_import_images_reports_imported_duplicates_and_rejections(folder):
+    """Committed for real, as in production: each import enqueues its captioning on commit."""
+    out = run("import_images", str(folder), "--recursive", "--wait", "--timeout", "300")
     assert "Imported 3, duplicates 1, rejected 1." in out
     assert "notes.jpg: The file is not an image" in out
     assert "Captioned 3, failed 0." in out
