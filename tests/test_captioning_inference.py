@@ -73,6 +73,19 @@ def test_guard_forbids_completing_a_seen_trigram_and_repeating_the_last_word():
     assert banned[PAD_ID] and banned[START_ID] and banned[UNK_ID]
 
 
+def test_guard_limits_bigrams_and_rare_words_to_two_occurrences():
+    vocab = 40
+    seq = np.zeros((2, MAX_LENGTH), np.int32)
+    # Row 0: bigram (4, 5) twice and word 20 twice, no trigram twice; the last word is 4.
+    seq[0, :10] = [START_ID, 4, 5, 20, 6, 4, 5, 7, 20, 4]
+    # Row 1: word 4 (the most frequent, free) three times already.
+    seq[1, :10] = [START_ID, 4, 6, 4, 7, 4, 9, 10, 11, 12]
+    banned = forbidden_tokens(seq, 9, vocab, MAX_LENGTH, free_words=5).numpy()
+    assert banned[0, 5] and banned[0, 20]  # (4, 5) or 20 a third time
+    assert not banned[0, 21] and not banned[0, 6] and not banned[0, 7]
+    assert not banned[1, 4]  # a free word may come a fourth time
+
+
 def test_guard_forbids_an_empty_caption_and_forces_end_at_the_last_position():
     vocab = 10
     seq = np.zeros((2, MAX_LENGTH), np.int32)
