@@ -30,21 +30,24 @@ DATABASE = "imagesearch_bench"
 PASSWORD = "bench-password-not-secret"
 
 
-def admin_connection():
+def administer(*statements):
+    """Run statements outside a transaction (CREATE/DROP DATABASE refuse to run inside one)."""
     conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
     conn.autocommit = True
-    return conn
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
 
 
 def recreate_database():
-    with admin_connection() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DATABASE}")
+    administer(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}")
 
 
 def drop_database():
-    with admin_connection() as conn, conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    administer(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 
 def manage(stack: Stack, *args, **env):
