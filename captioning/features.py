@@ -47,18 +47,22 @@ def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def _write_atomic(path: Path, write: Callable, mode: str = "wb") -> None:
+    """Write through a temporary file and rename, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), "w")
 
 
 def ensure_feature_weights(
@@ -107,15 +111,7 @@ def cache_path(cache_dir: str | os.PathLike, image_name: str) -> Path:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_atomic(path, lambda fh: np.save(fh, array))
 
 
 def cache_features(
