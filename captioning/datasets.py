@@ -39,37 +39,43 @@ def _lines(path: Path):
         raise DatasetError(f"{path} is not UTF-8 text: {exc}") from exc
 
 
-def read_flickr8k(path: str | os.PathLike) -> dict[str, list[str]]:
-    path = Path(path)
-    out: dict[str, list[str]] = OrderedDict()
+def _tab_separated(path: Path, expected: str):
+    """(line number, first field, caption) of each line of a tab-separated caption file."""
     for lineno, line in _lines(path):
         if "\t" not in line:
-            raise DatasetError(f"{path}:{lineno}: expected 'IMAGE#N<TAB>caption'")
+            raise DatasetError(f"{path}:{lineno}: expected '{expected}'")
         key, caption = line.split("\t", 1)
-        image = key.rsplit("#", 1)[0] if "#" in key else key
-        caption = caption.strip()
+        yield lineno, key.strip(), caption.strip()
+
+
+def _grouped(path: Path, pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """Captions grouped by image in file order; a file without any caption is an error."""
+    out: dict[str, list[str]] = OrderedDict()
+    for image, caption in pairs:
         if image and caption:
             out.setdefault(image, []).append(caption)
     if not out:
         raise DatasetError(f"{path}: no captions found")
     return out
+
+
+def read_flickr8k(path: str | os.PathLike) -> dict[str, list[str]]:
+    path = Path(path)
+    rows = _tab_separated(path, "IMAGE#N<TAB>caption")
+    return _grouped(path, ((key.rsplit("#", 1)[0], caption) for _, key, caption in rows))
 
 
 def read_tsv(path: str | os.PathLike) -> dict[str, list[str]]:
     path = Path(path)
-    out: dict[str, list[str]] = OrderedDict()
-    for lineno, line in _lines(path):
-        if "\t" not in line:
-            raise DatasetError(f"{path}:{lineno}: expected 'file<TAB>caption'")
-        image, caption = line.split("\t", 1)
-        if lineno == 1 and image.strip().lower() in ("file", "image", "filename") and caption.strip().lower() == "caption":
-            continue
-        image, caption = image.strip(), caption.strip()
-        if image and caption:
-            out.setdefault(image, []).append(caption)
-    if not out:
-        raise DatasetError(f"{path}: no captions found")
-    return out
+    rows = _tab_separated(path, "file<TAB>caption")
+    return _grouped(
+        path,
+        (
+            (image, caption)
+            for lineno, image, caption in rows
+            if not (lineno == 1 and image.lower() in ("file", "image", "filename") and caption.lower() == "caption")
+        ),
+    )
 
 
 def read_coco(path: str | os.PathLike) -> dict[str, list[str]]:
