@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from . import curation
-from .captions import set_human_caption
+from .captions import set_human_caption, sync_index
 from .models import Caption, Image
 
 
@@ -94,7 +94,7 @@ class ImageAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         if "hidden" in form.changed_data:
-            curation.set_hidden([obj], obj.hidden)
+            sync_index(obj)  # the flag is saved above; only the index follows
         if "caption" in form.changed_data and form.cleaned_data["caption"].strip():
             set_human_caption(obj, form.cleaned_data["caption"], user=request.user)
 

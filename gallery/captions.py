@@ -52,8 +52,7 @@ def add_model_caption(image: Image, text: str, *, model_version: str, score=None
     if active is None or active.source != Caption.Source.HUMAN:
         _activate(image, caption)
     Image.objects.filter(pk=image.pk).update(status=Image.Status.DONE, error="", status_changed_at=timezone.now())
-    image.refresh_from_db()
-    sync_index(image)
+    sync_index(image)  # `hidden` is current: the row was just read under its lock
     return caption
 
 
