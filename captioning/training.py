@@ -62,36 +62,81 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+MIRROR_SWAPS = (("left", "right"),)
+
+
+def mirror_token_map(tokenizer: Tokenizer) -> np.ndarray:
+    """Token id -> id of its mirror word ("left" <-> "right"), identity for every other word."""
+    table = np.arange(tokenizer.size, dtype=np.int32)
+    for a, b in MIRROR_SWAPS:
+        ia, ib = tokenizer.word_index.get(a), tokenizer.word_index.get(b)
+        if ia is not None and ib is not None:
+            table[ia], table[ib] = ib, ia
+    return table
+
+
 @dataclass
 class CaptionSet:
-    """Features of some images plus their encoded captions."""
+    """Features of some images plus their encoded captions.
+
+    With ``mirrored`` (features of the horizontally flipped images), training draws each image
+    as itself or as its mirror image, with "left" and "right" swapped in its captions: more
+    distinct (image, caption) pairs against over-fitting, at no cost per epoch.  Batch indices
+    ``i >= len(names)`` denote the mirror image of ``i - len(names)``.
+    """
 
     names: list[str]
     features: np.ndarray  # (n_images, 64, 2048), float16 or float32
     captions: list[list[np.ndarray]]  # per image: int32 token arrays (<start> ... <end>)
+    mirrored: np.ndarray | None = None  # (n_images, 64, 2048) features of the flipped images
+    mirrored_captions: list[list[np.ndarray]] | None = None
 
     @property
     def n_captions(self) -> int:
         return sum(len(c) for c in self.captions)
 
     @classmethod
-    def build(cls, names, features, captions_by_image: dict, tokenizer: Tokenizer, max_length: int) -> "CaptionSet":
+    def build(
+        cls, names, features, captions_by_image: dict, tokenizer: Tokenizer, max_length: int, mirrored=None
+    ) -> "CaptionSet":
         caps = [
             [np.asarray(tokenizer.encode(c, max_length=max_length), dtype=np.int32) for c in captions_by_image[n]]
             for n in names
         ]
-        return cls(list(names), features, caps)
+        mirrored_caps = None
+        if mirrored is not None:
+            swap = mirror_token_map(tokenizer)
+            mirrored_caps = [[swap[c] for c in image_caps] for image_caps in caps]
+        return cls(list(names), features, caps, mirrored, mirrored_caps)
+
+    def captions_of(self, index: int) -> list[np.ndarray]:
+        n = len(self.names)
+        return self.captions[index] if index < n else self.mirrored_captions[index - n]
+
+    def features_of(self, indices: np.ndarray) -> np.ndarray:
+        n = len(self.names)
+        if self.mirrored is None or not (indices >= n).any():
+            return self.features[indices]
+        out = np.empty((len(indices), *self.features.shape[1:]), dtype=self.features.dtype)
+        plain = indices < n
+        out[plain] = self.features[indices[plain]]
+        out[~plain] = self.mirrored[indices[~plain] - n]
+        return out
 
 
 def make_batches(data: CaptionSet, batch_images: int, rng: np.random.Generator | None, sort_pool: int = 50):
     """List of ``(image_indices, row_image, tokens)``: ``row_image[r]`` indexes ``image_indices``.
 
     ``rng=None`` gives a fixed order (validation).  Otherwise images are shuffled, pooled,
-    sorted by mean caption length inside each pool, cut into batches, and the batches shuffled.
+    sorted by mean caption length inside each pool, cut into batches, and the batches shuffled;
+    where ``data.mirrored`` is set, each image is drawn as its mirror image with probability 1/2.
     """
     n = len(data.names)
     order = np.arange(n) if rng is None else rng.permutation(n)
     mean_len = np.array([np.mean([len(c) for c in caps]) for caps in data.captions])
+    if rng is not None and data.mirrored is not None:
+        order = order + n * (rng.random(n) < 0.5)
+        mean_len = np.concatenate([mean_len, mean_len])
     pool = max(1, sort_pool) * batch_images
     batches = []
     for p in range(0, n, pool):
@@ -99,7 +144,7 @@ def make_batches(data: CaptionSet, batch_images: int, rng: np.random.Generator |
         chunk = chunk[np.argsort(mean_len[chunk], kind="stable")]
         for b in range(0, len(chunk), batch_images):
             imgs = chunk[b : b + batch_images]
-            rows = [(j, cap) for j, i in enumerate(imgs) for cap in data.captions[i]]
+            rows = [(j, cap) for j, i in enumerate(imgs) for cap in data.captions_of(i)]
             width = max(len(cap) for _, cap in rows)
             tokens = np.full((len(rows), width), PAD_ID, dtype=np.int32)
             for r, (_, cap) in enumerate(rows):
@@ -206,7 +251,7 @@ class Trainer:
     @staticmethod
     def _inputs(data: CaptionSet, batch):
         imgs, row_image, tokens = batch
-        feats = data.features[imgs]
+        feats = data.features_of(imgs)
         return tf.constant(np.asarray(feats, dtype=np.float16)), tf.constant(row_image), tf.constant(tokens)
 
     def evaluate(self, data: CaptionSet) -> dict:

@@ -386,3 +386,39 @@ def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tin
     results = caption_images(image_captioner, ["0.jpg", "1.jpg"], tiny_dataset / "images", cache_dir=cache)
     expected = decode_features(image_captioner.captioner, image_captioner.tokenizer, feats.astype(np.float32))[0]
     assert results["0.jpg"].text == expected.text and results["1.jpg"].words
+
+
+def test_train_captioner_fine_tunes_a_saved_model_with_mirrored_images(model_and_feature_dirs, tiny_dataset, tmp_path, settings, monkeypatch):
+    from captioning import features as feature_store
+    from captioning.storage import load_model_dir
+
+    model_dir, feature_dir = model_and_feature_dirs
+    settings.IMAGESEARCH_FEATURE_DIR = str(feature_dir)
+    monkeypatch.setattr(feature_store, "ensure_feature_weights", lambda directory, log=print: {"sha256": "12" * 32})
+    (tiny_dataset / "train.txt").write_text("0.jpg\n1.jpg\n")
+    (tiny_dataset / "dev.txt").write_text("2.jpg\n")
+    cache, output = tmp_path / "cache" / "flickr", tmp_path / "tuned"
+    call_command(
+        "train_captioner", "--captions", str(tiny_dataset / "captions.txt"), "--images", str(tiny_dataset / "images"),
+        "--train-split", str(tiny_dataset / "train.txt"), "--dev-split", str(tiny_dataset / "dev.txt"),
+        "--init-from", str(model_dir), "--flip-augment", "--epochs", "1", "--batch-size", "2",
+        "--model-version", "tiny-2", "--output", str(output), "--work-dir", str(tmp_path / "work"),
+        "--feature-cache", str(cache), "--no-progress",
+    )
+    assert sorted(p.name for p in (tmp_path / "cache" / "flickr-flipped").iterdir()) == ["0.jpg.npy", "1.jpg.npy"]
+    assert len(list(cache.iterdir())) == 3
+    start, tuned = load_model_dir(model_dir), load_model_dir(output)
+    assert tuned.tokenizer == start.tokenizer  # the saved model's vocabulary, not one built from this data
+    assert tuned.config.units == start.config.units and tuned.version == "tiny-2"
+    training = tuned.meta["training"]
+    assert training["flip_augment"] is True and training["initialised_from"]["version"] == "tiny-1"
+
+
+def test_train_captioner_refuses_a_broken_model_to_start_from(tiny_dataset, tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "meta.json").write_text("{not json")
+    with pytest.raises(CommandError, match="meta.json"):
+        call_command(
+            "train_captioner", "--captions", str(tiny_dataset / "captions.txt"), "--images", str(tiny_dataset / "images"),
+            "--init-from", str(tmp_path / "broken"), "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+        )

@@ -202,6 +202,31 @@ def test_batches_group_captions_by_image():
             assert any(list(c) == cap for c in data.captions[imgs[j]])
 
 
+def test_mirrored_images_swap_left_and_right_and_use_the_flipped_features():
+    caps = {"a.jpg": ["a dog on the left of a man", "a dog runs right"], "b.jpg": ["the man is on the right"]}
+    tok = Tokenizer.build([c for v in caps.values() for c in v], min_count=1)
+    plain, flipped = random_features(2, seed=1), random_features(2, seed=2)
+    data = CaptionSet.build(list(caps), plain, caps, tok, max_length=12, mirrored=flipped)
+    left, right = tok.word_index["left"], tok.word_index["right"]
+    assert (data.captions_of(2)[0] == np.where(data.captions[0][0] == left, right, data.captions[0][0])).all()
+    assert tok.decode(data.captions_of(3)[0]) == "the man is on the left"
+    np.testing.assert_array_equal(data.features_of(np.array([3, 0])), np.stack([flipped[1], plain[0]]))
+
+    drawn = set()
+    for epoch in range(20):  # each image is drawn once per epoch, as itself or as its mirror image
+        batches = make_batches(data, 2, np.random.default_rng(epoch))
+        images = sorted(int(i) for b in batches for i in b[0])
+        assert len(images) == 2 and {i % 2 for i in images} == {0, 1}
+        drawn.update(images)
+        for imgs, row_image, tokens in batches:
+            for r, j in enumerate(row_image):
+                cap = [t for t in tokens[r] if t != PAD_ID]
+                assert any(list(c) == cap for c in data.captions_of(imgs[j]))
+    assert drawn == {0, 1, 2, 3}
+    validation = make_batches(data, 2, None)  # validation never sees mirror images
+    assert sorted(int(i) for b in validation for i in b[0]) == [0, 1]
+
+
 # ------------------------------------------------------------------------------ training
 def _tiny_sets(tok, n_train=8, n_val=4):
     rng = np.random.default_rng(5)

@@ -10,7 +10,8 @@ Example (the bundled model)::
 
 Work files (feature cache, checkpoints, logs) go under ``var/``; ``--resume`` continues from the
 newest checkpoint of the same ``--work-dir``; ``--export-only`` exports the best checkpoint so
-far (e.g. while a run is still going) without training.
+far (e.g. while a run is still going) without training.  ``--init-from MODEL_DIR`` fine-tunes a
+saved model (its vocabulary and sizes); ``--flip-augment`` also trains on mirrored photos.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class Command(BaseCommand):
         parser.add_argument("--feature-batch", type=int, default=16, help="images per InceptionV3 batch while caching")
         parser.add_argument("--max-train-batches", type=int, default=None, help="profile/smoke: batches per epoch")
         parser.add_argument("--max-images", type=int, default=None, help="smoke: use only the first N train/dev images")
+        parser.add_argument(
+            "--flip-augment", action="store_true",
+            help="also cache mirrored training images and train on each image or its mirror (left/right swapped)",
+        )
+        parser.add_argument(
+            "--init-from", metavar="MODEL_DIR",
+            help="start from a saved model's weights and vocabulary (fine-tuning; its sizes override the size options)",
+        )
         parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work-dir")
         parser.add_argument("--export-only", action="store_true", help="only export the best checkpoint of --work-dir")
         parser.add_argument("--set-current", action="store_true", help="point captioning/models/current at the output")
@@ -82,11 +91,11 @@ class Command(BaseCommand):
         return target.timestamp()
 
     def handle(self, *args, **opts):
-        import numpy as np
+        import dataclasses
 
         from captioning import datasets, features
         from captioning.model import ModelConfig, build_captioner
-        from captioning.storage import save_model_dir
+        from captioning.storage import ModelFileError, load_model_dir, save_model_dir
         from captioning.training import CaptionSet, Trainer, TrainConfig
         from captioning.vocabulary import Tokenizer
 
@@ -102,6 +111,7 @@ class Command(BaseCommand):
         if data_name == "images":  # e.g. .../flickr8k/images -> flickr8k
             data_name = images_dir.resolve().parent.name
         cache_dir = Path(opts["feature_cache"] or base / "var" / "features" / fx_id.replace("/", "_") / data_name)
+        flipped_cache_dir = cache_dir.with_name(cache_dir.name + "-flipped")
 
         # ---- data and vocabulary
         try:
@@ -115,7 +125,16 @@ class Command(BaseCommand):
             train_names, dev_names = train_names[: opts["max_images"]], dev_names[: max(1, opts["max_images"] // 4)]
         self.log(f"data: {datasets.describe(captions, train_names)} train, {datasets.describe(captions, dev_names)} dev")
         vocab_path = work_dir / "vocabulary.json"
-        if (opts["resume"] or opts["export_only"]) and vocab_path.is_file():
+        init = None
+        if opts["init_from"]:
+            try:
+                init = load_model_dir(opts["init_from"], expected_feature_extractor=fx_id)
+            except ModelFileError as exc:
+                raise CommandError(str(exc)) from exc
+            tokenizer = init.tokenizer
+            tokenizer.save(vocab_path)
+            self.log(f"starting from {init.path} ({init.version}): {tokenizer.size} tokens")
+        elif (opts["resume"] or opts["export_only"]) and vocab_path.is_file():
             tokenizer = Tokenizer.load(vocab_path)
             self.log(f"vocabulary from {vocab_path}: {tokenizer.size} tokens")
         else:
@@ -134,6 +153,8 @@ class Command(BaseCommand):
             dropout=opts["dropout"],
             max_length=opts["max_length"],
         )
+        if init is not None:
+            config = dataclasses.replace(init.config, dropout=opts["dropout"])
         tcfg = TrainConfig(
             epochs=opts["epochs"],
             batch_images=opts["batch_size"],
@@ -142,7 +163,7 @@ class Command(BaseCommand):
             attention_reg=opts["attention_reg"],
             patience=opts["patience"],
             seed=opts["seed"],
-            max_length=opts["max_length"],
+            max_length=config.max_length,
             max_train_batches=opts["max_train_batches"],
             deadline=self._deadline(opts["deadline"]),
         )
@@ -150,23 +171,33 @@ class Command(BaseCommand):
             json.dumps({"model": config.to_dict(), "train": tcfg.to_dict(), "args": {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool, type(None)))}}, indent=1)
         )
         model = build_captioner(config, seed=opts["seed"])
+        if init is not None:
+            model.set_weights(init.model.get_weights())
         trainer = Trainer(model, tcfg, work_dir, log=self.log)
         fx_meta = features.read_feature_meta(feature_dir) or {}
 
         if not opts["export_only"]:
             # ---- features
             fx_meta = features.ensure_feature_weights(feature_dir, log=self.log)
-            todo = [(n, images_dir / n) for n in list(train_names) + list(dev_names)]
-            self.log(f"caching features of {len(todo)} images in {cache_dir} ...")
-            stats = features.cache_features(
-                todo, cache_dir, feature_dir=feature_dir, batch_size=opts["feature_batch"], progress=not opts["no_progress"], log=self.log
-            )
-            failed = set(stats["failed"])
-            self.log(f"features: {stats['written']} new, {stats['cached_before']} cached, {len(failed)} failed")
+            failed = set()
+            caches = [(cache_dir, list(train_names) + list(dev_names), False)]
+            if opts["flip_augment"]:
+                caches.append((flipped_cache_dir, list(train_names), True))
+            for directory, names, flip in caches:
+                self.log(f"caching {'mirrored ' if flip else ''}features of {len(names)} images in {directory} ...")
+                stats = features.cache_features(
+                    [(n, images_dir / n) for n in names], directory, feature_dir=feature_dir, flip=flip,
+                    batch_size=opts["feature_batch"], progress=not opts["no_progress"], log=self.log,
+                )
+                failed.update(stats["failed"])
+                self.log(f"features: {stats['written']} new, {stats['cached_before']} cached, {len(stats['failed'])} failed")
             train_names = [n for n in train_names if n not in failed]
             dev_names = [n for n in dev_names if n not in failed]
             t0 = time.time()
-            train_set = CaptionSet.build(train_names, features.load_features(cache_dir, train_names), captions, tokenizer, config.max_length)
+            mirrored = features.load_features(flipped_cache_dir, train_names) if opts["flip_augment"] else None
+            train_set = CaptionSet.build(
+                train_names, features.load_features(cache_dir, train_names), captions, tokenizer, config.max_length, mirrored=mirrored
+            )
             dev_set = CaptionSet.build(dev_names, features.load_features(cache_dir, dev_names), captions, tokenizer, config.max_length)
             self.log(f"loaded features in {time.time() - t0:.0f} s ({train_set.features.nbytes / 2**30:.2f} GiB train)")
 
@@ -193,6 +224,11 @@ class Command(BaseCommand):
                 "train_images": len(train_names),
                 "dev_images": len(dev_names),
             },
+            "flip_augment": bool(opts["flip_augment"]),
+            "initialised_from": (
+                {"version": init.version, "weights_sha256": init.meta["weights"].get("sha256"), "epochs": init.meta.get("training", {}).get("epochs_run")}
+                if init is not None else None
+            ),
             "epochs_run": trainer.epoch,
             "best_epoch": trainer.best_epoch,
             "train_seconds": round(trainer.train_seconds, 1),
