@@ -16,6 +16,7 @@ Plain Python, no Django (the ``evaluate_captioner`` command is the glue).
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import shutil
 import textwrap
@@ -129,12 +130,33 @@ def score_captions(
     refs, hyps, tokenizer = _tokenize(references, hypotheses)
     bleu, _ = Bleu(4).compute_score(refs, hyps, verbose=0)
     scores = {f"BLEU-{i + 1}": 100 * float(b) for i, b in enumerate(bleu)}
+    length_ratio = closest_reference_length_ratio(refs, hyps)
     scores["ROUGE-L"] = 100 * float(Rouge().compute_score(refs, hyps)[0])
     scores["CIDEr"] = 100 * float(Cider().compute_score(refs, hyps)[0])
     meteor_score, meteor_note = _meteor(refs, hyps) if meteor else (None, "not requested")
     if meteor_score is not None:
         scores["METEOR"] = 100 * meteor_score
-    return {"scores": {k: round(scores[k], 2) for k in METRIC_NAMES if k in scores}, "tokenizer": tokenizer, "meteor": meteor_note}
+    return {
+        "scores": {k: round(scores[k], 2) for k in METRIC_NAMES if k in scores},
+        "length_ratio": round(length_ratio, 4),
+        "brevity_penalty": round(min(1.0, math.exp(1.0 - 1.0 / length_ratio)) if length_ratio else 0.0, 4),
+        "tokenizer": tokenizer,
+        "meteor": meteor_note,
+    }
+
+
+def closest_reference_length_ratio(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> float:
+    """Words written / words of the closest-length reference, summed as BLEU's brevity penalty does.
+
+    Below 1 the BLEU scores are scaled down by ``exp(1 - 1/ratio)``: it tells a precision problem
+    from a too-short-captions problem.
+    """
+    written = reference = 0
+    for key, (hypothesis,) in hyps.items():
+        n = len(hypothesis.split())
+        written += n
+        reference += min((abs(len(r.split()) - n), len(r.split())) for r in refs[key])[1]
+    return written / reference if reference else 0.0
 
 
 def evaluate(
@@ -178,6 +200,7 @@ def format_table(report: dict) -> str:
     rows = [(k, f"{v:.2f}") for k, v in report["scores"].items()]
     rows.append(("degenerate", f"{report['degenerate']} / {report['images']} ({100 * report['degenerate_share']:.1f}%)"))
     rows.append(("mean words", f"{report['mean_words']:.2f}"))
+    rows.append(("length ratio", f"{report['length_ratio']:.3f}"))
     width = max(len(k) for k, _ in rows)
     lines = [f"model {report['model_version']}, beam {report['beam_width']}, {report['images']} images"]
     lines += [f"  {k:<{width}}  {v:>8}" for k, v in rows]

@@ -330,6 +330,18 @@ def test_score_captions_rewards_a_human_caption_over_a_wrong_one():
     assert good["scores"]["CIDEr"] > bad["scores"]["CIDEr"]
 
 
+def test_length_ratio_explains_bleus_brevity_penalty():
+    from captioning.evaluation import score_captions
+
+    refs = {"a.jpg": ["a dog runs on the grass", "a brown dog is running on the green grass"]}
+    short = score_captions(refs, {"a.jpg": "a dog"}, meteor=False)
+    assert short["length_ratio"] == pytest.approx(2 / 6, abs=1e-4)
+    assert short["brevity_penalty"] == pytest.approx(np.exp(1 - 3), rel=1e-3)
+    assert short["scores"]["BLEU-1"] == pytest.approx(100 * short["brevity_penalty"], abs=0.01)  # both words match
+    whole = score_captions(refs, {"a.jpg": "a dog runs on the grass"}, meteor=False)
+    assert whole["length_ratio"] == 1.0 and whole["brevity_penalty"] == 1.0
+
+
 def test_degenerate_captions_are_counted():
     from captioning.evaluation import is_degenerate
 
