@@ -21,6 +21,7 @@ No Django imports: the Django glue is ``captioning.services``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -339,9 +340,22 @@ class ImageCaptioner:
     def caption_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[CaptionResult]:
         """Caption image files or encoded bytes; raises InvalidImageError / FileNotFoundError.
 
-        Decodes one batch at a time, so memory does not grow with the number of sources.
+        The next batch is decoded in a background thread while this one is captioned (the beam
+        search leaves a core idle), so at most two batches of pixels are held in memory.
         """
+        chunks = list(_batches(list(sources), self.batch_size))
         results: list[CaptionResult] = []
-        for chunk in _batches(list(sources), self.batch_size):
-            results += self.caption_arrays([preprocess_image(s) for s in chunk], beam_width=beam_width)
+        if not chunks:
+            return results
+
+        def decode(chunk):
+            return [preprocess_image(s) for s in chunk]
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            pending = pool.submit(decode, chunks[0])
+            for following in chunks[1:] + [None]:
+                arrays = pending.result()
+                if following is not None:
+                    pending = pool.submit(decode, following)
+                results += self.caption_arrays(arrays, beam_width=beam_width)
         return results

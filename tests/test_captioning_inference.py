@@ -173,10 +173,18 @@ def test_image_captioner_batches_and_takes_beam_width_per_call(image_captioner, 
     sources = [photo(seed) for seed in range(7)]  # batch_size 3: batches of 3, 3, 1
     results = image_captioner.caption_sources(sources)
     assert len(results) == 7 and all(isinstance(r, CaptionResult) for r in results)
-    one_by_one = [image_captioner.caption_sources([s])[0] for s in sources[:3]]
-    assert [r.text for r in one_by_one] == [r.text for r in results[:3]]
+    one_by_one = [image_captioner.caption_sources([s])[0] for s in sources[:3] + sources[-1:]]
+    assert [r.text for r in one_by_one] == [r.text for r in results[:3] + results[-1:]]
     greedy = image_captioner.caption_sources(sources, beam_width=1)
     assert all(b.score >= g.score - 1e-5 for b, g in zip(results, greedy))
+
+
+def test_a_broken_file_in_a_later_batch_fails_the_call_clearly(image_captioner, photo):
+    from captioning.inception import InvalidImageError
+
+    sources = [photo(seed) for seed in range(4)] + [b"not an image"]  # the bad one is decoded ahead
+    with pytest.raises(InvalidImageError):
+        image_captioner.caption_sources(sources)
 
 
 def test_image_captioner_refuses_a_vocabulary_of_another_size(tiny_model):
