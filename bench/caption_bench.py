@@ -99,7 +99,7 @@ def tutorial_evaluate(captioner: ImageCaptioner, path) -> list[int]:
     features = captioner.feature_model(image)  # eager call, as the tutorial does
     features = tf.reshape(features, (1, -1, features.shape[-1]))
     enc, keys = model.encode(features)
-    state = model.initial_state(1)
+    state = model.initial_state(enc)
     token = tf.constant([START_ID])
     result = []
     for _ in range(model.config.max_length - 1):

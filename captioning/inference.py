@@ -163,7 +163,7 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
         length = tf.zeros([rows], tf.int32)
         finished = tf.zeros([rows], tf.bool)
         tokens = tf.fill([rows], START_ID)
-        state = captioner.initial_state(rows)
+        state = captioner.initial_state(enc)
         seq = tf.tile(tf.one_hot([0], max_len, on_value=START_ID, off_value=PAD_ID, dtype=tf.int32), [rows, 1])
         alphas = tf.zeros([rows, max_len - 1, locations])
         image_offsets = tf.range(batch)[:, None] * lanes

@@ -12,7 +12,9 @@ Shapes (B = batch, L = 64 feature locations, D = 2048 feature depth):
 * ``captioner.decode_step(tokens, state, enc, keys, training=False)``: tokens (B,) int ids of the
   previous word, state (B, U) GRU state -> ``(logits (B, V), new_state (B, U), alpha (B, L))``.
   Used by teacher forcing in training and by greedy/beam search at inference.
-* ``captioner.initial_state(batch_size)``: zeros (B, U).
+* ``captioner.initial_state(enc)``: the GRU state before the first word, (B, U): zeros, or with
+  ``state_from_image`` the paper's ``tanh(W . mean_l enc_l)``, so the first word already
+  depends on the whole image rather than only on one attention glimpse.
 
 Plain Python + Keras, no Django.
 """
@@ -42,6 +44,7 @@ class ModelConfig:
     feature_depth: int = FEATURE_DEPTH
     dropout: float = 0.3
     max_length: int = 32  # tokens including <start> and <end>
+    state_from_image: bool = False  # initial GRU state from the mean encoded image (else zeros)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -168,6 +171,9 @@ class Captioner(keras.Model):
         self.decoder = GRUDecoder(
             config.vocab_size, config.embedding_dim, config.units, config.dropout, name="decoder"
         )
+        self.init_state = (
+            keras.layers.Dense(config.units, activation="tanh", name="init_state") if config.state_from_image else None
+        )
         self.build_all()
 
     def build_all(self) -> None:
@@ -176,6 +182,8 @@ class Captioner(keras.Model):
         self.encoder.build((None, c.feature_locations, c.feature_depth))
         self.attention.build((None, c.feature_locations, c.embedding_dim), (None, c.units))
         self.decoder.build(c.embedding_dim)
+        if self.init_state is not None:
+            self.init_state.build((None, c.embedding_dim))
         self.built = True
 
     # ---------------------------------------------------------------- the public API
@@ -188,8 +196,11 @@ class Captioner(keras.Model):
         keys = self.attention.project_keys(enc)
         return enc, keys
 
-    def initial_state(self, batch_size):
-        return tf.zeros((batch_size, self.config.units), dtype=self.compute_dtype)
+    def initial_state(self, enc):
+        """enc (B, 64, E) -> the GRU state before the first word (B, U)."""
+        if self.init_state is None:
+            return tf.zeros((tf.shape(enc)[0], self.config.units), dtype=self.compute_dtype)
+        return self.init_state(tf.reduce_mean(enc, axis=1))
 
     def decode_step(self, tokens, state, enc, keys, training=False):
         """tokens (B,), state (B, U) -> logits (B, V), new_state (B, U), alpha (B, 64)."""
@@ -205,7 +216,7 @@ class Captioner(keras.Model):
         """
         features, tokens = inputs
         enc, keys = self.encode(features, training=training)
-        state = self.initial_state(tf.shape(tokens)[0])
+        state = self.initial_state(enc)
         logits_list, alpha_list = [], []
         for t in range(tokens.shape[1]):
             logits, state, alpha = self.decode_step(tokens[:, t], state, enc, keys, training=training)

@@ -185,7 +185,7 @@ def teacher_forced(model: Captioner, features, row_image, tokens, training: bool
     keys = tf.gather(keys, row_image)
     batch = tf.shape(tokens)[0]
     steps = tf.shape(tokens)[1] - 1
-    state = model.initial_state(batch)
+    state = model.initial_state(enc)
     out_ta = tf.TensorArray(model.compute_dtype, size=steps)
     ctx_ta = tf.TensorArray(model.compute_dtype, size=steps)
     emb_ta = tf.TensorArray(model.compute_dtype, size=steps)

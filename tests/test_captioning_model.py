@@ -128,7 +128,7 @@ def test_shapes_and_attention():
     feats = random_features(3)
     enc, keys = model.encode(feats)
     assert enc.shape == (3, L, 8) and keys.shape == (3, L, 12)
-    state = model.initial_state(3)
+    state = model.initial_state(enc)
     logits, state2, alpha = model.decode_step(tf.constant([START_ID] * 3), state, enc, keys)
     assert logits.shape == (3, tok.size) and state2.shape == (3, 16) and alpha.shape == (3, L)
     np.testing.assert_allclose(tf.reduce_sum(alpha, axis=-1).numpy(), 1.0, rtol=1e-5)
@@ -276,7 +276,7 @@ def test_early_stopping(tmp_path):
 # ------------------------------------------------------------------------------ storage
 def _greedy(model, feats, steps):
     enc, keys = model.encode(feats)
-    state = model.initial_state(feats.shape[0])
+    state = model.initial_state(enc)
     tokens = tf.fill([feats.shape[0]], START_ID)
     out, first_logits = [], None
     for _ in range(steps):
@@ -288,15 +288,16 @@ def _greedy(model, feats, steps):
     return first_logits, np.stack(out, axis=1)
 
 
-def _saved_model(tmp_path, seed=4):
+def _saved_model(tmp_path, seed=4, **config):
     tok = tiny_tokenizer()
-    model = build_captioner(tiny_config(tok.size), seed=seed)
+    model = build_captioner(tiny_config(tok.size, **config), seed=seed)
     path = save_model_dir(tmp_path / "m1", model, tok, version="test-v1", feature_extractor=FX, metrics={"dev_loss": 1.0})
     return model, tok, path
 
 
-def test_save_load_round_trip_same_process(tmp_path):
-    model, tok, path = _saved_model(tmp_path)
+@pytest.mark.parametrize("state_from_image", [False, True])
+def test_save_load_round_trip_same_process(tmp_path, state_from_image):
+    model, tok, path = _saved_model(tmp_path, state_from_image=state_from_image)
     assert sorted(p.name for p in path.iterdir()) == ["captioner.weights.h5", "meta.json", "vocabulary.json"]
     meta = read_meta(path)
     assert meta["vocab_size"] == tok.size and meta["max_length"] == 12 and meta["feature_extractor"] == FX
@@ -323,7 +324,7 @@ def test_save_load_round_trip_fresh_process(tmp_path):
         m = load_model_dir({str(path)!r}).model
         feats = np.load({str(tmp_path / 'feats.npy')!r})
         enc, keys = m.encode(feats)
-        state = m.initial_state(feats.shape[0])
+        state = m.initial_state(enc)
         tokens = tf.fill([feats.shape[0]], START_ID)
         out = []
         for i in range(8):
@@ -369,6 +370,22 @@ def test_load_errors_truncated_weights(tmp_path):
     meta["weights"].update(bytes=len(data) // 2, sha256=None)
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match="truncated or not an HDF5"):
+        load_model_dir(path)
+
+
+def test_initial_state_from_the_image_is_learned_and_must_be_in_the_file(tmp_path):
+    tok = tiny_tokenizer()
+    model = build_captioner(tiny_config(tok.size, state_from_image=True), seed=2)
+    enc, _ = model.encode(random_features(3))
+    state = model.initial_state(enc).numpy()
+    assert state.shape == (3, 16) and np.abs(state).max() > 0 and not np.allclose(state[0], state[1])
+    assert any("init_state" in v.path for v in model.trainable_variables)
+    _, _, path = _saved_model(tmp_path)  # a model file without the layer
+    meta = json.loads((path / "meta.json").read_text())
+    meta["config"]["state_from_image"] = True
+    meta["weights"] = {"file": "captioner.weights.h5"}
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="init_state"):
         load_model_dir(path)
 
 

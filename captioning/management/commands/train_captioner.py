@@ -46,6 +46,9 @@ class Command(BaseCommand):
         parser.add_argument("--units", type=int, default=512)
         parser.add_argument("--attention-units", type=int, default=512)
         parser.add_argument("--dropout", type=float, default=0.4)
+        parser.add_argument(
+            "--state-from-image", action="store_true", help="initial GRU state from the mean encoded image (the paper's init)"
+        )
         parser.add_argument("--epochs", type=int, default=20)
         parser.add_argument("--batch-size", type=int, default=16, help="IMAGES per batch (each with all its captions)")
         parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -152,6 +155,7 @@ class Command(BaseCommand):
             attention_units=opts["attention_units"],
             dropout=opts["dropout"],
             max_length=opts["max_length"],
+            state_from_image=opts["state_from_image"],
         )
         if init is not None:
             config = dataclasses.replace(init.config, dropout=opts["dropout"])
