@@ -106,6 +106,17 @@ def cache_name(image_name: str) -> str:
     return str(image_name).replace(os.sep, "__").replace("/", "__") + ".npy"
 
 
+def default_cache_dir(var_dir: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
+    """``<var_dir>/features/<extractor id>/<data set>``: where training and evaluation share features.
+
+    The data set is named by its images folder, or by the folder above when that is just
+    ``images`` (``.../flickr8k/images`` -> ``flickr8k``).
+    """
+    images_dir = Path(images_dir).resolve()
+    data_name = images_dir.parent.name if images_dir.name == "images" else images_dir.name
+    return Path(var_dir) / "features" / FEATURE_EXTRACTOR_ID.replace("/", "_") / data_name
+
+
 def cache_path(cache_dir: str | os.PathLike, image_name: str) -> Path:
     return Path(cache_dir) / cache_name(image_name)
 

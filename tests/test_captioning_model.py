@@ -476,6 +476,14 @@ def test_splits(tmp_path):
 
 
 # ------------------------------------------------------------------------------ feature cache
+def test_training_and_evaluation_share_one_feature_cache_per_data_set(tmp_path):
+    (tmp_path / "flickr8k" / "images").mkdir(parents=True)
+    expected = tmp_path / "var" / "features" / features.FEATURE_EXTRACTOR_ID.replace("/", "_") / "flickr8k"
+    assert features.default_cache_dir(tmp_path / "var", tmp_path / "flickr8k" / "images") == expected
+    assert features.default_cache_dir(tmp_path / "var", tmp_path / "flickr8k" / "images" / "..").name == "flickr8k"
+    assert features.default_cache_dir(tmp_path / "var", tmp_path / "photos").name == "photos"
+
+
 def test_feature_cache(tmp_path):
     import keras
     from PIL import Image

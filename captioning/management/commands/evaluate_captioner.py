@@ -56,11 +56,8 @@ class Command(BaseCommand):
             raise CommandError(f"cannot load the captioner: {exc}") from exc
         if opts["length_alpha"] is not None:
             captioner.length_alpha = opts["length_alpha"]
-        # The cache that train_captioner fills: var/features/<extractor id>/<data set name>.
-        cache_dir = Path(
-            opts["cache_dir"]
-            or Path(settings.BASE_DIR) / "var" / "features" / feature_store.FEATURE_EXTRACTOR_ID.replace("/", "_") / data_dir.name
-        )
+        # The cache that train_captioner fills.
+        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(Path(settings.BASE_DIR) / "var", data_dir / "images"))
         cached = sum(feature_store.cache_path(cache_dir, n).is_file() for n in names)
         self.stderr.write(f"{len(names)} {opts['split']} images, {cached} with cached features in {cache_dir}")
 

@@ -110,10 +110,7 @@ class Command(BaseCommand):
         images_dir = Path(opts["images"])
         feature_dir = Path(settings.IMAGESEARCH_FEATURE_DIR)
         fx_id = features.FEATURE_EXTRACTOR_ID
-        data_name = images_dir.resolve().name
-        if data_name == "images":  # e.g. .../flickr8k/images -> flickr8k
-            data_name = images_dir.resolve().parent.name
-        cache_dir = Path(opts["feature_cache"] or base / "var" / "features" / fx_id.replace("/", "_") / data_name)
+        cache_dir = Path(opts["feature_cache"] or features.default_cache_dir(base / "var", images_dir))
         flipped_cache_dir = cache_dir.with_name(cache_dir.name + "-flipped")
 
         # ---- data and vocabulary
