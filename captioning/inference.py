@@ -275,8 +275,13 @@ class ImageCaptioner:
         self.length_alpha = float(length_alpha)
 
     @classmethod
-    def from_dirs(cls, model_dir, feature_dir, *, beam_width: int = DEFAULT_BEAM_WIDTH, batch_size: int = 16):
+    def from_dirs(
+        cls, model_dir, feature_dir, *, beam_width: int | None = None, length_alpha: float | None = None, batch_size: int = 16
+    ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
+
+        ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
+        (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
 
         Raises :class:`ModelMismatchError` when the checksums recorded in the model's meta.json differ
         from the installed feature weights (features of another network are meaningless to the
@@ -305,12 +310,14 @@ class ImageCaptioner:
                     f"{installed.get(checks[key])}; install the matching model or re-run "
                     f"`python manage.py prepare_models`"
                 )
+        tuned = loaded.meta.get("decoding") or {}
         return cls(
             loaded.model,
             loaded.tokenizer,
             feature_store.load_extractor(feature_dir),  # also verifies the file against its record
             version=loaded.version,
-            beam_width=beam_width,
+            beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
+            length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
             batch_size=batch_size,
         )
 

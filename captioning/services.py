@@ -25,6 +25,7 @@ def get_captioner():
                     settings.IMAGESEARCH_MODEL_DIR,
                     settings.IMAGESEARCH_FEATURE_DIR,
                     beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
+                    length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
                     batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
                 )
     return _captioner

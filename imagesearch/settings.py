@@ -148,7 +148,9 @@ IMAGESEARCH_PAGE_SIZE = env.int("IMAGESEARCH_PAGE_SIZE", default=24)
 IMAGESEARCH_MODEL_DIR = Path(env.str("IMAGESEARCH_MODEL_DIR", default=str(BASE_DIR / "captioning" / "models" / "current")))
 # Converted InceptionV3 weights (88 MB, made by `manage.py prepare_models`, never committed).
 IMAGESEARCH_FEATURE_DIR = Path(env.str("IMAGESEARCH_FEATURE_DIR", default=str(DATA_DIR / "models")))
-IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=3)
+# Caption search; unset = the settings tuned for the installed model (its meta.json), else 3 / 1.0.
+IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
+IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)

@@ -19,6 +19,7 @@ from captioning.inference import (
     has_repeated_trigram,
 )
 from captioning.model import ModelConfig, build_captioner
+from captioning.storage import load_model_dir, read_meta
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID, Tokenizer, normalize_words
 
 WORDS = [f"w{i}" for i in range(26)]
@@ -394,6 +395,22 @@ def test_evaluate_captioner_command_writes_report_and_attention_plot(model_and_f
     assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_captioner_saves_tuned_decoding_that_loading_then_uses(model_and_feature_dirs, tiny_dataset, tmp_path, settings):
+    model_dir, feature_dir = model_and_feature_dirs
+    settings.IMAGESEARCH_BEAM_WIDTH = settings.IMAGESEARCH_LENGTH_ALPHA = None
+    assert ImageCaptioner.from_dirs(model_dir, feature_dir).beam_width == 3  # nothing tuned yet
+    call_command(
+        "evaluate_captioner", "--data-dir", str(tiny_dataset), "--model-dir", str(model_dir), "--feature-dir", str(feature_dir),
+        "--output", str(tmp_path / "r.json"), "--plots", "0", "--no-meteor", "--beam", "2", "--length-alpha", "0.7", "--save-decoding",
+    )
+    tuned = ImageCaptioner.from_dirs(model_dir, feature_dir)
+    assert (tuned.beam_width, tuned.length_alpha) == (2, 0.7)
+    assert set(read_meta(model_dir)["decoding"]["scores"]) >= {"BLEU-4", "CIDEr"}
+    chosen = ImageCaptioner.from_dirs(model_dir, feature_dir, beam_width=4, length_alpha=1.0)  # settings win
+    assert (chosen.beam_width, chosen.length_alpha) == (4, 1.0)
+    load_model_dir(model_dir)  # meta.json still matches the weights
+
+
 def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tiny_dataset, tmp_path):
     from captioning import features as feature_store
     from captioning.evaluation import caption_images
@@ -410,7 +427,6 @@ def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tin
 
 def test_train_captioner_fine_tunes_a_saved_model_with_mirrored_images(model_and_feature_dirs, tiny_dataset, tmp_path, settings, monkeypatch):
     from captioning import features as feature_store
-    from captioning.storage import load_model_dir
 
     model_dir, feature_dir = model_and_feature_dirs
     settings.IMAGESEARCH_FEATURE_DIR = str(feature_dir)

@@ -28,6 +28,10 @@ class Command(BaseCommand):
         parser.add_argument("--output", default=None, help="JSON report (default: var/eval/<version>-<split>-beam<N>.json)")
         parser.add_argument("--plots", type=int, default=3, help="attention plots to save (0 = none)")
         parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java, slow)")
+        parser.add_argument(
+            "--save-decoding", action="store_true",
+            help="record this beam width and length alpha in the model's meta.json as its tuned defaults",
+        )
 
     def handle(self, *args, **opts):
         from captioning import evaluation
@@ -50,12 +54,11 @@ class Command(BaseCommand):
                 model_dir,
                 feature_dir,
                 beam_width=opts["beam"] or settings.IMAGESEARCH_BEAM_WIDTH,
+                length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA if opts["length_alpha"] is None else opts["length_alpha"],
                 batch_size=opts["batch_size"],
             )
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot load the captioner: {exc}") from exc
-        if opts["length_alpha"] is not None:
-            captioner.length_alpha = opts["length_alpha"]
         # The cache that train_captioner fills.
         cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(Path(settings.BASE_DIR) / "var", data_dir / "images"))
         cached = sum(feature_store.cache_path(cache_dir, n).is_file() for n in names)
@@ -89,5 +92,16 @@ class Command(BaseCommand):
 
         self.stdout.write(evaluation.format_table(report))
         self.stdout.write(f"report: {output}")
+        if opts["save_decoding"]:
+            from captioning.storage import update_meta
+
+            decoding = {
+                "beam_width": captioner.beam_width,
+                "length_alpha": captioner.length_alpha,
+                "chosen_on": f"{data_dir.name}/{opts['split']} ({len(names)} images)",
+                "scores": report["scores"],
+            }
+            update_meta(model_dir, decoding=decoding)
+            self.stdout.write(f"decoding defaults saved in {model_dir}/meta.json: beam {captioner.beam_width}, length alpha {captioner.length_alpha}")
         for plot in plots:
             self.stdout.write(f"attention plot: {plot}")
