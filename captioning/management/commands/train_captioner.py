@@ -6,7 +6,8 @@ Example (the bundled model)::
         --format flickr8k --images ../shared/datasets/flickr8k/images \\
         --train-split ../shared/datasets/flickr8k/train.txt \\
         --dev-split ../shared/datasets/flickr8k/dev.txt \\
-        --model-version flickr8k-v1 --output captioning/models/flickr8k-v1 --epochs 20
+        --flip-augment --state-from-image --dropout 0.5 \\
+        --model-version flickr8k-v2 --output captioning/models/flickr8k-v2 --epochs 30
 
 Work files (feature cache, checkpoints, logs) go under ``var/``; ``--resume`` continues from the
 newest checkpoint of the same ``--work-dir``; ``--export-only`` exports the best checkpoint so
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--images", required=True, help="directory holding the image files")
         parser.add_argument("--train-split", help="file of training image names (default: 80%% of images)")
         parser.add_argument("--dev-split", help="file of validation image names (default: the other 20%%)")
-        parser.add_argument("--model-version", default="flickr8k-v1", help="model version name written to meta.json")
+        parser.add_argument("--model-version", default="flickr8k-v2", help="model version name written to meta.json")
         parser.add_argument("--output", help="model directory to write (default captioning/models/<version>)")
         parser.add_argument("--work-dir", help="checkpoints and logs (default var/train/<version>)")
         parser.add_argument("--feature-cache", help="feature .npy cache (default var/features/<extractor>/<images dir name>)")
