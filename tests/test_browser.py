@@ -82,6 +82,7 @@ def log_in(page, site, next_path):
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(f"{site}{next_path}")
+    page.wait_for_load_state("load")  # the URL changes before the page's deferred scripts have run
 
 
 def upload_two_photos(page, site, fake_captioner):  # noqa: F811
