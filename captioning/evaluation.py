@@ -155,7 +155,7 @@ def closest_reference_length_ratio(refs: dict[str, list[str]], hyps: dict[str, l
     for key, (hypothesis,) in hyps.items():
         n = len(hypothesis.split())
         written += n
-        reference += min((abs(len(r.split()) - n), len(r.split())) for r in refs[key])[1]
+        reference += min((len(r.split()) for r in refs[key]), key=lambda m: (abs(m - n), m))
     return written / reference if reference else 0.0
 
 

@@ -183,7 +183,6 @@ def teacher_forced(model: Captioner, features, row_image, tokens, training: bool
     enc, keys = model.encode(features, training=training)
     enc = tf.gather(enc, row_image)
     keys = tf.gather(keys, row_image)
-    batch = tf.shape(tokens)[0]
     steps = tf.shape(tokens)[1] - 1
     state = model.initial_state(enc)
     out_ta = tf.TensorArray(model.compute_dtype, size=steps)

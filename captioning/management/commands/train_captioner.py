@@ -146,17 +146,18 @@ class Command(BaseCommand):
             tokenizer.save(vocab_path)
             self.log(f"vocabulary: {tokenizer.size} tokens (min count {min_count}, max words {opts['vocab_max_words']})")
 
-        config = ModelConfig(
-            vocab_size=tokenizer.size,
-            embedding_dim=opts["embedding_dim"],
-            units=opts["units"],
-            attention_units=opts["attention_units"],
-            dropout=opts["dropout"],
-            max_length=opts["max_length"],
-            state_from_image=opts["state_from_image"],
-        )
         if init is not None:
             config = dataclasses.replace(init.config, dropout=opts["dropout"])
+        else:
+            config = ModelConfig(
+                vocab_size=tokenizer.size,
+                embedding_dim=opts["embedding_dim"],
+                units=opts["units"],
+                attention_units=opts["attention_units"],
+                dropout=opts["dropout"],
+                max_length=opts["max_length"],
+                state_from_image=opts["state_from_image"],
+            )
         tcfg = TrainConfig(
             epochs=opts["epochs"],
             batch_images=opts["batch_size"],
