@@ -6,8 +6,10 @@ stop words dropped, and the rest stemmed with Snowball English. Positions count 
 stop words included, so a phrase matches only where its words stand at the same distances.
 """
 
+import math
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import snowballstemmer
 
@@ -72,16 +74,52 @@ def analyze_with_positions(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def positions_by_term(text: str) -> dict[str, list[int]]:
-    """{term: [positions]} of a text, in first-occurrence order: what a document's postings hold."""
-    grouped: dict[str, list[int]] = {}
-    for position, word in enumerate(WORD_RE.findall(_nfc(text))):
-        term = _term(word)
-        if term:
-            if term in grouped:
-                grouped[term].append(position)
-            else:
-                grouped[term] = [position]
+@dataclass(frozen=True)
+class Field:
+    """A piece of a document's text with the weight of each of its words (1.0 = an ordinary word).
+
+    A photo's description is several fields: its caption at one weight, alternative captions at
+    another, single tag words at their probability. A word's term frequency in the document is the
+    sum of the weights of its occurrences.
+    """
+
+    text: str
+    weight: float = 1.0
+
+
+# Positions of consecutive fields are this far apart, so that no phrase (a query holds at most
+# MAX_QUERY_CHARS = 500 characters, fewer than 256 words) matches across two fields.
+FIELD_GAP = 256
+
+
+def as_fields(document) -> list[Field]:
+    """A plain string is one field of weight 1; a sequence of Fields (or (text, weight) pairs) is itself."""
+    if isinstance(document, str):
+        return [Field(document)]
+    return [item if isinstance(item, Field) else Field(*item) for item in document]
+
+
+def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
+    """{term: (weighted term frequency, [positions])} of a text or a sequence of fields.
+
+    Positions count every word of every field, stop words included; each field after the first
+    starts FIELD_GAP positions past the end of the one before. Fields of weight <= 0 and
+    non-finite weights are ignored.
+    """
+    grouped: dict[str, tuple[float, list[int]]] = {}
+    offset = 0
+    for item in as_fields(document):
+        weight = float(item.weight)
+        if not (weight > 0 and math.isfinite(weight)):
+            continue
+        words = WORD_RE.findall(_nfc(item.text))
+        for position, word in enumerate(words, start=offset):
+            term = _term(word)
+            if term:
+                tf, positions = grouped.get(term, (0.0, []))
+                positions.append(position)
+                grouped[term] = (tf + weight, positions)
+        offset += len(words) + FIELD_GAP
     return grouped
 
 

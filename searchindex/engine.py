@@ -7,9 +7,10 @@ unchanged version costs nothing more; a higher one fetches only the documents ch
 (IndexChange rows); a new epoch (rebuild) or a pruned change log reloads everything, and an
 overlay grown past OVERLAY_FRACTION of the snapshot starts a fresh load in the background.
 
-Weighting (scikit-learn TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf=False)):
+Weighting (scikit-learn TfidfTransformer(smooth_idf=True, norm="l2", sublinear_tf=False) on the
+weighted counts; for plain texts that is TfidfVectorizer's):
     idf(t) = ln((1 + n) / (1 + df(t))) + 1          n = documents in the index
-    w(t, d) = tf(t, d) * idf(t)                      raw term frequency
+    w(t, d) = tf(t, d) * idf(t)                      tf = weighted count (searchindex.analysis.Field)
     w(t, q) = tf(t, q) * idf(t)                      query terms absent from the index dropped
     score(q, d) = sum_t w(t, q) w(t, d) / (|q| |d|)  cosine of the L2-normalised vectors
 Because idf moves with every change, document norms |d| are brought up to date with the current
@@ -45,7 +46,7 @@ class Snapshot:
     doc_ids: np.ndarray  # int64 [D], ascending: local document number -> doc_id
     p_doc: np.ndarray  # int32 [P]: local document number, ascending within a term
     p_term: np.ndarray  # int32 [P]
-    p_tf: np.ndarray  # int32 [P]
+    p_tf: np.ndarray  # float64 [P]: weighted term frequency
     pos_ptr: np.ndarray  # int64 [P+1]: positions of posting i are pos[pos_ptr[i]:pos_ptr[i+1]]
     pos: np.ndarray  # int32
     df: np.ndarray  # int64 [T]
@@ -64,7 +65,8 @@ class Snapshot:
         n_docs = len(doc_ids)
         df = np.bincount(p_term, minlength=len(terms)).astype(np.int64)
         per_doc = np.bincount(p_doc, minlength=n_docs)
-        tf2 = p_tf.astype(np.float64) ** 2
+        p_tf = np.asarray(p_tf, dtype=np.float64)
+        tf2 = p_tf**2
         b = np.log1p(df)[p_term]
         return cls(
             terms=terms, doc_ids=doc_ids, p_doc=p_doc, p_term=p_term, p_tf=p_tf, pos_ptr=pos_ptr, pos=pos, df=df,
@@ -77,11 +79,29 @@ class Snapshot:
         )
 
     @classmethod
+    def from_documents(cls, documents: dict) -> "Snapshot":
+        """A snapshot of {doc_id: {term: (tf, positions)}} held in memory only (no database)."""
+        doc_ids = np.array(sorted(documents), dtype=np.int64)
+        terms: dict[str, int] = {}
+        rows = []  # (term row, local document, tf, positions)
+        for local, doc_id in enumerate(doc_ids.tolist()):
+            for term, (tf, positions) in documents[doc_id].items():
+                rows.append((terms.setdefault(term, len(terms)), local, tf, positions))
+        rows.sort(key=lambda row: (row[0], row[1]))
+        counts = np.array([len(row[3]) for row in rows], dtype=np.int64)
+        return cls.build(
+            terms, doc_ids,
+            np.array([row[1] for row in rows], dtype=np.int32), np.array([row[0] for row in rows], dtype=np.int32),
+            np.array([row[2] for row in rows], dtype=np.float64), np.concatenate(([0], np.cumsum(counts))),
+            np.array([p for row in rows for p in row[3]], dtype=np.int32),
+        )
+
+    @classmethod
     def empty(cls, terms=None, doc_ids=None):
         """No postings (yet): the given terms and documents, or none."""
         none32 = np.zeros(0, np.int32)
         doc_ids = np.zeros(0, np.int64) if doc_ids is None else doc_ids
-        return cls.build(terms or {}, doc_ids, none32, none32, none32, np.zeros(1, np.int64), none32)
+        return cls.build(terms or {}, doc_ids, none32, none32, np.zeros(0), np.zeros(1, np.int64), none32)
 
 
 def _copy_out(sql: str) -> bytes:
@@ -99,6 +119,11 @@ def _ints(raw: bytes) -> np.ndarray:
     return np.fromstring(raw, dtype=np.int64, sep=" ") if raw else np.zeros(0, np.int64)
 
 
+def _numbers(raw: bytes) -> np.ndarray:
+    """Every number of the text as float64: exact for the integers here (ids and positions < 2**53)."""
+    return np.fromstring(raw, dtype=np.float64, sep=" ") if raw else np.zeros(0, np.float64)
+
+
 def load_snapshot() -> Snapshot:
     """Read every posting; rows that refer to documents or terms not (yet) seen are dropped.
 
@@ -111,7 +136,7 @@ def load_snapshot() -> Snapshot:
         term_rows = cursor.fetchall()
     term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
     raw = _copy_out(f"SELECT document_id, term_id, tf, positions FROM {Posting._meta.db_table}")
-    values = _ints(raw)
+    values = _numbers(raw)
     terms = {row[1]: i for i, row in enumerate(term_rows)}
     if not len(values):
         return Snapshot.empty(terms, doc_ids)
@@ -122,7 +147,7 @@ def load_snapshot() -> Snapshot:
     separators = (chars == 9) | (chars == 32)
     per_line = np.add.reduceat(separators, line_starts, dtype=np.int64) + 1
     starts = np.concatenate(([0], np.cumsum(per_line)[:-1]))
-    row_doc, row_term, row_tf = values[starts], values[starts + 1], values[starts + 2]
+    row_doc, row_term, row_tf = values[starts].astype(np.int64), values[starts + 1].astype(np.int64), values[starts + 2]
     head = np.zeros(len(values), dtype=bool)
     head[starts] = head[starts + 1] = head[starts + 2] = True
     row_pos = values[~head]
@@ -140,7 +165,7 @@ def load_snapshot() -> Snapshot:
     order = order[np.argsort((term_loc[order] << 32) | doc_loc[order])]
     p_doc = doc_loc[order].astype(np.int32)
     p_term = term_loc[order].astype(np.int32)
-    p_tf = row_tf[order].astype(np.int32)
+    p_tf = row_tf[order]
     counts = n_pos[order]
     pos_ptr = np.concatenate(([0], np.cumsum(counts)))
     gather = np.repeat(pos_start[order] - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
@@ -148,26 +173,29 @@ def load_snapshot() -> Snapshot:
 
 
 def fetch_documents(doc_ids) -> dict:
-    """Current content of some documents: doc_id -> {term: positions tuple}, or None when absent."""
+    """Current content of some documents: doc_id -> {term: (tf, positions tuple)}, or None when absent."""
     doc_ids = list(doc_ids)
     found = {}
     for start in range(0, len(doc_ids), 5000):
         chunk = doc_ids[start : start + 5000]
         for doc_id in Document.objects.filter(doc_id__in=chunk).values_list("doc_id", flat=True):
             found[doc_id] = {}
-        rows = Posting.objects.filter(document_id__in=chunk).values_list("document_id", "term__text", "positions")
-        for doc_id, term, positions in rows:
+        rows = Posting.objects.filter(document_id__in=chunk).values_list("document_id", "term__text", "tf", "positions")
+        for doc_id, term, tf, positions in rows:
             if doc_id in found:
-                found[doc_id][term] = tuple(int(p) for p in positions.split())
+                found[doc_id][term] = (tf, tuple(int(p) for p in positions.split()))
     return {doc_id: found.get(doc_id) for doc_id in doc_ids}
 
 
+_ABSENT = (0.0, ())
+
+
 def _phrase_match(doc: dict, phrase) -> bool:
-    """Whether a document given as {term: positions} contains the phrase [(term, offset), ...]."""
+    """Whether a document given as {term: (tf, positions)} contains the phrase [(term, offset), ...]."""
     first_term, first_offset = phrase[0]
-    for start in doc.get(first_term, ()):
+    for start in doc.get(first_term, _ABSENT)[1]:
         base = start - first_offset
-        if all(base + offset in doc.get(term, ()) for term, offset in phrase[1:]):
+        if all(base + offset in doc.get(term, _ABSENT)[1] for term, offset in phrase[1:]):
             return True
     return False
 
@@ -176,7 +204,7 @@ class View:
     """A snapshot plus the documents changed since, with idf and norms for the current corpus."""
 
     def __init__(self, snap: Snapshot, epoch: str, version: int, changed: dict, previous=None):
-        """changed: doc_id -> {term: positions} or None (deleted), for documents changed since snap.
+        """changed: doc_id -> {term: (tf, positions)} or None (deleted), for documents changed since snap.
 
         previous: the view this one follows on the same snapshot, whose per-document sums are
         reused so that a refresh costs O(documents + postings of the terms whose df moved).
@@ -205,13 +233,13 @@ class View:
         self.idf = np.log((1 + self.n) / (1 + df)) + 1
         self.new_idf = {term: math.log((1 + self.n) / (1 + c)) + 1 for term, c in new_df.items()}
         self._norms(previous if previous is not None and previous.snap is snap else None)
-        self.overlay = {}  # term -> {doc_id: positions} over changed documents
+        self.overlay = {}  # term -> {doc_id: tf} over changed documents
         self.overlay_norm = {}
         for doc_id, doc in changed.items():
             if doc:
-                self.overlay_norm[doc_id] = math.sqrt(sum((len(p) * self.idf_of(t)) ** 2 for t, p in doc.items()))
-                for term, positions in doc.items():
-                    self.overlay.setdefault(term, {})[doc_id] = positions
+                self.overlay_norm[doc_id] = math.sqrt(sum((tf * self.idf_of(t)) ** 2 for t, (tf, _) in doc.items()))
+                for term, (tf, _) in doc.items():
+                    self.overlay.setdefault(term, {})[doc_id] = tf
 
     def _norms(self, previous) -> None:
         """Norms of the snapshot's documents under the current idf.
@@ -227,7 +255,7 @@ class View:
             s1, s2 = s1.copy(), s2.copy()
             for t, b_old, b_new in zip(moved, np.log1p(old_df[moved]), np.log1p(self.df[moved])):
                 docs = s.p_doc[s.t_ptr[t] : s.t_ptr[t + 1]]
-                tf2 = s.p_tf[s.t_ptr[t] : s.t_ptr[t + 1]].astype(np.float64) ** 2
+                tf2 = s.p_tf[s.t_ptr[t] : s.t_ptr[t + 1]] ** 2
                 s1[docs] += tf2 * (b_new - b_old)
                 s2[docs] += tf2 * (b_new * b_new - b_old * b_old)
         self.s1, self.s2 = s1, s2
@@ -323,8 +351,8 @@ class View:
         dots = Counter()
         for term, w in weights.items():
             idf = self.idf_of(term)
-            for doc_id, positions in self.overlay.get(term, {}).items():
-                dots[doc_id] += len(positions) * idf * w / qnorm
+            for doc_id, tf in self.overlay.get(term, {}).items():
+                dots[doc_id] += tf * idf * w / qnorm
         out = {}
         for doc_id, dot in dots.items():
             doc = self.changed[doc_id]

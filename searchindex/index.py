@@ -1,12 +1,16 @@
-"""Public interface of the search index: plain documents (an integer id and a text), TF-IDF cosine ranking.
+"""Public interface of the search index: documents (an integer id and weighted text fields), TF-IDF cosine ranking.
+
+A document is a text, or a sequence of Fields (text, weight): the weighted term frequency of a
+term is the sum of the weights of its occurrences (analysis.weighted_terms). Queries are typed
+text (searchindex.query syntax) or, to find documents like a given one, weighted fields too.
 
 Writes go to PostgreSQL, each in one transaction that first locks the single IndexState row: that
 serialises writers (document frequencies stay exact under concurrent workers) and numbers every
 change in commit order. Searches run in memory (searchindex.engine) and check that version first.
 
-Ranking is scikit-learn's TfidfVectorizer(smooth_idf=True, norm="l2", sublinear_tf=False):
-idf = ln((1+n)/(1+df)) + 1, raw tf, L2-normalised document and query vectors, score = cosine
-(details in searchindex.engine and docs/search.md).
+Ranking is scikit-learn's TfidfTransformer(smooth_idf=True, norm="l2", sublinear_tf=False) on the
+weighted counts: idf = ln((1+n)/(1+df)) + 1, tf = weighted count, L2-normalised document and
+query vectors, score = cosine (details in searchindex.engine and docs/search.md).
 
 Nothing here raises for a bad query: search() returns empty results with a message instead. Only
 programming errors raise (rebuild() with a document id twice raises ValueError), and database
@@ -19,7 +23,6 @@ held until commit.
 import io
 import math
 import uuid
-from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -28,24 +31,27 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Sum
 
 from . import engine
-from .analysis import analyze, analyze_with_positions, highlight_terms, positions_by_term, tokens
+from .analysis import Field, analyze, analyze_with_positions, as_fields, highlight_terms, tokens, weighted_terms
 from .models import Document, IndexChange, IndexState, Posting, Term
-from .query import Interpretation, parse_query
+from .query import Interpretation, parse_fields, parse_query
 
 __all__ = [
+    "Field",
     "Hit",
     "Interpretation",
+    "MemoryIndex",
     "SearchResults",
     "analyze",
     "analyze_with_positions",
+    "as_fields",
     "delete_document",
     "highlight_terms",
     "index_document",
     "index_stats",
-    "positions_by_term",
     "rebuild",
     "search",
     "tokens",
+    "weighted_terms",
 ]
 
 REBUILD_BATCH = 20_000  # documents per COPY during rebuild
@@ -97,16 +103,24 @@ def _remove_terms(term_ids) -> None:
         Term.objects.filter(pk__in=term_ids, df=0).delete()
 
 
-def index_document(doc_id: int, text: str) -> None:
-    """Index a document, replacing any earlier version of it, in one transaction."""
+def _positions_text(positions) -> str:
+    return " ".join(map(str, positions))
+
+
+def _length(grouped) -> int:
+    return sum(len(positions) for _, positions in grouped.values())
+
+
+def index_document(doc_id: int, document) -> None:
+    """Index a document (a text or a sequence of Fields), replacing any earlier version, in one transaction."""
     doc_id = int(doc_id)
-    grouped = positions_by_term(text)
+    grouped = weighted_terms(document)
     with transaction.atomic():
         state = _lock_state()
         old = dict(Posting.objects.filter(document_id=doc_id).values_list("term__text", "term_id"))
         Posting.objects.filter(document_id=doc_id).delete()
         Document.objects.bulk_create(
-            [Document(doc_id=doc_id, length=sum(map(len, grouped.values())))],
+            [Document(doc_id=doc_id, length=_length(grouped))],
             update_conflicts=True, unique_fields=["doc_id"], update_fields=["length"],
         )
         _remove_terms([tid for term, tid in old.items() if term not in grouped])
@@ -116,8 +130,8 @@ def index_document(doc_id: int, text: str) -> None:
             Term.objects.filter(text__in=new).update(df=F("df") + 1)
         ids = dict(Term.objects.filter(text__in=list(grouped)).values_list("text", "id"))
         Posting.objects.bulk_create(
-            Posting(document_id=doc_id, term_id=ids[term], tf=len(pos), positions=" ".join(map(str, pos)))
-            for term, pos in grouped.items()
+            Posting(document_id=doc_id, term_id=ids[term], tf=tf, positions=_positions_text(pos))
+            for term, (tf, pos) in grouped.items()
         )
         _record_change(state, doc_id)
 
@@ -157,8 +171,8 @@ def _copy_escape(value) -> str:
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
-    """Replace the whole index with these (doc_id, text) documents; returns how many were indexed.
+def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
+    """Replace the whole index with these (doc_id, text or Fields) documents; returns how many were indexed.
 
     One transaction: searches keep seeing the old index (PostgreSQL rows, and each process's
     memory) until it commits, then reload. Writers wait for it and apply their change on top.
@@ -175,20 +189,20 @@ def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
         seen: set[int] = set()
         docs, postings = [], []
         count = 0
-        for doc_id, text in documents:
+        for doc_id, document in documents:
             doc_id = int(doc_id)
             if doc_id in seen:
                 raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
             seen.add(doc_id)
-            grouped = positions_by_term(text)
-            docs.append((doc_id, sum(map(len, grouped.values()))))
-            for term, positions in grouped.items():
+            grouped = weighted_terms(document)
+            docs.append((doc_id, _length(grouped)))
+            for term, (tf, positions) in grouped.items():
                 tid = term_ids.get(term)
                 if tid is None:
                     tid = term_ids[term] = len(term_ids) + 1
                     dfs.append(0)
                 dfs[tid - 1] += 1
-                postings.append((doc_id, tid, len(positions), " ".join(map(str, positions))))
+                postings.append((doc_id, tid, repr(tf), _positions_text(positions)))
             count += 1
             if len(docs) >= REBUILD_BATCH:
                 writer.write(Document, ("doc_id", "length"), docs)
@@ -213,18 +227,38 @@ def rebuild(documents: Iterable[tuple[int, str]], progress=None) -> int:
 
 
 def search(
-    query: str,
+    query,
     *,
     page: int = 1,
     per_page: int = 20,
     min_score: float | None = None,
     exclude_ids: Collection[int] = (),
 ) -> SearchResults:
-    """Rank documents for a query (syntax in searchindex.query); never raises for a bad query.
+    """Rank documents for a query; never raises for a bad query.
 
-    Hits are ordered by score, then doc_id; scores equal to 1e-12 count as equal. page is
-    clamped to [1, num_pages].
+    query: typed text (syntax in searchindex.query), or a sequence of Fields scored like a
+    document (to find documents like one described that way). Hits are ordered by score, then
+    doc_id; scores equal to 1e-12 count as equal. page is clamped to [1, num_pages].
     """
+    return _search(engine.cache.view, query, page, per_page, min_score, exclude_ids)
+
+
+class MemoryIndex:
+    """A read-only index of some documents held in this process only, ranked exactly like the stored one.
+
+    For measuring search quality (many index designs tried on the same photos) without touching
+    the database.
+    """
+
+    def __init__(self, documents: Iterable[tuple[int, object]]):
+        grouped = {int(doc_id): weighted_terms(document) for doc_id, document in documents}
+        self._view = engine.View(engine.Snapshot.from_documents(grouped), "memory", 0, {})
+
+    def search(self, query, *, page: int = 1, per_page: int = 20, min_score=None, exclude_ids=()) -> SearchResults:
+        return _search(lambda: self._view, query, page, per_page, min_score, exclude_ids)
+
+
+def _search(get_view, query, page, per_page, min_score, exclude_ids) -> SearchResults:
     try:
         per_page = min(max(int(per_page), 1), MAX_PER_PAGE)
     except (TypeError, ValueError):
@@ -233,18 +267,18 @@ def search(
         page = max(int(page), 1)
     except (TypeError, ValueError):
         page = 1
-    parsed = parse_query(query)
+    parsed = parse_query(query) if isinstance(query, str) else parse_fields(query)
     if parsed.message:
         return SearchResults([], 0, 1, per_page, 0, parsed.interpretation, parsed.message)
 
-    view = engine.cache.view()
+    view = get_view()
     weights = {}
-    for term, count in Counter(parsed.terms).items():
+    for term, frequency in parsed.frequencies().items():
         idf = view.idf_of(term)
         if idf is None:
             parsed.interpretation.unknown.append(parsed.surface[term])
         else:
-            weights[term] = count * idf
+            weights[term] = frequency * idf
     if not weights:
         return SearchResults([], 0, 1, per_page, 0, parsed.interpretation)
 

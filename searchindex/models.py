@@ -35,7 +35,7 @@ class Posting(models.Model):
         Document, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="postings"
     )
     term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
-    tf = models.PositiveIntegerField(help_text="Occurrences of the term in the document.")
+    tf = models.FloatField(help_text="Weighted term frequency: the sum of the weights of the term's occurrences.")
     positions = models.TextField(help_text="Space-separated word positions of the term, stop words counted.")
 
     def __str__(self):

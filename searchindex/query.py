@@ -7,7 +7,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from .analysis import analyze_with_positions, tokens
+from .analysis import as_fields, analyze_with_positions, tokens, weighted_terms
 
 MAX_QUERY_CHARS = 500
 MAX_QUERY_TERMS = 32
@@ -29,12 +29,23 @@ class Interpretation:
 @dataclass
 class ParsedQuery:
     terms: list[str] = field(default_factory=list)  # scored terms, repeats kept (query term frequency)
+    weights: dict[str, float] | None = None  # weighted term frequencies (queries made of fields); else counts of terms
     phrases: list[list[tuple[str, int]]] = field(default_factory=list)  # [(term, offset), ...] each
     excluded_terms: list[str] = field(default_factory=list)
     excluded_phrases: list[list[tuple[str, int]]] = field(default_factory=list)
     surface: dict[str, str] = field(default_factory=dict)  # index term -> the word typed for it first
     interpretation: Interpretation = field(default_factory=Interpretation)
     message: str | None = None
+
+
+    def frequencies(self) -> dict[str, float]:
+        """Query term frequency of each scored term, in first-occurrence order."""
+        if self.weights is not None:
+            return dict(self.weights)
+        counts: dict[str, float] = {}
+        for term in self.terms:
+            counts[term] = counts.get(term, 0) + 1
+        return counts
 
 
 def _relative(analyzed):
@@ -101,4 +112,25 @@ def parse_query(query) -> ParsedQuery:
             parsed.message = "The query has only very common words (such as “the” or “a”); add a more specific word."
         else:
             parsed.message = "The query has no words to search for."
+    return parsed
+
+
+def parse_fields(document) -> ParsedQuery:
+    """A query made of weighted fields (a description of a photo, to find photos like it).
+
+    No syntax: every word is scored with its field's weight; nothing is required or excluded.
+    """
+    try:
+        fields = as_fields(document)
+        grouped = weighted_terms(fields)
+    except (TypeError, ValueError):
+        return ParsedQuery(message="The query must be text fields with numeric weights.")
+    parsed = ParsedQuery(terms=list(grouped), weights={term: tf for term, (tf, _) in grouped.items()})
+    for item in fields:
+        for surface, term, _, _ in tokens(item.text):
+            if term is not None:
+                parsed.surface.setdefault(term, surface)
+    parsed.interpretation.terms = [parsed.surface[term] for term in grouped]
+    if not grouped:
+        parsed.message = "The query has no words to search for."
     return parsed

@@ -154,3 +154,90 @@ def test_a_search_inside_a_writing_transaction_is_not_cached_past_a_rollback():
         raise RuntimeError
     si.index_document(3, "a cat on a sofa")  # commits the version number the rolled-back write had
     assert si.search("snow").hits == [] and [h.doc_id for h in si.search("cat").hits] == [3]
+
+
+def weighted_corpus(captions, count: int, seed: int) -> dict[int, list[si.Field]]:
+    """Photo-like weighted documents: a caption, two alternatives at 0.4, tag words at a probability."""
+    rng = random.Random(seed)
+    corpus = {}
+    for doc_id in range(1, count + 1):
+        fields = [si.Field(rng.choice(captions), 1.0)]
+        fields += [si.Field(rng.choice(captions), 0.4) for _ in range(2)]
+        words = [w for w in rng.choice(captions).split() if w.isalpha()]
+        fields += [si.Field(word, round(rng.uniform(0.05, 1.0), 6)) for word in rng.sample(words, min(4, len(words)))]
+        corpus[doc_id] = fields
+    return corpus
+
+
+def weighted_counts(documents, vocabulary: dict[str, int]):
+    """The documents' weighted term counts as a CSR matrix; new terms are added to `vocabulary`."""
+    from scipy.sparse import csr_matrix
+
+    rows, cols, values = [], [], []
+    for row, document in enumerate(documents):
+        for field in si.as_fields(document):
+            for term in si.analyze(field.text):
+                rows.append(row)
+                cols.append(vocabulary.setdefault(term, len(vocabulary)))
+                values.append(field.weight)
+    return csr_matrix((values, (rows, cols)), shape=(len(documents), len(vocabulary)))  # duplicates are summed
+
+
+def weighted_reference(corpus: dict, queries: list) -> list[dict[int, float]]:
+    """scikit-learn's TfidfTransformer on the same weighted counts, cosine per query."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    ids = list(corpus)
+    vocabulary: dict[str, int] = {}
+    counts = weighted_counts([corpus[i] for i in ids], vocabulary)
+    width = len(vocabulary)
+    transformer = TfidfTransformer(smooth_idf=True, norm="l2", sublinear_tf=False).fit(counts)
+    query_counts = weighted_counts(queries, dict(vocabulary))[:, :width]  # unknown terms drop out
+    scores = cosine_similarity(transformer.transform(query_counts), transformer.transform(counts))
+    return [{ids[j]: row[j] for j in np.flatnonzero(row > 1e-15)} for row in scores]
+
+
+def test_weighted_documents_and_queries_score_like_scikit_learns_transformer(captions):
+    corpus = weighted_corpus(captions, 800, seed=3)
+    si.rebuild(corpus.items())
+    queries = make_queries(captions, 60, seed=4) + [corpus[5], corpus[77][:3], [si.Field("dog", 0.3), si.Field("beach", 2.5)]]
+    for changed in (False, True):
+        if changed:  # the same through the overlay of changed documents
+            for doc_id in (5, 300, 801):
+                corpus[doc_id] = weighted_corpus(captions, 1, seed=doc_id)[1]
+                si.index_document(doc_id, corpus[doc_id])
+        for query, expected in zip(queries, weighted_reference(corpus, queries)):
+            hits = everything(query)
+            got = {hit.doc_id: hit.score for hit in hits}
+            assert got.keys() == expected.keys(), query
+            assert max((abs(got[i] - expected[i]) for i in got), default=0.0) < 1e-6, query
+            assert [hit.doc_id for hit in hits[:10]] == ranked(expected)[:10], query
+
+
+def test_a_phrase_never_matches_across_two_fields():
+    si.index_document(1, [si.Field("a man in a red", 1.0), si.Field("shirt", 0.9)])
+    si.index_document(2, [si.Field("a man in a red shirt", 0.5)])
+    assert [h.doc_id for h in si.search('"red shirt"').hits] == [2]
+    assert sorted(h.doc_id for h in si.search("red shirt").hits) == [1, 2]
+
+
+def test_a_field_query_finds_the_document_it_describes_first():
+    si.rebuild([
+        (1, [si.Field("a dog runs on the beach", 1.0), si.Field("dog", 0.9), si.Field("sand", 0.6)]),
+        (2, [si.Field("a dog runs on the grass", 1.0), si.Field("dog", 0.8), si.Field("grass", 0.7)]),
+        (3, [si.Field("a man rides a bicycle", 1.0), si.Field("bicycle", 0.9)]),
+    ])
+    hits = si.search([si.Field("a dog runs on the beach", 1.0), si.Field("sand", 0.5)]).hits
+    assert [h.doc_id for h in hits] == [1, 2]
+    assert si.search([si.Field("", 1.0)]).message
+
+
+def test_a_memory_index_ranks_exactly_like_the_stored_one(captions):
+    corpus = weighted_corpus(captions, 300, seed=9)
+    si.rebuild(corpus.items())
+    memory = si.MemoryIndex(corpus.items())
+    for query in make_queries(captions, 30, seed=10) + [corpus[7], '"red shirt"', "dog -beach"]:
+        stored, held = si.search(query, per_page=50), memory.search(query, per_page=50)
+        assert [h.doc_id for h in held.hits] == [h.doc_id for h in stored.hits], query
+        assert np.allclose([h.score for h in held.hits], [h.score for h in stored.hits], rtol=0, atol=1e-12)
+        assert [h.matched_terms for h in held.hits] == [h.matched_terms for h in stored.hits]
