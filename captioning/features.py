@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import inception
+from .files import write_atomic
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
 FEATURE_META_NAME = "inceptionv3.json"
@@ -47,22 +47,8 @@ def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def _write_atomic(path: Path, write: Callable, mode: str = "wb") -> None:
-    """Write through a temporary file and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
-    _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), "w")
+    write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), "w")
 
 
 def ensure_feature_weights(
@@ -122,7 +108,7 @@ def cache_path(cache_dir: str | os.PathLike, image_name: str) -> Path:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    _write_atomic(path, lambda fh: np.save(fh, array))
+    write_atomic(path, lambda fh: np.save(fh, array))
 
 
 def cache_features(

@@ -524,7 +524,7 @@ def load_feature_extractor(weights_path: str | os.PathLike, expected_sha256: str
 # --------------------------------------------------------------------------------------
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any Pillow mode; transparent pixels are composited onto white.
 
     Dropping alpha would expose whatever colour hides under transparent pixels (often
@@ -563,7 +563,7 @@ def preprocess_image(source: str | os.PathLike | bytes | bytearray | memoryview 
                 image.draft(None, (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
         image.load()
         image = ImageOps.exif_transpose(image) or image
-        image = _to_rgb(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        image = to_rgb(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise
     except UnidentifiedImageError as exc:

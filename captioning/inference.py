@@ -34,6 +34,7 @@ from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
     "CaptionResult",
+    "Description",
     "ImageCaptioner",
     "ModelMismatchError",
     "decode_features",
@@ -65,10 +66,30 @@ class CaptionResult:
     words: list[str]
     attention: np.ndarray
     reached_max_length: bool = field(default=False)
+    # The other distinct finished captions of the beam, best first: [(text, score), ...].
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
 
     def attention_json(self) -> list:
         """``[[word, [64 weights rounded to 4 decimals]], ...]``, JSON-serialisable (for the DB)."""
         return [[w, [round(float(a), 4) for a in row]] for w, row in zip(self.words, self.attention)]
+
+
+@dataclass
+class Description:
+    """Everything the captioner says about one photo, computed from one pass of its features.
+
+    ``concepts``: the words people would likely use for the photo with calibrated probabilities,
+    most probable first (at most CONCEPTS_KEPT, none below CONCEPT_FLOOR); empty for a model
+    without a concept head.
+    """
+
+    caption: CaptionResult
+    concepts: list[tuple[str, float]] = field(default_factory=list)
+
+
+# Concept words kept per photo: enough for any indexing setting tuned with evaluate_search.
+CONCEPTS_KEPT = 30
+CONCEPT_FLOOR = 0.02
 
 
 def has_repeated_trigram(words: Sequence[str]) -> bool:
@@ -208,6 +229,9 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
             tf.gather(alphas, best),
             tf.gather(normalise(total, length), best),
             tf.gather(length, best),
+            tf.reshape(seq, [batch, lanes, max_len]),  # every lane, for the n best distinct captions
+            score,
+            tf.reshape(length, [batch, lanes]),
         )
 
     return search
@@ -222,21 +246,34 @@ def decode_features(
         raise ValueError(f"expected features of shape (n, 64, 2048), got {features.shape}")
     if len(features) == 0:
         return []
-    seq, alphas, scores, lengths = (
+    seq, alphas, scores, lengths, lane_seq, lane_scores, lane_lengths = (
         t.numpy() for t in _search_function(captioner, int(beam_width), length_alpha)(features)
     )
     max_words = captioner.config.max_length - 2
+
+    def words_of(ids, length):
+        return [tokenizer.index_word[int(i)] for i in ids[1 : int(length)]]  # length counts <end>
+
     results = []
-    for ids, attention, score, length in zip(seq, alphas, scores, lengths):
-        n_words = int(length) - 1  # length counts the generated tokens, <end> included
-        words = [tokenizer.index_word[int(i)] for i in ids[1 : 1 + n_words]]
+    for i, (ids, attention, score, length) in enumerate(zip(seq, alphas, scores, lengths)):
+        words = words_of(ids, length)
+        text = " ".join(words)
+        alternatives, seen = [], {text}
+        for lane in np.argsort(-lane_scores[i], kind="stable"):
+            if lane_scores[i, lane] <= _NEG / 2:
+                continue  # unfinished or dead lane
+            other = " ".join(words_of(lane_seq[i, lane], lane_lengths[i, lane]))
+            if other not in seen:
+                seen.add(other)
+                alternatives.append((other, round(float(lane_scores[i, lane]), 4)))
         results.append(
             CaptionResult(
-                text=" ".join(words),
+                text=text,
                 score=float(score),
                 words=words,
-                attention=np.array(attention[:n_words], dtype=np.float32),
-                reached_max_length=n_words >= max_words,
+                attention=np.array(attention[: len(words)], dtype=np.float32),
+                reached_max_length=len(words) >= max_words,
+                alternatives=alternatives,
             )
         )
     return results
@@ -261,6 +298,8 @@ class ImageCaptioner:
         beam_width: int = DEFAULT_BEAM_WIDTH,
         batch_size: int = 16,
         length_alpha: float = 1.0,
+        concepts=None,
+        meta: dict | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
             raise ModelMismatchError(
@@ -273,6 +312,8 @@ class ImageCaptioner:
         self.beam_width = int(beam_width)
         self.batch_size = max(1, int(batch_size))
         self.length_alpha = float(length_alpha)
+        self.concepts = concepts  # captioning.concepts.ConceptHead or None
+        self.meta = meta or {}
 
     @classmethod
     def from_dirs(
@@ -319,39 +360,53 @@ class ImageCaptioner:
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
             batch_size=batch_size,
+            concepts=loaded.concepts,
+            meta=loaded.meta,
         )
+
+    def describe_features(self, features, *, beam_width: int | None = None) -> list[Description]:
+        """Describe precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
+        width = self.beam_width if beam_width is None else int(beam_width)
+        results: list[Description] = []
+        for chunk in _batches(features, self.batch_size):
+            captions = decode_features(
+                self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
+            )
+            if self.concepts is None:
+                results += [Description(caption) for caption in captions]
+            else:
+                ranked = self.concepts.ranked(
+                    self.concepts.probabilities(chunk), min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT
+                )
+                results += [Description(caption, words) for caption, words in zip(captions, ranked)]
+        return results
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:
         """Caption precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
-        width = self.beam_width if beam_width is None else int(beam_width)
-        results: list[CaptionResult] = []
-        for chunk in _batches(features, self.batch_size):
-            results += decode_features(
-                self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
-            )
-        return results
+        return [d.caption for d in self.describe_features(features, beam_width=beam_width)]
 
-    def caption_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[CaptionResult]:
-        """Caption preprocessed images ((299, 299, 3) arrays from ``preprocess_image``)."""
-        width = self.beam_width if beam_width is None else int(beam_width)
-        results: list[CaptionResult] = []
+    def describe_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[Description]:
+        """Describe preprocessed images ((299, 299, 3) arrays from ``preprocess_image``)."""
+        results: list[Description] = []
         for chunk in _batches(list(arrays), self.batch_size):
             features = np.concatenate(
                 [extract_features(self.feature_model, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
             )
-            results += decode_features(
-                self.captioner, self.tokenizer, features, beam_width=width, length_alpha=self.length_alpha
-            )
+            results += self.describe_features(features, beam_width=beam_width)
         return results
 
-    def caption_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[CaptionResult]:
-        """Caption image files or encoded bytes; raises InvalidImageError / FileNotFoundError.
+    def caption_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[CaptionResult]:
+        """Caption preprocessed images ((299, 299, 3) arrays from ``preprocess_image``)."""
+        return [d.caption for d in self.describe_arrays(arrays, beam_width=beam_width)]
+
+    def describe_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[Description]:
+        """Describe image files or encoded bytes; raises InvalidImageError / FileNotFoundError.
 
         The next batch is decoded in a background thread while this one is captioned (the beam
         search leaves a core idle), so at most two batches of pixels are held in memory.
         """
         chunks = list(_batches(list(sources), self.batch_size))
-        results: list[CaptionResult] = []
+        results: list[Description] = []
         if not chunks:
             return results
 
@@ -364,5 +419,9 @@ class ImageCaptioner:
                 arrays = pending.result()
                 if following is not None:
                     pending = pool.submit(decode, following)
-                results += self.caption_arrays(arrays, beam_width=beam_width)
+                results += self.describe_arrays(arrays, beam_width=beam_width)
         return results
+
+    def caption_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[CaptionResult]:
+        """Caption image files or encoded bytes (see describe_sources)."""
+        return [d.caption for d in self.describe_sources(sources, beam_width=beam_width)]

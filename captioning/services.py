@@ -5,9 +5,16 @@ Celery prefork worker happens inside the child process (a model built before the
 the children).
 """
 
+import functools
+import logging
 import threading
 
 from django.conf import settings
+
+from .inception import ModelFileError
+from .storage import read_meta
+
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _captioner = None
@@ -29,6 +36,20 @@ def get_captioner():
                     batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
                 )
     return _captioner
+
+
+@functools.lru_cache(maxsize=1)
+def model_meta() -> dict:
+    """meta.json of the installed model (read once per process, without loading TensorFlow).
+
+    An unreadable model directory gives {} (logged): the web pages keep working on defaults,
+    and captioning reports the problem itself when it loads the model.
+    """
+    try:
+        return read_meta(settings.IMAGESEARCH_MODEL_DIR)
+    except ModelFileError:
+        logger.exception("The model's meta.json cannot be read")
+        return {}
 
 
 def load_image(data: bytes):

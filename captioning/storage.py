@@ -8,6 +8,9 @@ Layout of ``captioning/models/<version>/``::
                            feature extractor id + SHA-256 of its source weights, SHA-256 and
                            byte size of the weights file, training data/params, metrics
     MODEL_CARD.md          human documentation (optional for loading)
+    concepts.npz           optional: the visual concept-word head (captioning.concepts), its
+                           SHA-256 in meta.json ``concepts``; ``search`` in meta.json holds the
+                           weights of each description source in the index, tuned on dev
 
 :func:`load_model_dir` checks every file and raises :class:`ModelFileError` (the same class as
 ``captioning.inception.ModelFileError``) with a message naming the file and the problem.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
 from .inception import ModelFileError, sha256_file
 from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
@@ -48,6 +52,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     meta: dict
     path: Path
+    concepts: ConceptHead | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -256,4 +261,14 @@ def load_model_dir(
         model.load_weights(str(weights))
     except Exception as exc:
         raise ModelFileError(f"{weights} could not be loaded ({exc})") from exc
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path)
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path, concepts=_load_concepts(path, meta))
+
+
+def _load_concepts(path: Path, meta: dict) -> ConceptHead | None:
+    """The concept head that meta.json names (checksum checked), None for a model without one."""
+    record = meta.get("concepts")
+    if not record:
+        return None
+    if not isinstance(record, dict) or not record.get("sha256"):
+        raise ModelFileError(f"{path / META_NAME}: 'concepts' must name a file and its sha256")
+    return load_concept_head(path / record.get("file", CONCEPTS_NAME), expected_sha256=record["sha256"])

@@ -173,7 +173,7 @@ def search_by_image(request):
         raise ApiError(str(exc), exc.status) from None
     except CaptioningBusy as exc:
         raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
-    results, matches = search_images(described.caption)
+    results, matches = search_images(described.fields())
     return JsonResponse(
         {
             "caption": described.caption,

@@ -1,26 +1,56 @@
-"""The active-caption rules and keeping the search index in step with them.
+"""The active-caption rules, the photo's tags, and keeping the search index in step with them.
 
 Rules: an image has at most one active caption; a human caption always wins over a model
 caption; a new model caption becomes active only while no human caption is active; captioning
 the same image twice with the same model version changes nothing. Every change to what is
-active (or to whether the image is visible) re-indexes the image in the same transaction.
+active, to the tags or to whether the image is visible re-indexes the image in the same
+transaction, with its whole description (gallery.descriptions).
 """
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from captioning.services import model_meta
 from searchindex import index as search_index
 
-from .models import Caption, Image
+from .descriptions import SearchWeights, document_fields
+from .models import Caption, Image, Tag
+
+
+def search_weights() -> SearchWeights:
+    """The weights of the description sources, as tuned for the installed model."""
+    return SearchWeights.from_meta(model_meta())
+
+
+def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list:
+    """The weighted fields of a photo's description: its active caption, the beam's alternatives
+    (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
+    tags = image.tags.filter(removed=False).values_list("word", "probability")
+    alternatives = caption.alternatives if caption.source == Caption.Source.MODEL else ()
+    return document_fields(caption.text, alternatives=alternatives or (), concepts=list(tags), weights=weights)
 
 
 def sync_index(image: Image) -> None:
-    """Index the image's active caption, or drop it from the index when hidden or uncaptioned."""
+    """Index the image's description, or drop it from the index when hidden or uncaptioned."""
     caption = image.captions.filter(is_active=True).first()
     if caption is None or image.hidden:
         search_index.delete_document(image.pk)
     else:
-        search_index.index_document(image.pk, caption.text)
+        search_index.index_document(image.pk, image_fields(image, caption, search_weights()))
+
+
+def _replace_model_tags(image: Image, concepts, model_version: str) -> None:
+    """The image's concept tags become this model version's; words a curator removed stay removed."""
+    removed = set(image.tags.filter(removed=True).values_list("word", flat=True))
+    image.tags.filter(kind=Tag.Kind.CONCEPT, removed=False).delete()
+    Tag.objects.bulk_create(
+        [
+            Tag(image=image, kind=Tag.Kind.CONCEPT, word=word[:64], probability=float(p), model_version=model_version)
+            for word, p in concepts
+            if word[:64] not in removed
+        ],
+        ignore_conflicts=True,
+    )
 
 
 def _activate(image: Image, caption: Caption) -> None:
@@ -31,8 +61,13 @@ def _activate(image: Image, caption: Caption) -> None:
 
 
 @transaction.atomic
-def add_model_caption(image: Image, text: str, *, model_version: str, score=None, attention=None) -> Caption:
-    """Store a model caption and mark the image done; idempotent per (image, model version)."""
+def add_model_caption(
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=()
+) -> Caption:
+    """Store a model's description (caption, alternatives, concept tags) and mark the image done.
+
+    Idempotent per (image, model version): a second call with the same version changes nothing.
+    """
     image = Image.objects.select_for_update().get(pk=image.pk)
     caption = image.captions.filter(source=Caption.Source.MODEL, model_version=model_version).first()
     if caption is None:
@@ -45,7 +80,9 @@ def add_model_caption(image: Image, text: str, *, model_version: str, score=None
                     model_version=model_version,
                     score=score,
                     attention=attention,
+                    alternatives=[[t, s] for t, s in alternatives],
                 )
+            _replace_model_tags(image, concepts, model_version)
         except IntegrityError:
             caption = image.captions.get(source=Caption.Source.MODEL, model_version=model_version)
     active = image.captions.filter(is_active=True).first()
@@ -70,3 +107,11 @@ def set_human_caption(image: Image, text: str, *, user=None) -> Caption:
     _activate(image, caption)
     sync_index(image)
     return caption
+
+
+@transaction.atomic
+def remove_tag(tag: Tag) -> None:
+    """A curator removes a wrong tag: it is no longer shown or searchable (re-indexed at once)."""
+    image = Image.objects.select_for_update().get(pk=tag.image_id)
+    Tag.objects.filter(pk=tag.pk).update(removed=True)
+    sync_index(image)

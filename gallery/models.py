@@ -66,6 +66,9 @@ class Caption(models.Model):
     attention = models.JSONField(
         null=True, blank=True, help_text="Per-word attention over the 8x8 feature grid: [[word, [64 weights]], ...]."
     )
+    alternatives = models.JSONField(
+        default=list, blank=True, help_text="The other distinct captions of the model's beam search: [[text, score], ...], best first."
+    )
     is_active = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -82,3 +85,29 @@ class Caption(models.Model):
 
     def __str__(self):
         return self.text
+
+
+class Tag(models.Model):
+    """A word describing a photo, with the model's calibrated probability; searchable and shown.
+
+    Tags of one kind come from one source (concept words of the captioner; object labels can
+    join as another kind). A new model version replaces the image's model tags; a tag a curator
+    removed stays removed (kept with ``removed=True``) so that re-captioning does not bring it back.
+    """
+
+    class Kind(models.TextChoices):
+        CONCEPT = "concept", "Concept word"
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="tags")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CONCEPT)
+    word = models.CharField(max_length=64)
+    probability = models.FloatField(help_text="Calibrated probability that people would use this word for the photo.")
+    model_version = models.CharField(max_length=64)
+    removed = models.BooleanField(default=False, help_text="Removed by a curator: not indexed, not shown.")
+
+    class Meta:
+        ordering = ["-probability", "word"]
+        constraints = [models.UniqueConstraint(fields=["image", "kind", "word"], name="one_tag_per_word_and_kind")]
+
+    def __str__(self):
+        return f"{self.word} ({self.probability:.2f})"

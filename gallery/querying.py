@@ -1,12 +1,14 @@
-"""Searching the gallery: by words, and by a photo (captioned, then searched with its caption)."""
+"""Searching the gallery: by words, and by a photo (described like a stored photo, then searched with its whole description)."""
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import celery.exceptions
 from django.conf import settings
 
 from searchindex import index as search_index
 
+from .captions import search_weights
+from .descriptions import document_fields
 from .ingest import inspect_upload
 from .models import Image
 
@@ -17,9 +19,29 @@ class CaptioningBusy(RuntimeError):
 
 @dataclass(frozen=True)
 class QueryCaption:
+    """What the model says of a query photo: the caption people read, and the rest of its description."""
+
     caption: str
     score: float
     model_version: str
+    alternatives: list = field(default_factory=list)  # [[text, score], ...]
+    concepts: list = field(default_factory=list)  # [[word, probability], ...]
+
+    @classmethod
+    def from_answer(cls, answer: dict) -> "QueryCaption":
+        return cls(
+            answer["caption"], answer["score"], answer["model_version"],
+            answer.get("alternatives", []), answer.get("concepts", []),
+        )
+
+    def fields(self) -> list:
+        """The weighted fields this photo would be indexed with: the query that finds photos like it."""
+        return document_fields(self.caption, alternatives=self.alternatives, concepts=self.concepts, weights=search_weights())
+
+    def tags(self) -> list[str]:
+        """The concept words confident enough to show."""
+        floor = search_weights().tag_min_probability
+        return [word for word, probability in self.concepts if probability >= floor]
 
 
 def describe_query_photo(data: bytes) -> QueryCaption:
@@ -35,18 +57,17 @@ def describe_query_photo(data: bytes) -> QueryCaption:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # In-process: a plain call. Going through Celery's eager machinery here would trip its
         # process-wide "never join a result inside a task" flag when uploads caption concurrently.
-        answer = caption_query_image.run(payload)
-        return QueryCaption(answer["caption"], answer["score"], answer["model_version"])
+        return QueryCaption.from_answer(caption_query_image.run(payload))
     try:
         result = caption_query_image.apply_async((payload,), expires=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT)
         answer = result.get(timeout=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT, propagate=True)
     except (celery.exceptions.TimeoutError, OSError) as exc:
         raise CaptioningBusy("The captioning service is busy; please try again in a moment.") from exc
-    return QueryCaption(answer["caption"], answer["score"], answer["model_version"])
+    return QueryCaption.from_answer(answer)
 
 
-def search_images(query: str, *, page: int = 1, per_page: int | None = None, exclude_ids=()):
-    """Run a text query and attach the images (with their captions) to the hits, in rank order.
+def search_images(query, *, page: int = 1, per_page: int | None = None, exclude_ids=()):
+    """Run a query (text, or a description's weighted fields) and attach the images to the hits, in rank order.
 
     Hidden images are never in the index (see captions.sync_index), so they cannot be found.
     """

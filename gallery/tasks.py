@@ -79,21 +79,29 @@ def caption_images(image_ids: list[int]) -> dict:
             failed += 1
             logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
             _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
-    results = captioner.caption_arrays([pixels for _, pixels in readable]) if readable else []
-    for (image, _), result in zip(readable, results):
+    results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
+    for (image, _), described in zip(readable, results):
+        result = described.caption
         add_model_caption(
-            image, result.text, model_version=version, score=result.score, attention=result.attention_json()
+            image, result.text, model_version=version, score=result.score, attention=result.attention_json(),
+            alternatives=result.alternatives, concepts=described.concepts,
         )
     return {"captioned": len(readable), "failed": failed, "skipped": done_already}
 
 
 @shared_task(acks_late=False, max_retries=0)
 def caption_query_image(image_b64: str) -> dict:
-    """Caption a search-by-image query photo; it is not stored, only described."""
+    """Describe a search-by-image query photo exactly as a stored photo is described; it is not stored."""
     captioner = captioning.get_captioner()
     pixels = captioning.load_image(base64.b64decode(image_b64))
-    result = captioner.caption_arrays([pixels])[0]
-    return {"caption": result.text, "score": result.score, "model_version": captioner.version}
+    described = captioner.describe_arrays([pixels])[0]
+    return {
+        "caption": described.caption.text,
+        "score": described.caption.score,
+        "model_version": captioner.version,
+        "alternatives": [list(a) for a in described.caption.alternatives],
+        "concepts": [list(c) for c in described.concepts],
+    }
 
 
 @shared_task(**TASK_OPTIONS)

@@ -7,6 +7,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 
+from .captions import image_fields, search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
 from .ingest import RejectedUpload
 from .models import Image
@@ -44,13 +45,15 @@ def index(request):
 
 @public_or_login
 def image_detail(request, pk):
-    """One photo with its captions, attention maps and similar photos (searched with its caption)."""
+    """One photo with its captions, tags, attention maps and similar photos (searched with its whole description)."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     caption = image.active_caption
     similar = []
     if caption is not None:
-        similar = search_images(caption.text, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
-    return render(request, "gallery/detail.html", {"image": image, "caption": caption, "similar": similar})
+        fields = image_fields(image, caption, search_weights())
+        similar = search_images(fields, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
+    tags = image.tags.filter(removed=False, probability__gte=search_weights().tag_min_probability)
+    return render(request, "gallery/detail.html", {"image": image, "caption": caption, "similar": similar, "tags": tags})
 
 
 @public_or_login
@@ -79,7 +82,7 @@ def search_by_image(request):
             except CaptioningBusy as exc:
                 context["busy"], status = str(exc), 503
             else:
-                results, matches = search_images(described.caption)
+                results, matches = search_images(described.fields())
                 context.update(described=described, results=results, matches=matches, query=described.caption)
                 status = 200
     response = render(request, "gallery/search_by_image.html", context, status=status)

@@ -19,6 +19,7 @@ from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
+from captioning.inference import Description
 from gallery.tasks import caption_query_image
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,7 @@ def attention_for(text):
 
 class FakeResult:
     def __init__(self, text):
-        self.text, self.score = text, -0.42
+        self.text, self.score, self.alternatives = text, -0.42, []
 
     def attention_json(self):
         return attention_for(self.text)
@@ -55,8 +56,11 @@ class FakeCaptioner:
         self.texts[hashlib.sha256(data).hexdigest()] = text
         return data
 
-    def caption_arrays(self, arrays):
-        return [FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")) for a in arrays]
+    def describe_arrays(self, arrays):
+        return [
+            Description(FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")), [])
+            for a in arrays
+        ]
 
 
 @pytest.fixture
@@ -288,15 +292,15 @@ def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captio
     by photo fail with a 500 under a threaded server (parallel uploads)."""
     first_inside, release_first, release_second = threading.Event(), threading.Event(), threading.Event()
     gates = {"first": (first_inside, release_first), "second": (threading.Event(), release_second)}
-    caption_arrays = fake_captioner.caption_arrays
+    describe_arrays = fake_captioner.describe_arrays
 
     def gated(arrays):
         inside, release = gates[threading.current_thread().name]
         inside.set()
         release.wait(10)
-        return caption_arrays(arrays)
+        return describe_arrays(arrays)
 
-    fake_captioner.caption_arrays = gated
+    fake_captioner.describe_arrays = gated
     threads = [
         threading.Thread(target=caption_query_image.apply_async, args=(("eA==",),), name=name)
         for name in ("first", "second")
@@ -309,7 +313,7 @@ def test_search_by_photo_after_overlapping_captioning(client, photo, fake_captio
     threads[0].join(10)
     release_second.set()
     threads[1].join(10)
-    fake_captioner.caption_arrays = caption_arrays
+    fake_captioner.describe_arrays = describe_arrays
     try:
         response = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.jpg", photo(1))})
         assert response.status_code == 200

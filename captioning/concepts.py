@@ -1,0 +1,287 @@
+"""Visual concept words: which words people would use for a photo, with calibrated probabilities.
+
+A caption is one guess; the words that many people would use for a photo ("dog", "snow", "run",
+"beach") can be predicted directly, each with its own probability, and make a far better search
+description (a photo found by "snow" whether or not the caption says it). The head is a small
+multi-label network over the mean-pooled InceptionV3 features the captioner already computes:
+2048 -> hidden ReLU -> one logit per concept word, trained with binary cross-entropy on the
+training captions (a word is positive for a photo when any of its captions uses it), then
+temperature-scaled on a held-out slice of the training photos so that its probabilities are
+calibrated (a word given 0.7 is used for about 70 % of such photos).
+
+Words are grouped by a key (the search index's term: "dogs" and "dog" are one concept), which the
+caller supplies as a function, so this module knows nothing of the search index. Each concept is
+shown as its most frequent written form.
+
+File: ``concepts.npz`` in the model directory (arrays plus the words), its SHA-256 recorded in
+meta.json and checked at load. Inference is plain NumPy (a few matrix products per batch).
+
+Plain Python, no Django.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .files import write_atomic
+from .inception import ModelFileError, sha256_file
+
+CONCEPTS_NAME = "concepts.npz"
+# A function returning (written word, key or None) for each word of a caption; None: not a concept (a stop word).
+WordKeys = Callable[[str], Iterable[tuple[str, str | None]]]
+
+
+@dataclass
+class ConceptHead:
+    words: list[str]  # display form of each concept
+    keys: list[str]  # grouping key of each concept (the index term)
+    w1: np.ndarray  # (2048, hidden)
+    b1: np.ndarray
+    w2: np.ndarray  # (hidden, K)
+    b2: np.ndarray
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if not (len(self.words) == len(self.keys) == self.w2.shape[1] == len(self.b2)):
+            raise ValueError("concept head: words, keys and output layer disagree in size")
+        if self.w1.shape[1] != self.w2.shape[0] or len(self.b1) != self.w1.shape[1]:
+            raise ValueError("concept head: hidden layer shapes disagree")
+
+    @property
+    def size(self) -> int:
+        return len(self.words)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Uncalibrated logits for (n, 64, 2048) attention features or (n, 2048) pooled ones."""
+        pooled = pool(features)
+        hidden = np.maximum(pooled @ self.w1 + self.b1, 0.0)
+        return hidden @ self.w2 + self.b2
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (n, K) that people would use each word for each photo."""
+        return _sigmoid(self.logits(features) / self.temperature)
+
+    def ranked(self, probabilities: np.ndarray, *, min_probability: float, top_k: int) -> list[list[tuple[str, float]]]:
+        """Per photo, the (word, probability) pairs above ``min_probability``, most probable first, at most ``top_k``."""
+        out = []
+        for row in np.atleast_2d(probabilities):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            out.append([(self.words[i], round(float(row[i]), 4)) for i in order if row[i] >= min_probability])
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer, w1=self.w1.astype(np.float32), b1=self.b1.astype(np.float32), w2=self.w2.astype(np.float32),
+            b2=self.b2.astype(np.float32), temperature=np.float32(self.temperature),
+            words=np.array(self.words), keys=np.array(self.keys),
+        )
+        write_atomic(path, lambda fh: fh.write(buffer.getvalue()))
+        return path
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
+
+
+def pool(features: np.ndarray) -> np.ndarray:
+    """Mean over the 64 locations of (n, 64, 2048) features; (n, 2048) passes through."""
+    features = np.asarray(features, dtype=np.float32)
+    return features.mean(axis=1) if features.ndim == 3 else features
+
+
+def load_concept_head(path: str | os.PathLike, *, expected_sha256: str | None = None) -> ConceptHead:
+    """Read ``concepts.npz``; raises ModelFileError naming the file for a missing, altered or unreadable one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"concept head file {path} is missing; reinstall the model directory")
+    if expected_sha256 and sha256_file(path) != expected_sha256:
+        raise ModelFileError(f"concept head file {path} does not match the checksum in meta.json (damaged or replaced)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return ConceptHead(
+                words=[str(w) for w in data["words"]], keys=[str(k) for k in data["keys"]],
+                w1=data["w1"], b1=data["b1"], w2=data["w2"], b2=data["b2"], temperature=float(data["temperature"]),
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"concept head file {path} cannot be read: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------ training
+@dataclass
+class ConceptTargets:
+    words: list[str]
+    keys: list[str]
+    labels: np.ndarray  # (n images, K) float32 0/1
+
+
+def concept_targets(
+    captions: Sequence[Sequence[str]], word_keys: WordKeys, *, min_images: int = 10, vocabulary: Sequence[str] | None = None
+) -> ConceptTargets:
+    """Multi-label targets: concept k is positive for an image when any of its captions uses it.
+
+    The concepts are the keys used for at least ``min_images`` images (or the given ``vocabulary``
+    of keys, e.g. to build dev targets for a trained head), each shown as its most frequent form.
+    """
+    per_image: list[set[str]] = []
+    forms: dict[str, Counter] = {}
+    for image_captions in captions:
+        keys = set()
+        for caption in image_captions:
+            for written, key in word_keys(caption):
+                if key:
+                    keys.add(key)
+                    forms.setdefault(key, Counter())[written.lower()] += 1
+        per_image.append(keys)
+    if vocabulary is None:
+        counts = Counter(key for keys in per_image for key in keys)
+        vocabulary = sorted((k for k, c in counts.items() if c >= min_images), key=lambda k: (-counts[k], k))
+    index = {key: i for i, key in enumerate(vocabulary)}
+    labels = np.zeros((len(per_image), len(vocabulary)), dtype=np.float32)
+    for row, keys in enumerate(per_image):
+        for key in keys:
+            if key in index:
+                labels[row, index[key]] = 1.0
+    words = [forms[k].most_common(1)[0][0] if k in forms else k for k in vocabulary]
+    return ConceptTargets(words, list(vocabulary), labels)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the binary cross-entropy of sigmoid(logits / T) (a 1-D search)."""
+    def loss(t):
+        p = np.clip(_sigmoid(logits / t), 1e-7, 1 - 1e-7)
+        return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+
+    grid = np.exp(np.linspace(math.log(0.25), math.log(4.0), 49))
+    best = min(grid, key=loss)
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
+    return float(min(fine, key=loss))
+
+
+def train_concept_head(
+    pooled: np.ndarray,
+    targets: ConceptTargets,
+    *,
+    hidden: int = 512,
+    dropout: float = 0.5,
+    epochs: int = 40,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    calibration_share: float = 0.1,
+    patience: int = 4,
+    seed: int = 1234,
+    log: Callable[[str], None] = print,
+) -> tuple[ConceptHead, dict]:
+    """Train the head on pooled features (n, 2048) with early stopping and temperature scaling.
+
+    A ``calibration_share`` of the images (chosen at random with ``seed``) is held out: it picks
+    the best epoch and the temperature. Returns the head and a report (losses, temperature).
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pooled))
+    n_held = max(1, int(len(pooled) * calibration_share))
+    held, train = order[:n_held], order[n_held:]
+    x, y = pooled.astype(np.float32), targets.labels
+    inputs = keras.Input((x.shape[1],))
+    h = keras.layers.Dense(hidden, activation="relu", name="hidden")(keras.layers.Dropout(0.2)(inputs))
+    out = keras.layers.Dense(y.shape[1], name="logits")(keras.layers.Dropout(dropout)(h))
+    model = keras.Model(inputs, out)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True, monitor="val_loss")
+    history = model.fit(
+        x[train], y[train], validation_data=(x[held], y[held]), epochs=epochs, batch_size=batch_size,
+        callbacks=[stop], verbose=0, shuffle=True,
+    )
+    losses = history.history["val_loss"]
+    best_epoch = int(np.argmin(losses)) + 1
+    log(f"concept head: {y.shape[1]} words, best epoch {best_epoch} of {len(losses)}, held-out BCE {min(losses):.4f}")
+    w1, b1 = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.get_layer("hidden").weights)
+    w2, b2 = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.get_layer("logits").weights)
+    head = ConceptHead(targets.words, targets.keys, w1, b1, w2, b2)
+    held_logits = head.logits(x[held])
+    head.temperature = fit_temperature(held_logits, y[held])
+    log(f"concept head: temperature {head.temperature:.3f}")
+    report = {
+        "words": head.size, "hidden": hidden, "dropout": dropout, "epochs_run": len(losses), "best_epoch": best_epoch,
+        "held_out_images": int(n_held), "held_out_bce": round(float(min(losses)), 5),
+        "temperature": round(head.temperature, 4), "seed": seed,
+    }
+    return head, report
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per probability bin: mean predicted probability, observed share of positives, count."""
+    p, y = probabilities.ravel(), labels.ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            rows.append({"from": round(float(edges[b]), 2), "to": round(float(edges[b + 1]), 2),
+                         "predicted": round(float(p[mask].mean()), 4), "observed": round(float(y[mask].mean()), 4),
+                         "count": int(mask.sum())})
+    return rows
+
+
+def pooled_from_cache(cache_dir: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    """Mean-pooled (n, 2048) features of cached images (captioning.features' cache)."""
+    from . import features as feature_store
+
+    return np.stack([pool(feature_store.load_feature(cache_dir, n)[None])[0] for n in names])
+
+
+def train_for_model(
+    model_dir: str | os.PathLike,
+    train: Mapping[str, Sequence[str]],
+    dev: Mapping[str, Sequence[str]],
+    cache_dir: str | os.PathLike,
+    word_keys: WordKeys,
+    *,
+    min_images: int = 10,
+    hidden: int = 512,
+    seed: int = 1234,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a concept head on the training images' captions, score it on dev, install it in ``model_dir``.
+
+    ``train`` / ``dev``: image name -> its human captions; features come from the cache. The
+    head is written as ``concepts.npz`` and recorded (SHA-256, report with dev figures) in
+    meta.json ``concepts``. Returns that record.
+    """
+    from .storage import resolve_model_dir, update_meta
+
+    model_dir = resolve_model_dir(model_dir)
+    train_names, dev_names = list(train), list(dev)
+    targets = concept_targets([train[n] for n in train_names], word_keys, min_images=min_images)
+    dev_targets = concept_targets([dev[n] for n in dev_names], word_keys, vocabulary=targets.keys)
+    log(f"{len(train_names)} training images, {targets.labels.shape[1]} concept words (used for >= {min_images} images)")
+    head, report = train_concept_head(pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, seed=seed, log=log)
+    probabilities = head.probabilities(pooled_from_cache(cache_dir, dev_names))
+    labels = dev_targets.labels
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    top10 = np.argsort(-probabilities, axis=1)[:, :10]
+    report["dev"] = {
+        "images": len(dev_names),
+        "bce": round(float(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()), 5),
+        "precision_at_10": round(float(np.take_along_axis(labels, top10, axis=1).mean()), 4),
+        "reliability": reliability(probabilities, labels),
+    }
+    report["min_images"] = min_images
+    path = head.save(model_dir / CONCEPTS_NAME)
+    record = {"file": CONCEPTS_NAME, "sha256": sha256_file(path), "report": report}
+    update_meta(model_dir, concepts=record)
+    log(f"concept head saved: {path} (dev precision@10 {report['dev']['precision_at_10']:.3f}, BCE {report['dev']['bce']:.4f})")
+    return record

@@ -1,0 +1,106 @@
+"""``manage.py evaluate_search``: search quality on a Flickr8k split (see gallery.search_quality)."""
+
+import json
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from captioning import evaluation
+from captioning import features as feature_store
+from captioning.inference import ImageCaptioner
+from captioning.storage import update_meta
+from gallery import search_quality
+from gallery.descriptions import SearchWeights
+
+# The designs tried by --tune, on top of the model's recorded weights.
+TUNING_GRID = {
+    "alternatives": [0.0, 0.5],
+    "concepts": [1.0, 2.0, 4.0],
+    "concept_min_probability": [0.05, 0.15],
+    "concept_top_k": [15, 30],
+}
+
+
+def format_report(report: dict) -> str:
+    rows = [("design", "R@1", "R@5", "R@10", "MRR", "word mAP", "P@10", "copy R@1", "copy R@5")]
+    for label, figures in report["designs"]:
+        s, w, c = figures["sentence"], figures["word"], figures.get("resaved", {})
+        rows.append((label, s["R@1"], s["R@5"], s["R@10"], s["MRR"], w["mAP"], w["P@10"], c.get("R@1", "-"), c.get("R@5", "-")))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).rjust(widths[i]) if i else str(v).ljust(widths[i]) for i, v in enumerate(r)) for r in rows)
+
+
+class Command(BaseCommand):
+    help = "Measure search quality on a data split: sentence queries, word queries, re-saved copies."
+
+    def add_arguments(self, parser):
+        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, <split>.txt, images/")
+        parser.add_argument("--split", default="dev")
+        parser.add_argument("--limit", type=int, default=None, help="only the first N photos of the split")
+        parser.add_argument("--model-dir", default=None, help="model directory (default: settings)")
+        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        parser.add_argument("--no-resaved", action="store_true", help="skip the re-saved copies (an InceptionV3 pass per photo)")
+        parser.add_argument("--tune", action="store_true", help="try the weighting grid and report the best designs")
+        parser.add_argument("--save-weights", action="store_true", help="with --tune: record the best weights in the model's meta.json")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    def handle(self, *args, **opts):
+        data_dir = Path(opts["data_dir"])
+        if opts["save_weights"] and not opts["tune"]:
+            raise CommandError("--save-weights needs --tune")
+        try:
+            names, references = evaluation.load_split(data_dir, opts["split"])
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        names = names[: opts["limit"]] if opts["limit"] else names
+        references = {n: references[n] for n in names}
+        model_dir = Path(opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR)
+        try:
+            captioner = ImageCaptioner.from_dirs(model_dir, settings.IMAGESEARCH_FEATURE_DIR, batch_size=32)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot load the captioner: {exc}") from exc
+        var = Path(settings.BASE_DIR) / "var"
+        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(var, data_dir / "images"))
+        from tqdm import tqdm
+
+        log = sys.stderr
+        feature_store.cache_features([(n, data_dir / "images" / n) for n in names], cache_dir,
+                                     feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
+        with tqdm(total=len(names), desc="describing", unit="img", file=log) as bar:
+            descriptions = search_quality.describe_cached(captioner, names, cache_dir, progress=bar.update)
+        resaved = None
+        if not opts["no_resaved"]:
+            resaved_dir = cache_dir.with_name(cache_dir.name + "-resaved")
+            search_quality.cache_resaved_features(names, data_dir / "images", resaved_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR)
+            resaved = search_quality.describe_cached(captioner, names, resaved_dir)
+        words = search_quality.word_queries(references)
+        current = SearchWeights.from_meta(captioner.meta)
+        designs = [
+            ("one human caption (reference)", search_quality.evaluate_reference(references, words=words)),
+            ("caption only", search_quality.evaluate_design(
+                descriptions, references, SearchWeights(), words=words, resaved=resaved)),
+            (f"model's weights ({captioner.version})", search_quality.evaluate_design(
+                descriptions, references, current, words=words, resaved=resaved)),
+        ]
+        report = {"split": opts["split"], "photos": len(names), "model": captioner.version,
+                  "weights": current.to_dict(), "designs": designs}
+        if opts["tune"]:
+            tried = search_quality.tune(descriptions, references, words=words, resaved=resaved, base=current, grid=TUNING_GRID)
+            report["tuning"] = [{"weights": w.to_dict(), **figures} for w, figures in tried]
+            best, figures = tried[0]
+            best = SearchWeights(**{**best.to_dict(), "weak_match_below": figures["weak_match_below"]})
+            designs.append(("best of the tuning grid", figures))
+            report["best_weights"] = best.to_dict()
+            if opts["save_weights"]:
+                update_meta(model_dir, search={**best.to_dict(), "chosen_on": f"{data_dir.name}/{opts['split']} ({len(names)} photos)",
+                                               "figures": figures})
+                self.stderr.write(f"weights saved in {model_dir}/meta.json: {best.to_dict()}")
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+        else:
+            self.stdout.write(format_report(report))
+            if opts["tune"]:
+                self.stdout.write(f"best weights: {report['best_weights']}")

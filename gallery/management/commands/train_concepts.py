@@ -1,0 +1,53 @@
+"""``manage.py train_concepts``: train the visual concept-word head of a model directory.
+
+The concept words are search-index terms (a photo's words as the index analyses them), which is
+why this glue lives in the gallery, the app that knows both the captioner and the index.
+"""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from captioning import concepts, evaluation
+from captioning import features as feature_store
+from searchindex.index import tokens
+
+
+def word_keys(caption: str):
+    return [(surface, term) for surface, term, _, _ in tokens(caption)]
+
+
+class Command(BaseCommand):
+    help = "Train the concept-word head on the training split's captions and install it in the model directory."
+
+    def add_arguments(self, parser):
+        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, train.txt, dev.txt, images/")
+        parser.add_argument("--model-dir", default=None, help="model directory to install the head in (default: settings)")
+        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        parser.add_argument("--min-images", type=int, default=10, help="concept words: used for at least N training images")
+        parser.add_argument("--hidden", type=int, default=512)
+        parser.add_argument("--seed", type=int, default=1234)
+
+    def handle(self, *args, **opts):
+        data_dir = Path(opts["data_dir"])
+        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(Path(settings.BASE_DIR) / "var", data_dir / "images"))
+        try:
+            train_names, train = evaluation.load_split(data_dir, "train")
+            dev_names, dev = evaluation.load_split(data_dir, "dev")
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        missing = [n for n in train_names + dev_names if not feature_store.cache_path(cache_dir, n).is_file()]
+        if missing:
+            raise CommandError(
+                f"{len(missing)} images have no cached features in {cache_dir} (e.g. {missing[0]}); "
+                "run train_captioner (it fills the cache) or pass --cache-dir"
+            )
+        try:
+            concepts.train_for_model(
+                opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR, train, dev, cache_dir, word_keys,
+                min_images=opts["min_images"], hidden=opts["hidden"], seed=opts["seed"], log=self.stdout.write,
+            )
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
