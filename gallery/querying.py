@@ -76,3 +76,9 @@ def search_images(query, *, page: int = 1, per_page: int | None = None, exclude_
     )
     images = Image.objects.prefetch_related("captions").in_bulk([hit.doc_id for hit in results.hits])
     return results, [(hit, images[hit.doc_id]) for hit in results.hits if hit.doc_id in images]
+
+
+def split_by_relevance(matches):
+    """(strong, weak): hits scoring below the relevance calibrated on dev are weaker matches."""
+    floor = search_weights().weak_match_below
+    return [m for m in matches if m[0].score >= floor], [m for m in matches if m[0].score < floor]

@@ -11,7 +11,7 @@ from .captions import image_fields, search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
 from .ingest import RejectedUpload
 from .models import Image
-from .querying import CaptioningBusy, describe_query_photo, search_images
+from .querying import CaptioningBusy, describe_query_photo, search_images, split_by_relevance
 
 MORE_LIKE_THIS = 8
 # Seconds a client should wait before asking again when no worker captioned a query photo.
@@ -63,7 +63,8 @@ def search(request):
     context = {"form": form}
     if form.is_valid() and form.cleaned_data["q"]:
         results, matches = search_images(form.cleaned_data["q"], page=form.cleaned_data["page"] or 1)
-        context.update(results=results, matches=matches, query=form.cleaned_data["q"])
+        strong, weak = split_by_relevance(matches)
+        context.update(results=results, matches=matches, strong=strong, weak=weak, query=form.cleaned_data["q"])
     return render(request, "gallery/search.html", context, status=200 if form.is_valid() else 400)
 
 
@@ -83,7 +84,10 @@ def search_by_image(request):
                 context["busy"], status = str(exc), 503
             else:
                 results, matches = search_images(described.fields())
-                context.update(described=described, results=results, matches=matches, query=described.caption)
+                strong, weak = split_by_relevance(matches)
+                context.update(
+                    described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption
+                )
                 status = 200
     response = render(request, "gallery/search_by_image.html", context, status=status)
     if status == 503:

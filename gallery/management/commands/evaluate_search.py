@@ -17,9 +17,9 @@ from gallery.descriptions import SearchWeights
 # The designs tried by --tune, on top of the model's recorded weights.
 TUNING_GRID = {
     "alternatives": [0.0, 0.5],
-    "concepts": [1.0, 2.0, 4.0],
-    "concept_min_probability": [0.05, 0.15],
-    "concept_top_k": [15, 30],
+    "concepts": [4.0, 8.0, 16.0],
+    "concept_min_probability": [0.02, 0.05],
+    "concept_top_k": [30],
 }
 
 

@@ -1,0 +1,144 @@
+"""A photo's description: n-best captions, the concept head, tags in the index and in the pages."""
+import json
+
+import numpy as np
+import pytest
+from django.urls import reverse
+
+from captioning import concepts
+from captioning.inception import ModelFileError
+from captioning.inference import decode_features
+from captioning.storage import load_model_dir, update_meta
+from gallery.captions import add_model_caption, remove_tag, sync_index
+from gallery.descriptions import SearchWeights, document_fields
+from gallery.ingest import ingest_bytes
+from gallery.models import Tag
+from searchindex import index as search_index
+
+from .test_captioning_inference import features, model_and_feature_dirs, tiny_model, tokenizer  # noqa: F401
+
+
+def tiny_head(words=("dog", "beach", "snow"), depth=2048, hidden=4, seed=0) -> concepts.ConceptHead:
+    rng = np.random.default_rng(seed)
+    return concepts.ConceptHead(
+        list(words), list(words), rng.normal(size=(depth, hidden)).astype(np.float32), np.zeros(hidden, np.float32),
+        rng.normal(size=(hidden, len(words))).astype(np.float32), np.zeros(len(words), np.float32), temperature=1.5,
+    )
+
+
+def test_beam_alternatives_are_distinct_finished_captions_best_first(tiny_model, tokenizer, features):  # noqa: F811
+    for result in decode_features(tiny_model, tokenizer, features, beam_width=4):
+        texts = [text for text, _ in result.alternatives]
+        assert result.text not in texts and len(texts) == len(set(texts)) and len(texts) <= 4
+        scores = [score for _, score in result.alternatives]
+        assert scores == sorted(scores, reverse=True) and all(s <= result.score + 1e-4 for s in scores)
+
+
+def test_concept_probabilities_are_calibrated_by_temperature():
+    head = tiny_head()
+    feats = np.random.default_rng(1).normal(size=(5, 64, 2048)).astype(np.float32)
+    logits = head.logits(feats)
+    np.testing.assert_allclose(head.probabilities(feats), 1 / (1 + np.exp(-logits / 1.5)), rtol=1e-5)
+    ranked = head.ranked(head.probabilities(feats), min_probability=0.0, top_k=2)
+    assert all(len(row) == 2 and row[0][1] >= row[1][1] for row in ranked)
+
+
+def test_temperature_fit_recovers_the_scale_of_overconfident_logits():
+    rng = np.random.default_rng(2)
+    true_logits = rng.normal(scale=2.0, size=(4000, 3))
+    labels = (rng.random(true_logits.shape) < 1 / (1 + np.exp(-true_logits))).astype(np.float32)
+    assert concepts.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.1)
+
+
+def test_concept_targets_group_words_by_key_and_name_them_by_their_commonest_form():
+    captions = [["Dogs run", "a dog runs"], ["a dog sleeps"], ["snow"]]
+    targets = concepts.concept_targets(captions, lambda c: [(w, w.lower().rstrip("s")) for w in c.split() if w != "a"], min_images=2)
+    assert targets.keys == ["dog"] and targets.words == ["dog"]
+    assert targets.labels[:, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def install_head(model_dir, head):
+    path = head.save(model_dir / concepts.CONCEPTS_NAME)
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    return path
+
+
+def test_a_model_directory_loads_its_concept_head(model_and_feature_dirs):  # noqa: F811
+    model_dir, _ = model_and_feature_dirs
+    install_head(model_dir, tiny_head())
+    assert load_model_dir(model_dir).concepts.words == ["dog", "beach", "snow"]
+
+
+def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_dirs):  # noqa: F811
+    model_dir, _ = model_and_feature_dirs
+    path = install_head(model_dir, tiny_head())
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match="concepts.npz does not match the checksum"):
+        load_model_dir(model_dir)
+    path.unlink()
+    with pytest.raises(ModelFileError, match="concept head file .* is missing"):
+        load_model_dir(model_dir)
+
+
+def test_document_fields_weigh_each_source():
+    weights = SearchWeights(caption=1.0, alternatives=0.5, max_alternatives=1, concepts=2.0, concept_min_probability=0.2, concept_top_k=2)
+    fields = document_fields("a dog", alternatives=[["a cat", -1.0], ["a cow", -2.0]],
+                             concepts=[("dog", 0.9), ("grass", 0.5), ("sky", 0.3), ("sand", 0.1)], weights=weights)
+    assert [(f.text, f.weight) for f in fields] == [("a dog", 1.0), ("a cat", 0.5), ("dog", 1.8), ("grass", 1.0)]
+
+
+@pytest.fixture
+def weighted(monkeypatch):
+    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5)
+    monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
+    monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
+    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    return weights
+
+
+@pytest.mark.django_db
+def test_tags_and_alternatives_make_a_photo_findable_and_a_removed_tag_is_not(photo, weighted, client):
+    image = ingest_bytes(photo(1), "p.jpg").image
+    add_model_caption(image, "a man stands outside", model_version="m1", alternatives=[("a man on a beach", -1.2)],
+                      concepts=[("snow", 0.8), ("mountain", 0.3), ("dog", 0.05)])
+    assert [h.doc_id for h in search_index.search("snow").hits] == [image.pk]
+    assert [h.doc_id for h in search_index.search("beach").hits] == [image.pk]
+    assert search_index.search("dog").hits == []  # below the indexing floor
+    page = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
+    assert ">snow</a>" in page and ">mountain</a>" not in page  # shown only above tag_min_probability
+    remove_tag(Tag.objects.get(image=image, word="snow"))
+    assert search_index.search("snow").hits == []
+    assert ">snow</a>" not in client.get(reverse("gallery:image", args=[image.pk])).content.decode()
+    add_model_caption(image, "a man in the snow", model_version="m2", concepts=[("snow", 0.9), ("ski", 0.7)])
+    assert not Tag.objects.filter(image=image, word="snow", removed=False).exists()  # a curator's removal sticks
+    assert set(Tag.objects.filter(image=image, removed=False).values_list("word", flat=True)) == {"ski"}
+
+
+@pytest.mark.django_db
+def test_a_human_caption_keeps_the_tags_but_drops_the_models_alternatives(photo, weighted):
+    from gallery.captions import set_human_caption
+
+    image = ingest_bytes(photo(2), "p.jpg").image
+    add_model_caption(image, "a dog", model_version="m1", alternatives=[("a cat on a sofa", -1.0)], concepts=[("grass", 0.6)])
+    set_human_caption(image, "my dog Rex")
+    assert search_index.search("sofa").hits == []
+    assert [h.doc_id for h in search_index.search("grass").hits] == [image.pk]
+    assert [h.doc_id for h in search_index.search("rex").hits] == [image.pk]
+    sync_index(image)
+    assert json.dumps(image.captions.get(source="model").alternatives) == '[["a cat on a sofa", -1.0]]'
+
+
+@pytest.mark.django_db
+def test_results_below_the_calibrated_relevance_come_after_a_weaker_matches_divider(photo, monkeypatch, client):
+    weights = SearchWeights(weak_match_below=0.5)
+    monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
+    monkeypatch.setattr("gallery.querying.search_weights", lambda: weights)
+    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    strong = ingest_bytes(photo(3), "a.jpg").image
+    weak = ingest_bytes(photo(4), "b.jpg").image
+    add_model_caption(strong, "a dog", model_version="m1")
+    add_model_caption(weak, "a dog and a cat and a horse and a cow on a farm", model_version="m1")
+    page = client.get(reverse("gallery:search"), {"q": "dog"}).content.decode()
+    assert "Weaker matches" in page
+    before, after = page.split("Weaker matches")
+    assert f"/images/{strong.pk}/" in before and f"/images/{weak.pk}/" in after and f"/images/{weak.pk}/" not in before
