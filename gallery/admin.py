@@ -1,11 +1,11 @@
-"""Curation in Django admin: fix captions, re-caption, hide, unhide, delete."""
+"""Curation in Django admin: fix captions, re-caption, hide, unhide, delete, remove wrong tags."""
 from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from . import curation
-from .captions import set_human_caption, sync_index
-from .models import Caption, Image
+from .captions import remove_tag, set_human_caption, sync_index
+from .models import Caption, Image, Tag
 
 
 class CaptionInline(admin.TabularInline):
@@ -135,3 +135,29 @@ class CaptionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    """Tags are the model's; a curator only removes wrong ones (re-indexed at once, kept removed)."""
+
+    list_display = ["word", "image", "kind", "probability", "model_version", "removed"]
+    list_filter = ["kind", "removed", "model_version"]
+    search_fields = ["word", "image__original_name"]
+    actions = ["remove_tags"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Remove the selected tags (no longer shown or searchable)", permissions=["view"])
+    def remove_tags(self, request, queryset):
+        tags = list(queryset.filter(removed=False))
+        for tag in tags:
+            remove_tag(tag)
+        self.message_user(request, f"{len(tags)} tag(s) removed.", messages.SUCCESS)

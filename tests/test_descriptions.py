@@ -142,3 +142,16 @@ def test_results_below_the_calibrated_relevance_come_after_a_weaker_matches_divi
     assert "Weaker matches" in page
     before, after = page.split("Weaker matches")
     assert f"/images/{strong.pk}/" in before and f"/images/{weak.pk}/" in after and f"/images/{weak.pk}/" not in before
+
+
+@pytest.mark.django_db
+def test_a_curator_removes_a_wrong_tag_in_admin(photo, weighted, admin_client):
+    image = ingest_bytes(photo(5), "p.jpg").image
+    add_model_caption(image, "a kitchen", model_version="m1", concepts=[("dog", 0.7), ("table", 0.6)])
+    assert [h.doc_id for h in search_index.search("dog").hits] == [image.pk]
+    assert admin_client.get("/admin/gallery/tag/").status_code == 200
+    wrong = Tag.objects.get(image=image, word="dog")
+    response = admin_client.post("/admin/gallery/tag/", {"action": "remove_tags", "_selected_action": [wrong.pk]})
+    assert response.status_code == 302
+    assert Tag.objects.get(pk=wrong.pk).removed
+    assert search_index.search("dog").hits == [] and [h.doc_id for h in search_index.search("table").hits] == [image.pk]
