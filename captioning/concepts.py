@@ -155,11 +155,16 @@ def concept_targets(
     return ConceptTargets(words, list(vocabulary), labels)
 
 
+def binary_cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities against 0/1 labels (clipped away from 0 and 1)."""
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the binary cross-entropy of sigmoid(logits / T) (a 1-D search)."""
     def loss(t):
-        p = np.clip(_sigmoid(logits / t), 1e-7, 1 - 1e-7)
-        return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
+        return binary_cross_entropy(_sigmoid(logits / t), labels)
 
     grid = np.exp(np.linspace(math.log(0.25), math.log(4.0), 49))
     best = min(grid, key=loss)
@@ -207,8 +212,8 @@ def train_concept_head(
     losses = history.history["val_loss"]
     best_epoch = int(np.argmin(losses)) + 1
     log(f"concept head: {y.shape[1]} words, best epoch {best_epoch} of {len(losses)}, held-out BCE {min(losses):.4f}")
-    w1, b1 = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.get_layer("hidden").weights)
-    w2, b2 = (v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in model.get_layer("logits").weights)
+    w1, b1 = model.get_layer("hidden").get_weights()
+    w2, b2 = model.get_layer("logits").get_weights()
     head = ConceptHead(targets.words, targets.keys, w1, b1, w2, b2)
     held_logits = head.logits(x[held])
     head.temperature = fit_temperature(held_logits, y[held])
@@ -271,11 +276,10 @@ def train_for_model(
     head, report = train_concept_head(pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, seed=seed, log=log)
     probabilities = head.probabilities(pooled_from_cache(cache_dir, dev_names))
     labels = dev_targets.labels
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
     top10 = np.argsort(-probabilities, axis=1)[:, :10]
     report["dev"] = {
         "images": len(dev_names),
-        "bce": round(float(-(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean()), 5),
+        "bce": round(binary_cross_entropy(probabilities, labels), 5),
         "precision_at_10": round(float(np.take_along_axis(labels, top10, axis=1).mean()), 4),
         "reliability": reliability(probabilities, labels),
     }

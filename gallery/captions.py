@@ -27,7 +27,7 @@ def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list
     (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
     tags = image.tags.filter(removed=False).values_list("word", "probability")
     alternatives = caption.alternatives if caption.source == Caption.Source.MODEL else ()
-    return document_fields(caption.text, alternatives=alternatives or (), concepts=list(tags), weights=weights)
+    return document_fields(caption.text, alternatives=alternatives, concepts=list(tags), weights=weights)
 
 
 def sync_index(image: Image) -> None:

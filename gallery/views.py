@@ -48,11 +48,11 @@ def image_detail(request, pk):
     """One photo with its captions, tags, attention maps and similar photos (searched with its whole description)."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     caption = image.active_caption
-    similar = []
+    similar, weights = [], search_weights()
     if caption is not None:
-        fields = image_fields(image, caption, search_weights())
+        fields = image_fields(image, caption, weights)
         similar = search_images(fields, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
-    tags = image.tags.filter(removed=False, probability__gte=search_weights().tag_min_probability)
+    tags = image.tags.filter(removed=False, probability__gte=weights.tag_min_probability)
     return render(request, "gallery/detail.html", {"image": image, "caption": caption, "similar": similar, "tags": tags})
 
 
