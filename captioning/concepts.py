@@ -31,8 +31,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .files import write_atomic
-from .inception import ModelFileError, sha256_file
+from . import features as feature_store
+from .files import ModelFileError, sha256_file, write_atomic
 
 CONCEPTS_NAME = "concepts.npz"
 # A function returning (written word, key or None) for each word of a caption; None: not a concept (a stop word).
@@ -243,49 +243,4 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -
 
 def pooled_from_cache(cache_dir: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
     """Mean-pooled (n, 2048) features of cached images (captioning.features' cache)."""
-    from . import features as feature_store
-
     return np.stack([pool(feature_store.load_feature(cache_dir, n)[None])[0] for n in names])
-
-
-def train_for_model(
-    model_dir: str | os.PathLike,
-    train: Mapping[str, Sequence[str]],
-    dev: Mapping[str, Sequence[str]],
-    cache_dir: str | os.PathLike,
-    word_keys: WordKeys,
-    *,
-    min_images: int = 10,
-    hidden: int = 512,
-    seed: int = 1234,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Train a concept head on the training images' captions, score it on dev, install it in ``model_dir``.
-
-    ``train`` / ``dev``: image name -> its human captions; features come from the cache. The
-    head is written as ``concepts.npz`` and recorded (SHA-256, report with dev figures) in
-    meta.json ``concepts``. Returns that record.
-    """
-    from .storage import resolve_model_dir, update_meta
-
-    model_dir = resolve_model_dir(model_dir)
-    train_names, dev_names = list(train), list(dev)
-    targets = concept_targets([train[n] for n in train_names], word_keys, min_images=min_images)
-    dev_targets = concept_targets([dev[n] for n in dev_names], word_keys, vocabulary=targets.keys)
-    log(f"{len(train_names)} training images, {targets.labels.shape[1]} concept words (used for >= {min_images} images)")
-    head, report = train_concept_head(pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, seed=seed, log=log)
-    probabilities = head.probabilities(pooled_from_cache(cache_dir, dev_names))
-    labels = dev_targets.labels
-    top10 = np.argsort(-probabilities, axis=1)[:, :10]
-    report["dev"] = {
-        "images": len(dev_names),
-        "bce": round(binary_cross_entropy(probabilities, labels), 5),
-        "precision_at_10": round(float(np.take_along_axis(labels, top10, axis=1).mean()), 4),
-        "reliability": reliability(probabilities, labels),
-    }
-    report["min_images"] = min_images
-    path = head.save(model_dir / CONCEPTS_NAME)
-    record = {"file": CONCEPTS_NAME, "sha256": sha256_file(path), "report": report}
-    update_meta(model_dir, concepts=record)
-    log(f"concept head saved: {path} (dev precision@10 {report['dev']['precision_at_10']:.3f}, BCE {report['dev']['bce']:.4f})")
-    return record

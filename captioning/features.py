@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import PIL.Image
 
 from . import inception
-from .files import write_atomic
+from .files import sha256_file, write_atomic
+from .images import InvalidImageError, open_upright_rgb
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
 FEATURE_META_NAME = "inceptionv3.json"
@@ -64,7 +66,7 @@ def ensure_feature_weights(
     dest = feature_weights_path(feature_dir)
     meta = read_feature_meta(feature_dir)
     if not force and dest.is_file() and meta and meta.get("sha256"):
-        actual = inception.sha256_file(dest)
+        actual = sha256_file(dest)
         if actual == meta["sha256"] and meta.get("architecture") == FEATURE_EXTRACTOR_ID:
             log(f"InceptionV3 weights OK: {dest} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
             return {**meta, "action": "verified"}
@@ -129,8 +131,6 @@ def cache_features(
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
     thread while TensorFlow computes the previous batch.
     """
-    from .inception import InvalidImageError, preprocess_image
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     pairs = [(Path(p).name, p) if not isinstance(p, tuple) else p for p in images]
@@ -147,13 +147,9 @@ def cache_features(
         name, path = item
         try:
             if flip:
-                from PIL import Image, ImageOps
-
-                with Image.open(path) as im:
-                    im.load()
-                    im = ImageOps.exif_transpose(im) or im
-                    return name, preprocess_image(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-            return name, preprocess_image(path)
+                mirrored = open_upright_rgb(path).transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+                return name, inception.preprocess_image(mirrored)
+            return name, inception.preprocess_image(path)
         except (InvalidImageError, OSError) as exc:
             return name, exc
 

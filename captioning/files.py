@@ -1,27 +1,55 @@
-"""File writing that readers can rely on: a file is either the old one or the whole new one."""
+"""Model and data files: written so that readers can rely on them, checked when they are read.
+
+A file is either the old one or the whole new one (:func:`atomic_path`, :func:`write_atomic`);
+a file that is missing, truncated or not the one expected raises :class:`ModelFileError`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
-def write_atomic(path: str | os.PathLike, write: Callable, mode: str = "wb") -> None:
-    """Write through a temporary file in the same folder and rename it over ``path``.
+class ModelFileError(ValueError):
+    """A weights or data file is missing, truncated, corrupt or not the one this code expects."""
 
-    ``write`` receives the open temporary file. A crash or an error leaves the previous file (or
-    none) in place, never a partial one.
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (model files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path in ``path``'s folder that replaces ``path`` when the block succeeds.
+
+    For writers that want a file name rather than an open file (Keras, NumPy, h5py); ``suffix``
+    keeps the extension they insist on. A crash or an error leaves the previous file (or none)
+    in place, never a partial one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
-            write(fh)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | os.PathLike, write: Callable, mode: str = "wb") -> None:
+    """Write ``path`` through :func:`atomic_path`; ``write`` receives the open temporary file."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)

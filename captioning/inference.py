@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
+from .files import ModelFileError
 from .inception import extract_features, preprocess_image
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
@@ -328,7 +329,6 @@ class ImageCaptioner:
         from the installed feature weights (features of another network are meaningless to the
         model), and ``ModelFileError`` for missing or damaged files.
         """
-        from .inception import ModelFileError
         from .storage import load_model_dir
 
         loaded = load_model_dir(model_dir, expected_feature_extractor=feature_store.FEATURE_EXTRACTOR_ID)

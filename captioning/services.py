@@ -11,7 +11,8 @@ import threading
 
 from django.conf import settings
 
-from .inception import ModelFileError
+from .files import ModelFileError
+from .inception import preprocess_image
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,4 @@ def model_meta() -> dict:
 
 def load_image(data: bytes):
     """Decode and preprocess image bytes for the captioner; raises ValueError for non-images."""
-    from .inception import preprocess_image
-
     return preprocess_image(data)

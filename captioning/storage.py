@@ -13,7 +13,7 @@ Layout of ``captioning/models/<version>/``::
                            weights of each description source in the index, tuned on dev
 
 :func:`load_model_dir` checks every file and raises :class:`ModelFileError` (the same class as
-``captioning.inception.ModelFileError``) with a message naming the file and the problem.
+``captioning.files.ModelFileError``) with a message naming the file and the problem.
 
 Plain Python + Keras, no Django.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
-from .inception import ModelFileError, sha256_file
+from .files import ModelFileError, sha256_file
 from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
 

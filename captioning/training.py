@@ -30,13 +30,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from . import concepts
+from .files import sha256_file
 from .model import Captioner
+from .storage import resolve_model_dir, update_meta
 from .vocabulary import PAD_ID, Tokenizer
 
 
@@ -452,3 +455,44 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def install_concept_head(
+    model_dir: str | os.PathLike,
+    train: Mapping[str, Sequence[str]],
+    dev: Mapping[str, Sequence[str]],
+    cache_dir: str | os.PathLike,
+    word_keys: concepts.WordKeys,
+    *,
+    min_images: int = 10,
+    hidden: int = 512,
+    seed: int = 1234,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a concept head on the training images' captions, score it on dev, install it in ``model_dir``.
+
+    ``train`` / ``dev``: image name -> its human captions; features come from the cache. The
+    head is written as ``concepts.npz`` and recorded (SHA-256, report with dev figures) in
+    meta.json ``concepts``. Returns that record.
+    """
+    model_dir = resolve_model_dir(model_dir)
+    train_names, dev_names = list(train), list(dev)
+    targets = concepts.concept_targets([train[n] for n in train_names], word_keys, min_images=min_images)
+    dev_targets = concepts.concept_targets([dev[n] for n in dev_names], word_keys, vocabulary=targets.keys)
+    log(f"{len(train_names)} training images, {targets.labels.shape[1]} concept words (used for >= {min_images} images)")
+    head, report = concepts.train_concept_head(concepts.pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, seed=seed, log=log)
+    probabilities = head.probabilities(concepts.pooled_from_cache(cache_dir, dev_names))
+    labels = dev_targets.labels
+    top10 = np.argsort(-probabilities, axis=1)[:, :10]
+    report["dev"] = {
+        "images": len(dev_names),
+        "bce": round(concepts.binary_cross_entropy(probabilities, labels), 5),
+        "precision_at_10": round(float(np.take_along_axis(labels, top10, axis=1).mean()), 4),
+        "reliability": concepts.reliability(probabilities, labels),
+    }
+    report["min_images"] = min_images
+    path = head.save(model_dir / concepts.CONCEPTS_NAME)
+    record = {"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path), "report": report}
+    update_meta(model_dir, concepts=record)
+    log(f"concept head saved: {path} (dev precision@10 {report['dev']['precision_at_10']:.3f}, BCE {report['dev']['bce']:.4f})")
+    return record

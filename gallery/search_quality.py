@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from captioning import features as feature_store
-from captioning.inception import to_rgb
+from captioning.images import to_rgb
 from searchindex.index import Field, MemoryIndex, tokens
 
 from .descriptions import SearchWeights, document_fields

@@ -1,9 +1,25 @@
-"""Shared fixtures: photos made in code, and the media directory of each test."""
+"""Shared fixtures and helpers: photos made in code, the media directory of each test, users, a
+fake captioner for the web tests, and a tiny random captioner for the TensorFlow tests."""
+import hashlib
 import io
+import json
+import math
+import struct
+import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
+from django.contrib.auth import get_user_model
+
+from captioning.inference import Description, ImageCaptioner
+from captioning.vocabulary import Tokenizer
+from gallery.captions import add_model_caption
+from gallery.ingest import ingest_bytes
+
+# The tiny captioner's vocabulary and caption length.
+WORDS = [f"w{i}" for i in range(26)]
+MAX_LENGTH = 12
 
 
 def make_photo(seed: int = 0, size=(96, 64), fmt: str = "JPEG", **save_args) -> bytes:
@@ -18,6 +34,16 @@ def make_photo(seed: int = 0, size=(96, 64), fmt: str = "JPEG", **save_args) -> 
     return out.getvalue()
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb when huge)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def photo():
     return make_photo
@@ -28,3 +54,139 @@ def media_root(settings, tmp_path):
     """Each test writes uploads into its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+# ---------------------------------------------------------------------------- people
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("ada", password="pw-ada-123")
+
+
+@pytest.fixture
+def staff(db):
+    return get_user_model().objects.create_user("cura", password="pw-cura-123", is_staff=True, is_superuser=True)
+
+
+# ---------------------------------------------------------------------------- the web's captioner
+def attention_for(text):
+    """Per-word attention over the 8x8 grid, row by row, like the model's attention_json(): a soft
+    spot that moves from word to word, summing to 1."""
+    maps = []
+    for i, word in enumerate(text.split()):
+        row, col = (2 + 3 * i) % 8, (1 + 5 * i) % 8
+        weights = [math.exp(-((cell // 8 - row) ** 2 + (cell % 8 - col) ** 2) / 3) for cell in range(64)]
+        maps.append([word, [round(w / sum(weights), 5) for w in weights]])
+    return maps
+
+
+class FakeResult:
+    def __init__(self, text):
+        self.text, self.score, self.alternatives = text, -0.42, []
+
+    def attention_json(self):
+        return attention_for(self.text)
+
+
+class FakeCaptioner:
+    """Captions each photo with the text registered for its bytes (else "a photo of something")."""
+
+    version = "fake-1"
+
+    def __init__(self):
+        self.texts = {}
+
+    def register(self, data: bytes, text: str) -> bytes:
+        self.texts[hashlib.sha256(data).hexdigest()] = text
+        return data
+
+    def describe_arrays(self, arrays):
+        return [
+            Description(FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")), [])
+            for a in arrays
+        ]
+
+
+@pytest.fixture
+def fake_captioner(monkeypatch):
+    """In-process captioning by FakeCaptioner; load_image hands the raw bytes through."""
+    captioner = FakeCaptioner()
+    monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
+    monkeypatch.setattr("captioning.services.load_image", lambda data: data)
+    return captioner
+
+
+@pytest.fixture
+def no_queue(monkeypatch):
+    """Stored images stay pending: for tests that place captions themselves."""
+    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+
+
+def captioned(photo, seed, text, **kwargs):
+    """An image with an active model caption (and its attention), straight through the services."""
+    image = ingest_bytes(photo(seed), f"photo-{seed}.jpg").image
+    add_model_caption(image, text, model_version="v1", score=-0.5, attention=attention_for(text), **kwargs)
+    image.refresh_from_db()
+    return image
+
+
+# ---------------------------------------------------------------------------- a tiny real captioner
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(WORDS)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+    from captioning.model import ModelConfig, build_captioner  # TensorFlow: only for the tests that use it
+
+    config = ModelConfig(
+        vocab_size=tokenizer.size, embedding_dim=16, units=32, attention_units=16, max_length=MAX_LENGTH
+    )
+    return build_captioner(config, seed=0)
+
+
+@pytest.fixture(scope="module")
+def features():
+    return np.random.default_rng(0).standard_normal((12, 64, 2048)).astype(np.float32)
+
+
+def tiny_feature_model():
+    """Stands in for InceptionV3: (299, 299, 3) -> (8, 8, 2048), cheap and deterministic."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((299, 299, 3))
+    x = keras.layers.AveragePooling2D(37)(inputs)  # 299 // 37 = 8
+    return keras.Model(inputs, keras.layers.Conv2D(2048, 1)(x))
+
+
+@pytest.fixture(scope="module")
+def image_captioner(tiny_model, tokenizer):
+    return ImageCaptioner(tiny_model, tokenizer, tiny_feature_model(), version="tiny", beam_width=3, batch_size=3)
+
+
+@pytest.fixture
+def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
+    """A saved tiny model directory and a feature directory whose record matches it."""
+    from captioning import features as feature_store
+    from captioning.storage import save_model_dir
+
+    source_sha, weights_sha = "ab" * 32, "12" * 32
+    model_dir = save_model_dir(
+        tmp_path / "model",
+        tiny_model,
+        tokenizer,
+        version="tiny-1",
+        feature_extractor={
+            "id": feature_store.FEATURE_EXTRACTOR_ID,
+            "source_sha256": source_sha,
+            "weights_sha256": weights_sha,
+        },
+    )
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
+    record = {"source_sha256": source_sha, "sha256": weights_sha}
+    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
+    monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
+    return model_dir, feature_dir

@@ -5,8 +5,8 @@ from django.test import Client
 
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
-from tests.test_web_pages import captioned, fake_captioner, no_queue, staff, user  # noqa: F401 (fixtures)
-from tests.test_web_safety import png_declaring
+
+from .conftest import captioned, png_declaring
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +20,7 @@ def error_of(response, status):
 
 
 @pytest.fixture
-def csrf_client(user):  # noqa: F811
+def csrf_client(user):
     """A browser-like client: logged in with a session, CSRF enforced, holding its CSRF token."""
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
@@ -32,7 +32,7 @@ def upload(client, token, name, data, **extra):
     return client.post("/api/images", {"file": SimpleUploadedFile(name, data)}, HTTP_X_CSRFTOKEN=token, **extra)
 
 
-def test_list_images_newest_first_with_pages(client, photo, no_queue):  # noqa: F811
+def test_list_images_newest_first_with_pages(client, photo, no_queue):
     images = [captioned(photo, seed, f"a kite number {seed}") for seed in range(3)]
     body = client.get("/api/images", {"per_page": 2}).json()
     assert (body["page"], body["per_page"], body["num_pages"], body["total"]) == (1, 2, 2, 3)
@@ -52,7 +52,7 @@ def test_list_images_rejects_bad_pages(client):
     assert "no page 3" in error_of(client.get("/api/images", {"page": 3}), 404)
 
 
-def test_image_detail_has_every_caption_and_the_attention(client, photo, no_queue):  # noqa: F811
+def test_image_detail_has_every_caption_and_the_attention(client, photo, no_queue):
     image = captioned(photo, 1, "a cat on a mat")
     body = client.get(f"/api/images/{image.pk}").json()
     assert body["id"] == image.pk and body["width"] == 96 and body["format"] == "JPEG"
@@ -61,7 +61,7 @@ def test_image_detail_has_every_caption_and_the_attention(client, photo, no_queu
     assert body["caption"]["model_version"] == "v1" and body["caption"]["score"] == -0.5
 
 
-def test_missing_and_hidden_images_are_404_in_json(client, photo, staff, no_queue):  # noqa: F811
+def test_missing_and_hidden_images_are_404_in_json(client, photo, staff, no_queue):
     hidden = captioned(photo, 1, "a hidden cat")
     Image.objects.filter(pk=hidden.pk).update(hidden=True)
     error_of(client.get("/api/images/987654"), 404)
@@ -70,7 +70,7 @@ def test_missing_and_hidden_images_are_404_in_json(client, photo, staff, no_queu
     assert client.get(f"/api/images/{hidden.pk}").status_code == 200
 
 
-def test_search_returns_ranked_hits_with_interpretation(client, photo, no_queue):  # noqa: F811
+def test_search_returns_ranked_hits_with_interpretation(client, photo, no_queue):
     best = captioned(photo, 1, "a dog and another dog")
     other = captioned(photo, 2, "a dog on grass")
     captioned(photo, 3, "a dog with a cat")
@@ -85,7 +85,7 @@ def test_search_returns_ranked_hits_with_interpretation(client, photo, no_queue)
     assert scores == sorted(scores, reverse=True)
 
 
-def test_search_errors(client, photo, no_queue):  # noqa: F811
+def test_search_errors(client, photo, no_queue):
     captioned(photo, 1, "a dog")
     assert "Type a word" in error_of(client.get("/api/search"), 400)
     assert "too long" in error_of(client.get("/api/search", {"q": "dog " * 200}), 400)
@@ -108,7 +108,7 @@ def test_upload_with_a_session_needs_the_csrf_token(csrf_client, photo):
     assert Image.objects.count() == 0
 
 
-def test_upload_creates_then_finds_the_same_photo(csrf_client, photo, no_queue):  # noqa: F811
+def test_upload_creates_then_finds_the_same_photo(csrf_client, photo, no_queue):
     client, token = csrf_client
     response = upload(client, token, "holiday.jpg", photo(1))
     assert response.status_code == 201
@@ -121,7 +121,7 @@ def test_upload_creates_then_finds_the_same_photo(csrf_client, photo, no_queue):
     assert again.json()["image"]["id"] == body["image"]["id"]
 
 
-def test_upload_is_captioned_in_process(csrf_client, photo, fake_captioner, django_capture_on_commit_callbacks):  # noqa: F811
+def test_upload_is_captioned_in_process(csrf_client, photo, fake_captioner, django_capture_on_commit_callbacks):
     client, token = csrf_client
     data = fake_captioner.register(photo(1), "a lighthouse on a cliff")
     with django_capture_on_commit_callbacks(execute=True):
@@ -162,7 +162,7 @@ def test_upload_takes_exactly_one_file(csrf_client, photo):
     assert "exactly one file" in error_of(client.post("/api/images", {"file": two}, HTTP_X_CSRFTOKEN=token), 400)
 
 
-def test_search_by_image_returns_the_caption_and_results(client, photo, fake_captioner, no_queue):  # noqa: F811
+def test_search_by_image_returns_the_caption_and_results(client, photo, fake_captioner, no_queue):
     harbour = captioned(photo, 1, "boats in a small harbour")
     query = fake_captioner.register(photo(60), "two boats on the water")
     response = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", query)})
@@ -189,7 +189,7 @@ def test_search_by_image_errors(client, photo, monkeypatch):
     assert int(response["Retry-After"]) > 0
 
 
-def test_private_site_api_needs_a_login(client, settings, user, photo, no_queue):  # noqa: F811
+def test_private_site_api_needs_a_login(client, settings, user, photo, no_queue):
     settings.IMAGESEARCH_PUBLIC = False
     image = captioned(photo, 1, "a private dog")
     for url in ("/api/images", f"/api/images/{image.pk}", "/api/search?q=dog"):

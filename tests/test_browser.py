@@ -18,7 +18,6 @@ from playwright.sync_api import expect, sync_playwright
 
 from gallery.ingest import ingest_bytes
 
-from tests.test_web_pages import fake_captioner  # noqa: F401 (fixture)
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls made here are still synchronous.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
@@ -85,7 +84,7 @@ def log_in(page, site, next_path):
     page.wait_for_load_state("load")  # the URL changes before the page's deferred scripts have run
 
 
-def upload_two_photos(page, site, fake_captioner):  # noqa: F811
+def upload_two_photos(page, site, fake_captioner):
     cat = fake_captioner.register(jpeg(skimage.data.chelsea()), CAT)
     coffee = fake_captioner.register(jpeg(skimage.data.coffee()), COFFEE)
     log_in(page, site, "/upload/")
@@ -114,7 +113,7 @@ def upload_two_photos(page, site, fake_captioner):  # noqa: F811
     expect(page.locator(".upload-item.is-error")).to_contain_text("not an image")
 
 
-def test_upload_search_view_and_curate(browser, site, curator, fake_captioner):  # noqa: F811
+def test_upload_search_view_and_curate(browser, site, curator, fake_captioner):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(f"{site}/accounts/login/")
@@ -165,7 +164,7 @@ def test_upload_search_view_and_curate(browser, site, curator, fake_captioner): 
     context.close()
 
 
-def search_by_photo(page, site, fake_captioner):  # noqa: F811
+def search_by_photo(page, site, fake_captioner):
     query = fake_captioner.register(jpeg(skimage.data.chelsea(), crop=(100, 0, 400, 300)), "a cat looking up")
     page.goto(f"{site}/search/by-image/")
     page.get_by_label("Photo to search with").set_input_files(
@@ -177,7 +176,7 @@ def search_by_photo(page, site, fake_captioner):  # noqa: F811
     expect(page.locator(".results .card mark")).to_have_text("cat")
 
 
-def test_search_by_photo(browser, site, fake_captioner):  # noqa: F811
+def test_search_by_photo(browser, site, fake_captioner):
     ingest_bytes(fake_captioner.register(jpeg(skimage.data.chelsea()), CAT), "chelsea.jpg")  # captioned on commit
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     search_by_photo(page, site, fake_captioner)
@@ -185,7 +184,7 @@ def test_search_by_photo(browser, site, fake_captioner):  # noqa: F811
     page.close()
 
 
-def test_phone_viewport(browser, site, curator, fake_captioner):  # noqa: F811
+def test_phone_viewport(browser, site, curator, fake_captioner):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = context.new_page()
     upload_two_photos(page, site, fake_captioner)

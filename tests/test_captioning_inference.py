@@ -22,44 +22,11 @@ from captioning.model import ModelConfig, build_captioner
 from captioning.storage import load_model_dir, read_meta
 from captioning.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID, Tokenizer, normalize_words
 
-WORDS = [f"w{i}" for i in range(26)]
-MAX_LENGTH = 12
+from .conftest import MAX_LENGTH, WORDS, tiny_feature_model
+
 REPO = Path(__file__).resolve().parent.parent
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
 BUNDLED_MODEL = REPO / "captioning" / "models" / "current"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return Tokenizer(WORDS)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tokenizer):
-    config = ModelConfig(
-        vocab_size=tokenizer.size, embedding_dim=16, units=32, attention_units=16, max_length=MAX_LENGTH
-    )
-    return build_captioner(config, seed=0)
-
-
-@pytest.fixture(scope="module")
-def features():
-    return np.random.default_rng(0).standard_normal((12, 64, 2048)).astype(np.float32)
-
-
-def tiny_feature_model():
-    """Stands in for InceptionV3: (299, 299, 3) -> (8, 8, 2048), cheap and deterministic."""
-    import keras
-
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((299, 299, 3))
-    x = keras.layers.AveragePooling2D(37)(inputs)  # 299 // 37 = 8
-    return keras.Model(inputs, keras.layers.Conv2D(2048, 1)(x))
-
-
-@pytest.fixture(scope="module")
-def image_captioner(tiny_model, tokenizer):
-    return ImageCaptioner(tiny_model, tokenizer, tiny_feature_model(), version="tiny", beam_width=3, batch_size=3)
 
 
 # ---------------------------------------------------------------------------- the guard
@@ -181,7 +148,7 @@ def test_image_captioner_batches_and_takes_beam_width_per_call(image_captioner, 
 
 
 def test_a_broken_file_in_a_later_batch_fails_the_call_clearly(image_captioner, photo):
-    from captioning.inception import InvalidImageError
+    from captioning.images import InvalidImageError
 
     sources = [photo(seed) for seed in range(4)] + [b"not an image"]  # the bad one is decoded ahead
     with pytest.raises(InvalidImageError):
@@ -194,33 +161,6 @@ def test_image_captioner_refuses_a_vocabulary_of_another_size(tiny_model):
 
 
 # ---------------------------------------------------------------------------- loading
-@pytest.fixture
-def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
-    """A saved tiny model directory and a feature directory whose record matches it."""
-    from captioning import features as feature_store
-    from captioning.storage import save_model_dir
-
-    source_sha, weights_sha = "ab" * 32, "12" * 32
-    model_dir = save_model_dir(
-        tmp_path / "model",
-        tiny_model,
-        tokenizer,
-        version="tiny-1",
-        feature_extractor={
-            "id": feature_store.FEATURE_EXTRACTOR_ID,
-            "source_sha256": source_sha,
-            "weights_sha256": weights_sha,
-        },
-    )
-    feature_dir = tmp_path / "features"
-    feature_dir.mkdir()
-    feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
-    record = {"source_sha256": source_sha, "sha256": weights_sha}
-    (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
-    monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
-    return model_dir, feature_dir
-
-
 def test_from_dirs_loads_the_model_and_its_version(model_and_feature_dirs, image_captioner, photo):
     captioner = ImageCaptioner.from_dirs(*model_and_feature_dirs, beam_width=2, batch_size=4)
     assert captioner.version == "tiny-1" and captioner.beam_width == 2

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from captioning import concepts
-from captioning.inception import ModelFileError
+from captioning.files import ModelFileError
 from captioning.inference import decode_features
 from captioning.storage import load_model_dir, update_meta
 from gallery.captions import add_model_caption, remove_tag, sync_index
@@ -15,7 +15,6 @@ from gallery.ingest import ingest_bytes
 from gallery.models import Tag
 from searchindex import index as search_index
 
-from .test_captioning_inference import features, model_and_feature_dirs, tiny_model, tokenizer  # noqa: F401
 
 
 def tiny_head(words=("dog", "beach", "snow"), depth=2048, hidden=4, seed=0) -> concepts.ConceptHead:
@@ -26,7 +25,7 @@ def tiny_head(words=("dog", "beach", "snow"), depth=2048, hidden=4, seed=0) -> c
     )
 
 
-def test_beam_alternatives_are_distinct_finished_captions_best_first(tiny_model, tokenizer, features):  # noqa: F811
+def test_beam_alternatives_are_distinct_finished_captions_best_first(tiny_model, tokenizer, features):
     for result in decode_features(tiny_model, tokenizer, features, beam_width=4):
         texts = [text for text, _ in result.alternatives]
         assert result.text not in texts and len(texts) == len(set(texts)) and len(texts) <= 4
@@ -63,13 +62,13 @@ def install_head(model_dir, head):
     return path
 
 
-def test_a_model_directory_loads_its_concept_head(model_and_feature_dirs):  # noqa: F811
+def test_a_model_directory_loads_its_concept_head(model_and_feature_dirs):
     model_dir, _ = model_and_feature_dirs
     install_head(model_dir, tiny_head())
     assert load_model_dir(model_dir).concepts.words == ["dog", "beach", "snow"]
 
 
-def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_dirs):  # noqa: F811
+def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_dirs):
     model_dir, _ = model_and_feature_dirs
     path = install_head(model_dir, tiny_head())
     path.write_bytes(path.read_bytes()[:-10])

@@ -13,13 +13,9 @@ from gallery.ingest import ingest_bytes
 from gallery.models import Caption, Image
 from searchindex import index as search_index
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]
 
 
-@pytest.fixture(autouse=True)
-def no_queue(monkeypatch):
-    """These tests look at storage rules only; captioning is not queued."""
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
 
 
 def found(query):

@@ -12,6 +12,9 @@ import pytest
 from PIL import Image
 
 from captioning import inception
+from captioning.files import ModelFileError, sha256_file
+from captioning.images import InvalidImageError
+from captioning.torchfile import read_torchscript_tensors
 
 # Features at (position, channel) of mixed_10 for _test_image(), from the torch original.
 PINNED_FEATURES = {
@@ -57,7 +60,7 @@ def test_architecture_matches_the_2015_graph(model):
 
 
 def test_read_torchscript_tensors_without_torch(converted):
-    tensors = inception.read_torchscript_tensors(converted["source_path"])
+    tensors = read_torchscript_tensors(converted["source_path"])
     assert len(tensors) == 94 * 4
     assert sum(t.size for t in tensors.values()) == 21_802_784
     assert tensors["net.layers.conv.weight"].shape == (32, 3, 3, 3)
@@ -67,7 +70,7 @@ def test_read_torchscript_tensors_without_torch(converted):
 def test_conversion_metadata(converted):
     assert converted["source_sha256"] == inception.SOURCE_SHA256
     assert converted["weight_count"] == 21_802_784
-    assert converted["sha256"] == inception.sha256_file(converted["path"])
+    assert converted["sha256"] == sha256_file(converted["path"])
 
 
 def test_pinned_features_of_a_generated_image(model):
@@ -98,20 +101,20 @@ def test_truncated_weights_file_is_refused(converted, tmp_path):
     data = open(converted["path"], "rb").read()
     truncated = tmp_path / "truncated.weights.h5"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(inception.ModelFileError, match="truncated"):
+    with pytest.raises(ModelFileError, match="truncated"):
         inception.load_feature_extractor(truncated)
 
 
 def test_missing_or_foreign_weights_file_is_refused(converted, tmp_path):
     import keras
 
-    with pytest.raises(inception.ModelFileError, match="does not exist"):
+    with pytest.raises(ModelFileError, match="does not exist"):
         inception.load_feature_extractor(tmp_path / "missing.weights.h5")
-    with pytest.raises(inception.ModelFileError, match="SHA-256"):
+    with pytest.raises(ModelFileError, match="SHA-256"):
         inception.load_feature_extractor(converted["path"], expected_sha256="0" * 64)
     foreign = tmp_path / "foreign.weights.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(foreign)
-    with pytest.raises(inception.ModelFileError, match="not made for this model"):
+    with pytest.raises(ModelFileError, match="not made for this model"):
         inception.load_feature_extractor(foreign)
 
 
@@ -124,9 +127,9 @@ def test_convert_refuses_an_unknown_source(tmp_path):
 
 
 def test_non_image_bytes_raise_invalid_image_error():
-    with pytest.raises(inception.InvalidImageError):
+    with pytest.raises(InvalidImageError):
         inception.preprocess_image(b"this is not an image")
-    with pytest.raises(inception.InvalidImageError):
+    with pytest.raises(InvalidImageError):
         inception.preprocess_image(_test_image_bytes()[:300])  # truncated PNG
 
 

@@ -3,14 +3,11 @@
 Captioning is replaced by a deterministic fake here (these tests are about the web layer); the
 real model and workers are exercised by the pipeline tests.
 """
-import hashlib
-import math
 import re
 import threading
 
 import pytest
 from celery._state import _set_task_join_will_block
-from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -19,81 +16,11 @@ from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
-from captioning.inference import Description
 from gallery.tasks import caption_query_image
 
+from .conftest import captioned
+
 pytestmark = pytest.mark.django_db
-
-
-def attention_for(text):
-    """Per-word attention over the 8x8 grid, row by row, like the model's attention_json(): a soft
-    spot that moves from word to word, summing to 1."""
-    maps = []
-    for i, word in enumerate(text.split()):
-        row, col = (2 + 3 * i) % 8, (1 + 5 * i) % 8
-        weights = [math.exp(-((cell // 8 - row) ** 2 + (cell % 8 - col) ** 2) / 3) for cell in range(64)]
-        maps.append([word, [round(w / sum(weights), 5) for w in weights]])
-    return maps
-
-
-class FakeResult:
-    def __init__(self, text):
-        self.text, self.score, self.alternatives = text, -0.42, []
-
-    def attention_json(self):
-        return attention_for(self.text)
-
-
-class FakeCaptioner:
-    """Captions each photo with the text registered for its bytes (else "a photo of something")."""
-
-    version = "fake-1"
-
-    def __init__(self):
-        self.texts = {}
-
-    def register(self, data: bytes, text: str) -> bytes:
-        self.texts[hashlib.sha256(data).hexdigest()] = text
-        return data
-
-    def describe_arrays(self, arrays):
-        return [
-            Description(FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")), [])
-            for a in arrays
-        ]
-
-
-@pytest.fixture
-def fake_captioner(monkeypatch):
-    """In-process captioning by FakeCaptioner; load_image hands the raw bytes through."""
-    captioner = FakeCaptioner()
-    monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
-    monkeypatch.setattr("captioning.services.load_image", lambda data: data)
-    return captioner
-
-
-@pytest.fixture
-def no_queue(monkeypatch):
-    """Stored images stay pending: for tests that place captions themselves."""
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
-
-
-@pytest.fixture
-def user(db):
-    return get_user_model().objects.create_user("ada", password="pw-ada-123")
-
-
-@pytest.fixture
-def staff(db):
-    return get_user_model().objects.create_user("cura", password="pw-cura-123", is_staff=True, is_superuser=True)
-
-
-def captioned(photo, seed, text, **kwargs):
-    """An image with an active model caption (and its attention), straight through the services."""
-    image = ingest_bytes(photo(seed), f"photo-{seed}.jpg").image
-    add_model_caption(image, text, model_version="v1", score=-0.5, attention=attention_for(text), **kwargs)
-    image.refresh_from_db()
-    return image
 
 
 def test_gallery_shows_thumbnails_newest_first_with_pages(client, photo, settings, no_queue):

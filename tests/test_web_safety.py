@@ -1,8 +1,6 @@
 """Safety of the web layer: escaping of captions, queries and file names, CSRF, upload limits."""
 import io
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import PIL.Image
@@ -14,7 +12,8 @@ from django.urls import reverse
 from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Image
-from tests.test_web_pages import captioned, no_queue, staff, user  # noqa: F401 (fixtures)
+
+from .conftest import captioned, png_declaring
 
 pytestmark = pytest.mark.django_db
 
@@ -23,21 +22,11 @@ SCRIPT = '<script>alert("x")</script>'
 NAME = '"><img src=x onerror=alert(1)>.jpg'
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb when huge)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def assert_no_raw_markup(html: str):
     assert "<script>alert" not in html and "<img src=x" not in html
 
 
-def test_a_script_in_a_caption_is_shown_as_text_everywhere(client, photo, staff, no_queue):  # noqa: F811
+def test_a_script_in_a_caption_is_shown_as_text_everywhere(client, photo, staff, no_queue):
     image = captioned(photo, 1, "a harmless alert cat")
     set_human_caption(image, f"alert {SCRIPT} cat", user=None)
     escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
@@ -57,7 +46,7 @@ def test_a_script_in_a_caption_is_shown_as_text_everywhere(client, photo, staff,
         assert_no_raw_markup(html)
 
 
-def test_a_script_in_an_attention_word_cannot_end_the_json_block(client, photo, no_queue):  # noqa: F811
+def test_a_script_in_an_attention_word_cannot_end_the_json_block(client, photo, no_queue):
     image = ingest_bytes(photo(1), "a.jpg").image
     word = "</script><script>alert(1)</script>"
     add_model_caption(image, "a cat", model_version="v1", attention=[[word, [1 / 64] * 64]])
@@ -73,7 +62,7 @@ def test_a_script_in_a_query_is_shown_as_text(client):
     assert "&lt;script&gt;" in html  # in the title, the heading and the search box
 
 
-def test_a_script_in_a_file_name_is_shown_as_text(client, user, photo, no_queue, media_root):  # noqa: F811
+def test_a_script_in_a_file_name_is_shown_as_text(client, user, photo, no_queue, media_root):
     client.force_login(user)
     response = client.post(reverse("gallery:upload"), {"files": [SimpleUploadedFile(NAME, photo(1))]})
     html = response.content.decode()
@@ -89,14 +78,14 @@ def test_a_script_in_a_file_name_is_shown_as_text(client, user, photo, no_queue,
     )
 
 
-def test_a_path_in_a_file_name_never_reaches_the_disk(client, user, photo, no_queue, media_root, tmp_path):  # noqa: F811
+def test_a_path_in_a_file_name_never_reaches_the_disk(client, user, photo, no_queue, media_root, tmp_path):
     client.force_login(user)
     client.post(reverse("gallery:upload"), {"files": [SimpleUploadedFile("../../../escape.jpg", photo(1))]})
     assert Image.objects.get().original_name == "escape.jpg"
     assert not list(tmp_path.rglob("escape*"))
 
 
-def test_json_api_responses_are_not_sniffed_as_html(client, photo, no_queue):  # noqa: F811
+def test_json_api_responses_are_not_sniffed_as_html(client, photo, no_queue):
     image = captioned(photo, 1, "a cat")
     set_human_caption(image, f"cat {SCRIPT}")
     response = client.get(f"/api/images/{image.pk}")
@@ -105,7 +94,7 @@ def test_json_api_responses_are_not_sniffed_as_html(client, photo, no_queue):  #
     assert response.json()["caption"]["text"] == f"cat {SCRIPT}"
 
 
-def test_every_form_carries_a_csrf_token(client, user):  # noqa: F811
+def test_every_form_carries_a_csrf_token(client, user):
     assert 'name="csrfmiddlewaretoken"' in client.get("/accounts/login/").content.decode()
     assert 'name="csrfmiddlewaretoken"' in client.get(reverse("gallery:search-by-image")).content.decode()
     client.force_login(user)
@@ -114,7 +103,7 @@ def test_every_form_carries_a_csrf_token(client, user):  # noqa: F811
     assert upload_page.count('name="csrfmiddlewaretoken"') == 2
 
 
-def test_posts_without_the_csrf_token_are_refused(user, photo):  # noqa: F811
+def test_posts_without_the_csrf_token_are_refused(user, photo):
     client = Client(enforce_csrf_checks=True)
     assert client.post("/accounts/login/", {"username": "ada", "password": "pw-ada-123"}).status_code == 403
     assert client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.jpg", photo(1))}).status_code == 403
@@ -136,7 +125,7 @@ def test_pages_cannot_be_framed(client):
         ("photo.jpg", b"This is a text file with a photo's name.", "The file is not an image"),
     ],
 )
-def test_the_upload_page_explains_each_rejected_file(client, user, photo, name, data, message, no_queue):  # noqa: F811
+def test_the_upload_page_explains_each_rejected_file(client, user, photo, name, data, message, no_queue):
     client.force_login(user)
     response = client.post(reverse("gallery:upload"), {"files": [SimpleUploadedFile(name, data)]})
     html = response.content.decode()
@@ -145,7 +134,7 @@ def test_the_upload_page_explains_each_rejected_file(client, user, photo, name, 
     assert Image.objects.count() == 0
 
 
-def test_formats_are_judged_by_content_not_by_name(client, user, photo, no_queue):  # noqa: F811
+def test_formats_are_judged_by_content_not_by_name(client, user, photo, no_queue):
     client.force_login(user)
     files = [
         SimpleUploadedFile("really-a-png.txt", photo(1, fmt="PNG")),
@@ -158,7 +147,7 @@ def test_formats_are_judged_by_content_not_by_name(client, user, photo, no_queue
     assert Image.objects.get(format="PNG").file.name.endswith(".png")
 
 
-def test_exif_orientation_is_applied(client, user, no_queue, photo, media_root):  # noqa: F811
+def test_exif_orientation_is_applied(client, user, no_queue, photo, media_root):
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     client.force_login(user)

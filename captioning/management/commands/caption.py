@@ -5,6 +5,10 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from captioning.images import InvalidImageError
+from captioning.inception import preprocess_image
+from captioning.services import get_captioner
+
 
 class Command(BaseCommand):
     help = "Caption image files with the installed captioner and print the results (nothing is stored)."
@@ -15,8 +19,6 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", dest="as_json", help="one JSON object per line")
 
     def handle(self, *args, files, beam, as_json, **options):
-        from captioning.services import get_captioner
-
         if beam is not None and beam < 1:
             raise CommandError("--beam must be at least 1")
         self.as_json = as_json
@@ -60,8 +62,6 @@ class Command(BaseCommand):
 
 def _read(name):
     """The preprocessed image, or a one-line reason why the file cannot be captioned."""
-    from captioning.inception import InvalidImageError, preprocess_image
-
     if os.path.isdir(name):
         return "is a directory, not an image file"
     try:

@@ -1,35 +1,57 @@
-"""Search the gallery's index from the command line, one query or a file of queries."""
+"""Search the gallery's index from the command line: words, a file of queries, or query photos."""
 import json
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery.models import Image
-from searchindex import index as search_index
+from gallery.ingest import RejectedUpload
+from gallery.querying import CaptioningBusy, describe_query_photo, search_images
+
+
+def result_rows(matches) -> list[dict]:
+    """The hits with each image's original file name and active caption."""
+    rows = []
+    for hit, image in matches:
+        caption = image.active_caption
+        rows.append({"id": hit.doc_id, "file": image.original_name, "score": hit.score, "caption": caption.text if caption else ""})
+    return rows
 
 
 def run_query(query: str, limit: int) -> dict:
-    """The query's best hits with each image's original file name and active caption."""
-    results = search_index.search(query, per_page=limit)
-    images = Image.objects.prefetch_related("captions").in_bulk([hit.doc_id for hit in results.hits])
-    rows = []
-    for hit in results.hits:
-        image = images.get(hit.doc_id)
-        if image is None:  # deleted after the search ran
-            continue
-        caption = image.active_caption
-        rows.append(
-            {"id": hit.doc_id, "file": image.original_name, "score": hit.score, "caption": caption.text if caption else ""}
-        )
-    out = {"query": query, "results": rows}
+    """The words' best hits."""
+    results, matches = search_images(query, per_page=limit)
+    out = {"query": query, "results": result_rows(matches)}
     if results.message:
         out["message"] = results.message
     return out
 
 
+def run_photo_query(path: str, limit: int) -> dict:
+    """Describe a photo exactly as an uploaded one would be, then search with its whole description.
+
+    A file that cannot be read or is not an acceptable image gives an "error" instead of results.
+    """
+    try:
+        data = Path(path).read_bytes()
+        described = describe_query_photo(data)
+    except OSError as exc:
+        return {"file": path, "error": f"Cannot read {path}: {exc.strerror}."}
+    except (RejectedUpload, CaptioningBusy) as exc:
+        return {"file": path, "error": str(exc)}
+    _, matches = search_images(described.fields(), per_page=limit)
+    return {
+        "file": path,
+        "caption": described.caption,
+        "model_version": described.model_version,
+        "tags": described.tags(),
+        "results": result_rows(matches),
+    }
+
+
 class Command(BaseCommand):
     help = (
-        'Search captions: search "QUERY" [--limit K] [--json], or --queries FILE to run one query per line '
-        "in one process and print one JSON line per query."
+        'Search photos: search "QUERY" [--limit K] [--json]; --queries FILE runs one query per line; '
+        "--image FILE... searches with each photo's description. Both print one JSON line per query."
     )
 
     def add_arguments(self, parser):
@@ -37,13 +59,18 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=10, help="How many results (default 10, at most 1000).")
         parser.add_argument("--json", action="store_true", help="Print the result as one JSON line.")
         parser.add_argument("--queries", metavar="FILE", help="Run each non-empty line of FILE as a query.")
+        parser.add_argument("--image", metavar="FILE", nargs="+", help="Find photos like each of these photos.")
 
     def handle(self, *args, **options):
-        query, limit, queries = options["query"], options["limit"], options["queries"]
+        query, limit, queries, photos = options["query"], options["limit"], options["queries"], options["image"]
         if limit < 1:
             raise CommandError("--limit must be at least 1.")
-        if (query is None) == (queries is None):
-            raise CommandError('Give either a QUERY or --queries FILE.')
+        if sum(value is not None for value in (query, queries, photos)) != 1:
+            raise CommandError("Give one of: a QUERY, --queries FILE, --image FILE...")
+        if photos:
+            for path in photos:
+                self.stdout.write(_dumps(run_photo_query(path, limit)))
+            return
         if queries:
             try:
                 with open(queries, encoding="utf-8", errors="replace") as handle:

@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from captioning import concepts, evaluation
+from captioning import evaluation, training
 from captioning import features as feature_store
 from searchindex.index import tokens
 
@@ -45,7 +45,7 @@ class Command(BaseCommand):
                 "run train_captioner (it fills the cache) or pass --cache-dir"
             )
         try:
-            concepts.train_for_model(
+            training.install_concept_head(
                 opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR, train, dev, cache_dir, word_keys,
                 min_images=opts["min_images"], hidden=opts["hidden"], seed=opts["seed"], log=self.stdout.write,
             )

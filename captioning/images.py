@@ -1,0 +1,68 @@
+"""Decoding photos the one way every part of the product sees them.
+
+Thumbnails, the upload check and every image network start from :func:`open_upright_rgb`: the first
+frame, turned upright by its EXIF orientation, as RGB with transparent pixels on white. Each
+network then resizes and scales that image by its own convention (``inception.preprocess_image``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+
+class InvalidImageError(ValueError):
+    """The input is not a decodable image (unknown format, truncated or corrupt data)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any Pillow mode; transparent pixels are composited onto white.
+
+    Dropping alpha would expose whatever colour hides under transparent pixels (often
+    black), and 16/32-bit grayscale would clip to white with a plain ``convert("RGB")``.
+    """
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, "L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_upright_rgb(source: str | os.PathLike | bytes | bytearray | memoryview | Image.Image, min_size: int | None = None) -> Image.Image:
+    """One image (path, encoded bytes or PIL image) decoded, upright and RGB.
+
+    With ``min_size``, a JPEG is decoded at a reduced DCT scale while it stays at least that
+    large on each side, which makes large photos several times faster to decode. Raises
+    :class:`InvalidImageError` if the data is not a decodable image; a missing path raises
+    FileNotFoundError.
+    """
+    opened = None
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            data = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+            image = opened = Image.open(data)
+            image.seek(0)
+            if image.format == "JPEG" and min_size:
+                image.draft(None, (min_size, min_size))
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image) or image)
+    except FileNotFoundError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(f"not a recognised image format ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError(f"image data is truncated or corrupt ({exc})") from exc
+    finally:
+        if opened is not None:
+            opened.close()
