@@ -19,9 +19,9 @@ import PIL.Image
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from PIL import ImageOps
 
 from captioning.files import write_atomic
+from captioning.images import open_upright_rgb
 
 from .models import Image, content_path
 
@@ -70,14 +70,6 @@ def _human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def open_oriented_rgb(data: bytes) -> PIL.Image.Image:
-    """Decode an image (first frame of a GIF) upright, as RGB: what thumbnails and the captioner see."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        img.seek(0)
-        upright = ImageOps.exif_transpose(img)
-        return upright.convert("RGB")
-
-
 def check_size(size: int) -> None:
     """Refuse a file by its size alone, before it is read into memory."""
     limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
@@ -106,14 +98,14 @@ def inspect_upload(data: bytes) -> Inspection:
                 )
             img.verify()
         # verify() does not decode pixel data; a full decode catches truncated files.
-        open_oriented_rgb(data)
+        open_upright_rgb(data)
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
         raise RejectedUpload("The image has too many pixels to be processed safely.", 413) from None
     except PIL.UnidentifiedImageError:
         raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # InvalidImageError is a ValueError
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
     upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
     return Inspection(format=fmt, width=upright_width, height=upright_height)
@@ -127,7 +119,7 @@ def _is_rotated(data: bytes) -> bool:
 
 def make_thumbnail(data: bytes) -> bytes:
     """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, made once at upload."""
-    img = open_oriented_rgb(data)
+    img = open_upright_rgb(data)
     size = settings.IMAGESEARCH_THUMBNAIL_SIZE
     img.thumbnail((size, size), PIL.Image.Resampling.LANCZOS)
     out = io.BytesIO()
