@@ -154,7 +154,7 @@ def read(path: Path, epoch: str, version: int, names) -> tuple[dict[str, np.ndar
 def candidates(root: Path, epoch: str, lowest: int, highest: int) -> list[tuple[int, Path]]:
     """Complete folders of this epoch with a version in [lowest, highest], newest first."""
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # no folder (yet), or none readable: none to map
         for entry in os.scandir(root):
             match = _NAME_RE.match(entry.name)
             if match and match["epoch"] == epoch and lowest <= int(match["version"]) <= highest:
