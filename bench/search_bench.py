@@ -213,7 +213,7 @@ def search_process(job: Path) -> None:
                       "by_length": by_length, "refresh_ms": refresh_ms, **memory}))
 
 
-def bench_imagesearch(documents, queries, index_dir: Path, new_doc):
+def bench_imagesearch(documents, queries, new_doc):
     from searchindex import engine
     from searchindex import index as si
 
@@ -234,16 +234,72 @@ def bench_imagesearch(documents, queries, index_dir: Path, new_doc):
     si.search("warm up")
     build_s = time.perf_counter() - started
     engine.load_snapshot = load_snapshot
+    child = run_search_process(queries, len(documents) + 1, new_doc)
+    return index_s, build_s, load_times[0], child, snapshot_mb()
+
+
+def run_search_process(queries, new_doc_id: int, new_doc: str) -> dict:
+    """Start a new searching process (search_process) and return what it measured."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job:
-        json.dump({"queries": queries, "new_doc_id": len(documents) + 1, "new_doc": new_doc}, job)
+        json.dump({"queries": queries, "new_doc_id": new_doc_id, "new_doc": new_doc}, job)
     try:
         done = subprocess.run([sys.executable, __file__, "--search-process", job.name],
                               capture_output=True, text=True, check=True)
     finally:
         os.unlink(job.name)
-    child = json.loads(done.stdout.splitlines()[-1])
-    folder = sum(f.stat().st_size for f in index_dir.rglob("*.npy")) / 2**20
-    return index_s, build_s, load_times[0], child, folder
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def snapshot_mb() -> float:
+    """Size of the newest snapshot folder."""
+    from searchindex import snapshot_files
+
+    newest = max((p for p in snapshot_files.database_dir().iterdir() if not p.name.startswith(".")),
+                 key=lambda p: p.stat().st_mtime_ns)
+    return sum(f.stat().st_size for f in newest.iterdir()) / 2**20
+
+
+def tiled_snapshot(snap, copies: int):
+    """The snapshot's postings repeated `copies` times, each copy's documents numbered after the last's."""
+    import numpy as np
+
+    from searchindex.engine import Snapshot
+
+    n_docs, span = len(snap.doc_ids), int(snap.doc_ids.max()) + 1
+    doc_ids = np.concatenate([snap.doc_ids + k * span for k in range(copies)])
+    p_doc = np.concatenate([snap.p_doc + k * n_docs for k in range(copies)]).astype(np.int32)
+    p_term, p_tf = np.tile(snap.p_term, copies), np.tile(snap.p_tf, copies)
+    counts = np.tile(np.diff(snap.pos_ptr), copies)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos = np.tile(snap.pos, copies)
+    order = np.argsort(p_term, kind="stable")  # by term, then by document (copies come in document order)
+    counts, starts = counts[order], starts[order]
+    pos_ptr = np.concatenate(([0], np.cumsum(counts)))
+    gather = np.repeat(starts - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
+    return Snapshot.build(dict(snap.terms), doc_ids, p_doc[order], p_term[order], p_tf[order], pos_ptr, pos[gather])
+
+
+def bench_tiled(size: int, copies: int, queries, new_doc: str):
+    """The last size's snapshot repeated to size x copies photos, written as the current version's file.
+
+    Only the file holds the copies (PostgreSQL keeps `size` photos): this measures what a new
+    process pays to map it, its memory, query latency and the first search after a change at that
+    size, not indexing.
+    """
+    from searchindex import engine, snapshot_files
+    from searchindex import index as si
+
+    si.delete_document(size + 1)  # the searching process's change: PostgreSQL back to the snapshot's photos
+    epoch, version, _ = engine._read_state()
+    started = time.perf_counter()
+    tiled = tiled_snapshot(engine.cache.view().snap, copies)
+    root = snapshot_files.database_dir()
+    with snapshot_files.build_lock(root):
+        snapshot_files.discard(root / snapshot_files.folder_name(epoch, version))
+        snapshot_files.write(root, tiled.arrays(), tiled.term_list(), epoch, version)
+    log(f"[{size * copies}] tiled snapshot ({len(tiled.p_doc):,} postings) written in {time.perf_counter() - started:.1f}s")
+    del tiled
+    return run_search_process(queries, copies * (size + 1) + 1, new_doc), snapshot_mb()
 
 
 def bench_fts(texts, queries):
@@ -287,12 +343,14 @@ def plot(rows, path: Path) -> None:
         sizes = [r["size"] for r in mine]
         ax_latency.plot(sizes, [r["p95_ms"] for r in mine], style, color=color, label=f"{engine} p95")
         ax_latency.plot(sizes, [r["p50_ms"] for r in mine], style, color=color, alpha=0.35, label=f"{engine} p50")
-        ax_index.plot(sizes, [r["index_per_s"] for r in mine], style, color=color, label=engine)
+        indexed = [r for r in mine if r["index_per_s"]]  # not at a tiled size
+        ax_index.plot([r["size"] for r in indexed], [r["index_per_s"] for r in indexed], style, color=color, label=engine)
     mine = [r for r in rows if r["engine"] == "imagesearch"]
-    sizes = [r["size"] for r in mine]
-    ax_load.plot(sizes, [r["snapshot_load_s"] for r in mine], "o-", color="tab:blue", label="new process: map file")
-    ax_load.plot(sizes, [r["postgres_load_s"] for r in mine], "o--", color="tab:gray",
-                 label="load from PostgreSQL (each process, before)")
+    ax_load.plot([r["size"] for r in mine], [r["snapshot_load_s"] for r in mine], "o-", color="tab:blue",
+                 label="new process: map the file")
+    built = [r for r in mine if "postgres_load_s" in r]
+    ax_load.plot([r["size"] for r in built], [r["postgres_load_s"] for r in built], "o--", color="tab:gray",
+                 label="load from PostgreSQL (every process, before)")
     titles = ((ax_latency, "Query latency", "ms"), (ax_index, "Bulk indexing", "photos / s"),
               (ax_load, "Snapshot load per process", "s"))
     for ax, title, unit in titles:
@@ -307,6 +365,27 @@ def plot(rows, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def report(rows, args, size, child, fts_index_s, fts_times, fts_by_length, more: dict) -> None:
+    """One row (a JSON line with --json) per engine."""
+    p50, p95 = percentiles(child["times"])
+    mine = {"size": size, "documents": args.documents, "engine": "imagesearch",
+            "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "snapshot_load_s": round(child["load_s"], 3),
+            "rss_mb": child["rss_mb"], "anon_mb": child["anon_mb"], "file_mb": child["file_mb"],
+            "refresh_ms": round(child["refresh_ms"], 1), **more}
+    p50, p95 = percentiles(fts_times)
+    theirs = {"size": size, "documents": args.documents, "engine": "postgres-fts",
+              "index_per_s": round(size / fts_index_s, 1), "p50_ms": round(p50, 3), "p95_ms": round(p95, 3)}
+    for row, lengths in ((mine, child["by_length"]), (theirs, fts_by_length)):
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{size:>9} {row['engine']:<13} index {row['index_per_s'] or 0:>10,.0f}/s  "
+                  f"p50 {row['p50_ms']:8.2f} ms  p95 {row['p95_ms']:8.2f} ms", flush=True)
+        log(f"[{size}] {row['engine']}: p50/p95 ms by words per query (0 = common-word set): "
+            + ", ".join(f"{k}: {v[0]:.2f}/{v[1]:.2f}" for k, v in sorted(lengths.items(), key=lambda kv: int(kv[0]))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -314,6 +393,8 @@ def main() -> None:
                         help="One caption per photo, or rich descriptions (see above).")
     parser.add_argument("--json", action="store_true", help="One JSON object per engine and size on stdout.")
     parser.add_argument("--plot", type=Path, help="Write a PNG plot of the results here.")
+    parser.add_argument("--tile-to", type=int, help="Also measure a snapshot of this many photos made by repeating "
+                        "the last size's (mapping, memory, latency; not indexing).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--search-process", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -347,37 +428,24 @@ def main() -> None:
             new_doc = as_text(rich.fields() if rich else "a dog jumps over a red fence")
             log(f"[{size}] generated {args.documents} documents in {time.perf_counter() - started:.1f}s")
             queries = make_queries(texts, rng)
-            index_s, build_s, pg_load_s, child, folder_mb = bench_imagesearch(documents, queries, index_dir, new_doc)
+            index_s, build_s, pg_load_s, child, folder_mb = bench_imagesearch(documents, queries, new_doc)
             fts_index_s, fts_times, fts_by_length = bench_fts(texts, queries)
             log(f"[{size}] snapshot: built in {build_s:.2f}s (of which the PostgreSQL load {pg_load_s:.2f}s), "
                 f"files {folder_mb:.0f} MB; new process: Django set-up {child['setup_s']:.2f}s, first view "
                 f"{child['load_s']:.3f}s (postings read from PostgreSQL: {child['loaded_postings']}); first search after a change "
                 f"{child['refresh_ms']:.1f} ms")
-            extra = {
-                "imagesearch": {
-                    "snapshot_load_s": round(child["load_s"], 3), "rss_mb": child["rss_mb"],
-                    "anon_mb": child["anon_mb"], "file_mb": child["file_mb"],
-                    "refresh_ms": round(child["refresh_ms"], 1), "snapshot_build_s": round(build_s, 2),
-                    "postgres_load_s": round(pg_load_s, 2), "snapshot_mb": round(folder_mb, 1),
-                },
-                "postgres-fts": {},
-            }
-            for engine, seconds, t, lengths in (
-                ("imagesearch", index_s, child["times"], child["by_length"]),
-                ("postgres-fts", fts_index_s, fts_times, fts_by_length),
-            ):
-                p50, p95 = percentiles(t)
-                row = {"size": size, "documents": args.documents, "engine": engine,
-                       "index_per_s": round(size / seconds, 1), "p50_ms": round(p50, 3), "p95_ms": round(p95, 3),
-                       **extra[engine]}
-                rows.append(row)
-                if args.json:
-                    print(json.dumps(row), flush=True)
-                else:
-                    print(f"{size:>9} {engine:<13} index {row['index_per_s']:>10,.0f}/s  "
-                          f"p50 {p50:8.2f} ms  p95 {p95:8.2f} ms", flush=True)
-                log(f"[{size}] {engine}: p50/p95 ms by words per query (0 = common-word set): "
-                    + ", ".join(f"{k}: {v[0]:.2f}/{v[1]:.2f}" for k, v in sorted(lengths.items(), key=lambda kv: int(kv[0]))))
+            report(rows, args, size, child, fts_index_s, fts_times, fts_by_length, {
+                "index_per_s": round(size / index_s, 1), "snapshot_build_s": round(build_s, 2),
+                "postgres_load_s": round(pg_load_s, 2), "snapshot_mb": round(folder_mb, 1)})
+        if args.tile_to:
+            size, copies = sizes[-1], args.tile_to // sizes[-1]
+            child, folder_mb = bench_tiled(size, copies, queries, new_doc)
+            fts_index_s, fts_times, fts_by_length = bench_fts(texts * copies, queries)
+            log(f"[{size * copies}] tiled: files {folder_mb:.0f} MB; new process: first view {child['load_s']:.3f}s "
+                f"(postings read from PostgreSQL: {child['loaded_postings']}); first search after a change "
+                f"{child['refresh_ms']:.1f} ms")
+            report(rows, args, size * copies, child, fts_index_s, fts_times, fts_by_length,
+                   {"tiled_from": size, "index_per_s": None, "snapshot_mb": round(folder_mb, 1)})
         if args.plot:
             plot(rows, args.plot)
     finally:
