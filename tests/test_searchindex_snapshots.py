@@ -80,12 +80,20 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def run_process(code: str, index_dir: Path, *args) -> subprocess.CompletedProcess:
+def start_process(code: str, index_dir: Path, *args) -> subprocess.Popen:
+    """Another process on this machine (same database and snapshot directory) running `code`."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url(),
            "IMAGESEARCH_INDEX_DIR": str(index_dir)}
     prelude = "import django, json, sys\ndjango.setup()\nfrom searchindex import engine, index as si\n"
-    return subprocess.run([sys.executable, "-c", prelude + code, *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.Popen([sys.executable, "-c", prelude + code, *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_process(code: str, index_dir: Path, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of start_process."""
+    process = start_process(code, index_dir, *args)
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
 
 
 def test_the_first_search_writes_the_file_of_its_version_and_a_new_process_maps_it(monkeypatch):
@@ -102,6 +110,7 @@ def test_the_first_search_writes_the_file_of_its_version_and_a_new_process_maps_
     assert not view.snap.p_tf.flags.writeable and isinstance(view.snap.p_tf.base, np.memmap)
 
 
+@pytest.mark.slow  # starts other processes
 def test_a_second_process_maps_the_file_without_reading_postings(index_dir):
     si.rebuild(DOCS)
     expected = hits("dog play")
@@ -118,11 +127,39 @@ with connection.execute_wrapper(record):
     found = [(h.doc_id, round(h.score, 12)) for h in si.search("dog play").hits]
 print(json.dumps({"hits": found, "statements": statements}))
 """
-    done = run_process(code, index_dir)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.splitlines()[-1])
+    status, stdout, stderr = run_process(code, index_dir)
+    assert status == 0, stderr
+    out = json.loads(stdout.splitlines()[-1])
     assert [tuple(h) for h in out["hits"]] == expected
     assert out["statements"] and not any("searchindex_posting" in sql for sql in out["statements"])
+
+
+@pytest.mark.slow  # starts other processes
+def test_processes_starting_together_read_the_postings_once(index_dir, tmp_path):
+    si.rebuild(DOCS)  # no search here: no file yet
+    code = """
+import time
+from pathlib import Path
+loads = []
+load = engine.load_snapshot
+def counted():
+    loads.append(1)
+    time.sleep(0.5)  # a slow load, so that the other process asks meanwhile
+    return load()
+engine.load_snapshot = counted
+barrier = Path(sys.argv[1])
+(barrier / f"ready-{sys.argv[2]}").touch()
+while len(list(barrier.glob("ready-*"))) < 2:
+    time.sleep(0.005)
+found = [h.doc_id for h in si.search("dog").hits]
+print(json.dumps({"loads": len(loads), "hits": found}))
+"""
+    procs = [start_process(code, index_dir, str(tmp_path), str(i)) for i in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
+    assert sorted(r["loads"] for r in results) == [0, 1]
+    assert all(r["hits"] == [2, 1] for r in results)
 
 
 def test_a_process_catches_up_from_an_older_file_by_the_overlay(monkeypatch):
@@ -206,6 +243,7 @@ def test_a_corrupt_file_is_rebuilt_from_postgresql(monkeypatch, damage):
     assert engine.Snapshot.from_file(path, epoch, version).doc_ids.tolist() == [1, 2, 3, 4]  # written anew
 
 
+@pytest.mark.slow  # starts other processes
 def test_a_crash_while_writing_leaves_the_previous_file_usable(index_dir, monkeypatch):
     si.rebuild(DOCS)
     si.search("dog")
@@ -224,8 +262,8 @@ def save_then_die(*args, **kwargs):
 np.save = save_then_die
 engine.shared_snapshot(engine._read_state(), newer_than=int(sys.argv[1]))
 """
-    done = run_process(crash, index_dir, str(first))
-    assert done.returncode == 3, done.stderr
+    status, _, stderr = run_process(crash, index_dir, str(first))
+    assert status == 3, stderr
     epoch, version, _ = state()
     assert [name for name in folders() if name.startswith(".tmp-")]
     assert snapshot_files.folder_name(epoch, version) not in folders()
