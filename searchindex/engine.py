@@ -246,6 +246,7 @@ def shared_snapshot(state, newer_than: int = -1) -> tuple[Snapshot, str, int]:
         return found
     if connection.in_atomic_block:
         return load_snapshot(), epoch, version
+    snap = None
     try:
         with snapshot_files.build_lock(root):
             found = _map_newest(root, epoch, lowest, version, discard=True)
@@ -256,8 +257,9 @@ def shared_snapshot(state, newer_than: int = -1) -> tuple[Snapshot, str, int]:
             snapshot_files.clean(root)
             return Snapshot.from_file(path, epoch, version), epoch, version
     except (OSError, snapshot_files.SnapshotFileError):
-        log.exception("No search-index snapshot file under %s; this process loads its own copy", root)
-        snap, epoch, version = _consistent_load()
+        log.exception("No search-index snapshot file under %s; this process keeps its own copy", root)
+        if snap is None:
+            snap, epoch, version = _consistent_load()
         return snap, epoch, version
 
 

@@ -11,7 +11,7 @@ Layout, under settings.IMAGESEARCH_INDEX_DIR:
     <database>/<epoch>-<version, 20 digits>/
         manifest.json    written last: format, epoch, version, and per file its dtype, shape, CRC-32
         <array>.npy      one per Snapshot array (NumPy's .npy format, mapped with mmap_mode="r")
-        terms.npy        the term texts in row order, UTF-8, joined by newlines (uint8)
+        terms.npy        the term texts in row order, a JSON array in UTF-8 (uint8)
     <database>/.tmp-<random>/   a folder being written (renamed into place when complete)
     <database>/.lock            held (flock) while a snapshot is built, cleaned up or discarded
 
@@ -94,7 +94,7 @@ def write(root: Path, arrays: dict[str, np.ndarray], terms: list[str], epoch: st
     tmp = root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
-        files = {**arrays, "terms": np.frombuffer("\n".join(terms).encode(), dtype=np.uint8)}
+        files = {**arrays, "terms": np.frombuffer(json.dumps(terms).encode(), dtype=np.uint8)}
         manifest = {"format": FORMAT, "epoch": epoch, "version": version, "terms": len(terms), "files": {}}
         for name, array in files.items():
             array = np.ascontiguousarray(array)
@@ -140,9 +140,8 @@ def read(path: Path, epoch: str, version: int, names) -> tuple[dict[str, np.ndar
             if _crc(array) != meta["crc32"]:
                 raise SnapshotFileError(f"{path.name}/{name}.npy: checksum mismatch")
             arrays[name] = array
-        blob = arrays.pop("terms").tobytes().decode()
-        terms = blob.split("\n") if manifest["terms"] else []
-        if len(terms) != manifest["terms"]:
+        terms = json.loads(arrays.pop("terms").tobytes().decode())
+        if not isinstance(terms, list) or len(terms) != manifest["terms"]:
             raise SnapshotFileError(f"{path.name}: {len(terms)} terms where the manifest says {manifest['terms']}")
         return arrays, terms
     except SnapshotFileError:
