@@ -169,9 +169,8 @@ def load_snapshot() -> Snapshot:
     # Each line holds document, term, tf and then tf positions: count numbers per line.
     chars = np.frombuffer(raw, dtype=np.uint8)
     line_ends = np.flatnonzero(chars == 10)
-    line_starts = np.concatenate(([0], line_ends[:-1] + 1))
-    separators = (chars == 9) | (chars == 32)
-    per_line = np.add.reduceat(separators, line_starts, dtype=np.int64) + 1
+    separators = np.flatnonzero((chars == 9) | (chars == 32))
+    per_line = np.diff(np.searchsorted(separators, line_ends), prepend=0) + 1
     starts = np.concatenate(([0], np.cumsum(per_line)[:-1]))
     row_doc, row_term, row_tf = values[starts].astype(np.int64), values[starts + 1].astype(np.int64), values[starts + 2]
     head = np.zeros(len(values), dtype=bool)
