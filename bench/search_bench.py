@@ -1,28 +1,45 @@
-"""Search-index benchmark: bulk indexing throughput and query latency, against PostgreSQL's own FTS.
+"""Search-index benchmark: bulk indexing, snapshot load, memory and query latency, against PostgreSQL's FTS.
 
-For each size it generates captions with Flickr8k's word statistics (a word-trigram model of the
+For each size it generates documents with Flickr8k's word statistics (a word-trigram model of the
 real captions in ../shared), bulk-indexes them with searchindex.index.rebuild() in a scratch
-PostgreSQL database (`imagesearch_search_bench`, dropped afterwards), then times 1-, 2- and 4-word
+PostgreSQL database (`imagesearch_search_bench`, dropped afterwards) and builds the snapshot file
+(the first search). A second, new process then maps that file and times 1-, 2- and 4-word
 queries (common words such as "man" and "dog" included) through searchindex.index.search(), top
-20 of the ranked results. The baseline indexes the same rows as a tsvector column with a GIN index
-and answers the same queries (any word, as ours) ranked by ts_rank, top 20.
+20 of the ranked results, as a web or worker process started after the build would. The baseline
+indexes the same rows as a tsvector column with a GIN index and answers the same queries (any
+word, as ours) ranked by ts_rank, top 20.
 
-    python bench/search_bench.py --sizes 10000,100000,1000000 [--json] [--plot docs/search_bench.png]
+--documents plain: one caption per photo. --documents rich: what the search-quality work indexes
+per photo, synthetic: 5 captions (the first at weight 1, the alternatives at 0.5), 20 concept
+words (weight 8 x p) and 5 two-word object labels (weight 2 x p), p drawn in [0.02, 0.95]; the
+baseline gets the same text, every field once.
+
+    python bench/search_bench.py --documents rich --sizes 10000,100000 [--json] [--plot FILE.png]
 
 With --json each engine and size gives one line on stdout:
-    {"size": N, "engine": "imagesearch" | "postgres-fts", "index_per_s": ..., "p50_ms": ..., "p95_ms": ...}
-Details (snapshot load time, cost of the first search after a change, p95 per query length) go to
-stderr.
+    {"size": N, "documents": "rich", "engine": "imagesearch" | "postgres-fts", "index_per_s": ...,
+     "p50_ms": ..., "p95_ms": ..., "snapshot_load_s": ..., "rss_mb": ..., ...}
+For imagesearch, measured in the searching process: snapshot_load_s (its first search: state
+read, files mapped and checksummed, norms), rss_mb (its resident memory; the mapped snapshot's
+pages are shared with every other process of the machine and counted once here), anon_mb (its
+unshared memory, which every extra process costs again), file_mb (mapped file pages),
+refresh_ms (the first search after one index_document). snapshot_build_s (load from PostgreSQL
+and write the file, once per version and machine) and postgres_load_s (the load alone: what
+every process paid before snapshot files) come from the indexing process. Details (p50/p95 per
+query length) go to stderr.
 """
 import argparse
 import io
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import psycopg2
@@ -34,6 +51,9 @@ CAPTIONS = ROOT.parent / "shared" / "datasets" / "flickr8k" / "captions.txt"
 QUERIES_PER_LENGTH = 60
 COMMON = ["man", "dog", "man dog", "a man and a dog", "people", "red shirt", "two dogs playing", "woman in a red dress"]
 TOP = 20
+# Rich descriptions: the weights of gallery.descriptions (flickr8k-v3) for captions and concept words.
+ALTERNATIVES, CONCEPTS, LABELS = 4, 20, 5
+ALTERNATIVE_WEIGHT, CONCEPT_WEIGHT, LABEL_WEIGHT = 0.5, 8.0, 2.0
 
 
 def admin(sql: str) -> None:
@@ -66,8 +86,50 @@ class CaptionModel:
         return " ".join(words)
 
 
+class RichDescriptions:
+    """Photos described as the search-quality work describes them: n-best captions, concept words, labels.
+
+    Concept words come half from the photo's own captions (what a concept head mostly predicts)
+    and half from the 1,100 commonest caption words; labels are two-word phrases, 1,000 of them
+    (the commonest pairs of adjacent content words), as object labels of ImageNet's kind.
+    """
+
+    def __init__(self, model: CaptionModel, seed: int = 0):
+        from searchindex.analysis import STOP_WORDS
+
+        self.model, self.rng, self.stop = model, random.Random(seed), STOP_WORDS
+        words, pairs = Counter(), Counter()
+        for _ in range(20_000):
+            content = [w for w in model.sentence().split() if w.isalpha() and w not in STOP_WORDS]
+            words.update(content)
+            pairs.update(zip(content, content[1:]))
+        self.concepts = [w for w, _ in words.most_common(1_100)]
+        self.labels = [f"{a} {b}" for (a, b), _ in pairs.most_common(1_000)]
+
+    def probability(self) -> float:
+        return round(self.rng.uniform(0.02, 0.95), 3)
+
+    def fields(self):
+        from searchindex.analysis import Field
+
+        captions = [self.model.sentence() for _ in range(1 + ALTERNATIVES)]
+        own = list(dict.fromkeys(w for c in captions for w in c.split() if w.isalpha() and w not in self.stop))
+        concepts = list(dict.fromkeys(own[: CONCEPTS // 2] + self.rng.sample(self.concepts, CONCEPTS)))[:CONCEPTS]
+        return (
+            [Field(captions[0], 1.0)]
+            + [Field(c, ALTERNATIVE_WEIGHT) for c in captions[1:]]
+            + [Field(w, CONCEPT_WEIGHT * self.probability()) for w in concepts]
+            + [Field(label, LABEL_WEIGHT * self.probability()) for label in self.rng.sample(self.labels, LABELS)]
+        )
+
+
+def as_text(document) -> str:
+    """The text of a document, every field once (the baseline's row, and where queries are drawn from)."""
+    return document if isinstance(document, str) else ". ".join(f.text for f in document)
+
+
 def make_queries(captions: list[str], rng: random.Random) -> dict[int, list[str]]:
-    """Queries of 1, 2 and 4 words taken from the captions, plus common-word queries."""
+    """Queries of 1, 2 and 4 words taken from the documents, plus common-word queries."""
     from searchindex.analysis import STOP_WORDS
 
     queries = {1: [], 2: [], 4: []}
@@ -89,35 +151,158 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def bench_imagesearch(captions, queries):
-    from searchindex import index as si
-
-    started = time.perf_counter()
-    si.rebuild(enumerate(captions, start=1))
-    index_s = time.perf_counter() - started
-    started = time.perf_counter()
-    si.search("warm up")
-    load_s = time.perf_counter() - started
+def time_queries(run, queries) -> tuple[list[float], dict]:
+    """Latencies in ms of every query (after 3 warm-up queries per length), and p50/p95 per length."""
     times, by_length = [], {}
     for length, group in queries.items():
         for query in group[:3]:
-            si.search(query, per_page=TOP)
+            run(query)
         part = []
         for query in group:
             t = time.perf_counter()
-            si.search(query, per_page=TOP)
+            run(query)
             part.append((time.perf_counter() - t) * 1000)
         by_length[length] = percentiles(part)
         times += part
-    # The cost of keeping norms exact: the first search after a change recomputes them.
-    si.index_document(len(captions) + 1, "a dog jumps over a red fence")
+    return times, by_length
+
+
+def memory_mb() -> dict:
+    """This process's resident memory from /proc: all of it, the unshared (anonymous) part, mapped files."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": fields["VmRSS"], "anon_mb": fields["RssAnon"], "file_mb": fields["RssFile"]}
+
+
+def search_process(job: Path) -> None:
+    """The searching process: a new one, started after the build, that maps the snapshot file."""
+    spec = json.loads(job.read_text())
+    started = time.perf_counter()
+    import django
+    from django.conf import settings
+
+    from tests import settings as full
+
+    # searchindex alone: the project's other apps import TensorFlow at start-up, which is not the index's memory.
+    settings.configure(DATABASES=full.DATABASES, INSTALLED_APPS=["searchindex"], USE_TZ=True,
+                       DEFAULT_AUTO_FIELD=full.DEFAULT_AUTO_FIELD, IMAGESEARCH_INDEX_DIR=os.environ["IMAGESEARCH_INDEX_DIR"])
+    django.setup()
+    from django.db import connection
+
+    from searchindex import engine
+    from searchindex import index as si
+
+    connection.ensure_connection()
+    setup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    engine.cache.view()
+    load_s = time.perf_counter() - started
+    loaded_postings = engine.cache.view().snap.p_tf.base is None  # its own arrays: read from PostgreSQL
+    queries = {int(k): v for k, v in spec["queries"].items()}
+    times, by_length = time_queries(lambda q: si.search(q, per_page=TOP), queries)
+    memory = memory_mb()
+    # The cost of keeping norms exact: the first search after a change brings them up to date.
+    si.index_document(spec["new_doc_id"], spec["new_doc"])
     t = time.perf_counter()
     si.search("dog", per_page=TOP)
     refresh_ms = (time.perf_counter() - t) * 1000
-    return index_s, load_s, refresh_ms, times, by_length
+    print(json.dumps({"setup_s": setup_s, "load_s": load_s, "loaded_postings": loaded_postings, "times": times,
+                      "by_length": by_length, "refresh_ms": refresh_ms, **memory}))
 
 
-def bench_fts(captions, queries):
+def bench_imagesearch(documents, queries, new_doc):
+    from searchindex import engine
+    from searchindex import index as si
+
+    started = time.perf_counter()
+    si.rebuild(enumerate(documents, start=1))
+    index_s = time.perf_counter() - started
+    load_times = []
+    load_snapshot = engine.load_snapshot
+
+    def timed_load():
+        t = time.perf_counter()
+        snap = load_snapshot()
+        load_times.append(time.perf_counter() - t)
+        return snap
+
+    engine.load_snapshot = timed_load
+    started = time.perf_counter()
+    si.search("warm up")
+    build_s = time.perf_counter() - started
+    engine.load_snapshot = load_snapshot
+    child = run_search_process(queries, len(documents) + 1, new_doc)
+    return index_s, build_s, load_times[0], child, snapshot_mb()
+
+
+def run_search_process(queries, new_doc_id: int, new_doc: str) -> dict:
+    """Start a new searching process (search_process) and return what it measured."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job:
+        json.dump({"queries": queries, "new_doc_id": new_doc_id, "new_doc": new_doc}, job)
+    try:
+        done = subprocess.run([sys.executable, __file__, "--search-process", job.name],
+                              capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(job.name)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def snapshot_mb() -> float:
+    """Size of the newest snapshot folder."""
+    from searchindex import snapshot_files
+
+    newest = max((p for p in snapshot_files.database_dir().iterdir() if not p.name.startswith(".")),
+                 key=lambda p: p.stat().st_mtime_ns)
+    return sum(f.stat().st_size for f in newest.iterdir()) / 2**20
+
+
+def tiled_snapshot(snap, copies: int):
+    """The snapshot's postings repeated `copies` times, each copy's documents numbered after the last's."""
+    import numpy as np
+
+    from searchindex.engine import Snapshot
+
+    n_docs, span = len(snap.doc_ids), int(snap.doc_ids.max()) + 1
+    doc_ids = np.concatenate([snap.doc_ids + k * span for k in range(copies)])
+    p_doc = np.concatenate([snap.p_doc + k * n_docs for k in range(copies)]).astype(np.int32)
+    p_term, p_tf = np.tile(snap.p_term, copies), np.tile(snap.p_tf, copies)
+    counts = np.tile(np.diff(snap.pos_ptr), copies)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    pos = np.tile(snap.pos, copies)
+    order = np.argsort(p_term, kind="stable")  # by term, then by document (copies come in document order)
+    counts, starts = counts[order], starts[order]
+    pos_ptr = np.concatenate(([0], np.cumsum(counts)))
+    gather = np.repeat(starts - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
+    return Snapshot.build(dict(snap.terms), doc_ids, p_doc[order], p_term[order], p_tf[order], pos_ptr, pos[gather])
+
+
+def bench_tiled(size: int, copies: int, queries, new_doc: str):
+    """The last size's snapshot repeated to size x copies photos, written as the current version's file.
+
+    Only the file holds the copies (PostgreSQL keeps `size` photos): this measures what a new
+    process pays to map it, its memory, query latency and the first search after a change at that
+    size, not indexing.
+    """
+    from searchindex import engine, snapshot_files
+    from searchindex import index as si
+
+    si.delete_document(size + 1)  # the searching process's change: PostgreSQL back to the snapshot's photos
+    epoch, version, _ = engine._read_state()
+    started = time.perf_counter()
+    tiled = tiled_snapshot(engine.cache.view().snap, copies)
+    root = snapshot_files.database_dir()
+    with snapshot_files.build_lock(root):
+        snapshot_files.discard(root / snapshot_files.folder_name(epoch, version))
+        snapshot_files.write(root, tiled.arrays(), tiled.term_list(), epoch, version)
+    log(f"[{size * copies}] tiled snapshot ({len(tiled.p_doc):,} postings) written in {time.perf_counter() - started:.1f}s")
+    del tiled
+    return run_search_process(queries, copies * (size + 1) + 1, new_doc), snapshot_mb()
+
+
+def bench_fts(texts, queries):
     from django.db import connection
 
     with connection.cursor() as cur:
@@ -127,7 +312,7 @@ def bench_fts(captions, queries):
             "tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', caption)) STORED)"
         )
         started = time.perf_counter()
-        buffer = io.StringIO("".join(f"{i}\t{c}\n" for i, c in enumerate(captions, start=1)))
+        buffer = io.StringIO("".join(f"{i}\t{c}\n" for i, c in enumerate(texts, start=1)))
         cur.cursor.copy_expert("COPY bench_fts (id, caption) FROM STDIN", buffer)
         cur.execute("CREATE INDEX bench_fts_tsv ON bench_fts USING gin (tsv)")
         index_s = time.perf_counter() - started
@@ -136,19 +321,12 @@ def bench_fts(captions, queries):
             "SELECT id, ts_rank(tsv, q) AS rank FROM bench_fts, websearch_to_tsquery('english', %s) q "
             "WHERE tsv @@ q ORDER BY rank DESC, id LIMIT %s"
         )
-        times, by_length = [], {}
-        for length, group in queries.items():
-            for query in group[:3]:
-                cur.execute(sql, (" or ".join(query.split()), TOP))
-                cur.fetchall()
-            part = []
-            for query in group:
-                t = time.perf_counter()
-                cur.execute(sql, (" or ".join(query.split()), TOP))  # any word, as imagesearch
-                cur.fetchall()
-                part.append((time.perf_counter() - t) * 1000)
-            by_length[length] = percentiles(part)
-            times += part
+
+        def run(query):
+            cur.execute(sql, (" or ".join(query.split()), TOP))  # any word, as imagesearch
+            cur.fetchall()
+
+        times, by_length = time_queries(run, queries)
         cur.execute("DROP TABLE bench_fts")
     return index_s, times, by_length
 
@@ -159,17 +337,26 @@ def plot(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_latency, ax_index) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_latency, ax_index, ax_load) = plt.subplots(1, 3, figsize=(14, 4))
     for engine, style, color in (("imagesearch", "o-", "tab:blue"), ("postgres-fts", "s--", "tab:orange")):
         mine = [r for r in rows if r["engine"] == engine]
         sizes = [r["size"] for r in mine]
         ax_latency.plot(sizes, [r["p95_ms"] for r in mine], style, color=color, label=f"{engine} p95")
         ax_latency.plot(sizes, [r["p50_ms"] for r in mine], style, color=color, alpha=0.35, label=f"{engine} p50")
-        ax_index.plot(sizes, [r["index_per_s"] for r in mine], style, color=color, label=engine)
-    for ax, title, unit in ((ax_latency, "Query latency", "ms"), (ax_index, "Bulk indexing", "captions / s")):
+        indexed = [r for r in mine if r["index_per_s"]]  # not at a tiled size
+        ax_index.plot([r["size"] for r in indexed], [r["index_per_s"] for r in indexed], style, color=color, label=engine)
+    mine = [r for r in rows if r["engine"] == "imagesearch"]
+    ax_load.plot([r["size"] for r in mine], [r["snapshot_load_s"] for r in mine], "o-", color="tab:blue",
+                 label="new process: map the file")
+    built = [r for r in mine if "postgres_load_s" in r]
+    ax_load.plot([r["size"] for r in built], [r["postgres_load_s"] for r in built], "o--", color="tab:gray",
+                 label="load from PostgreSQL (every process, before)")
+    titles = ((ax_latency, "Query latency", "ms"), (ax_index, "Bulk indexing", "photos / s"),
+              (ax_load, "Snapshot load per process", "s"))
+    for ax, title, unit in titles:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("captions")
+        ax.set_xlabel("photos")
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
@@ -178,19 +365,50 @@ def plot(rows, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def report(rows, args, size, child, fts_index_s, fts_times, fts_by_length, more: dict) -> None:
+    """One row (a JSON line with --json) per engine."""
+    p50, p95 = percentiles(child["times"])
+    mine = {"size": size, "documents": args.documents, "engine": "imagesearch",
+            "p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "snapshot_load_s": round(child["load_s"], 3),
+            "rss_mb": child["rss_mb"], "anon_mb": child["anon_mb"], "file_mb": child["file_mb"],
+            "refresh_ms": round(child["refresh_ms"], 1), **more}
+    p50, p95 = percentiles(fts_times)
+    theirs = {"size": size, "documents": args.documents, "engine": "postgres-fts",
+              "index_per_s": round(size / fts_index_s, 1), "p50_ms": round(p50, 3), "p95_ms": round(p95, 3)}
+    for row, lengths in ((mine, child["by_length"]), (theirs, fts_by_length)):
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{size:>9} {row['engine']:<13} index {row['index_per_s'] or 0:>10,.0f}/s  "
+                  f"p50 {row['p50_ms']:8.2f} ms  p95 {row['p95_ms']:8.2f} ms", flush=True)
+        log(f"[{size}] {row['engine']}: p50/p95 ms by words per query (0 = common-word set): "
+            + ", ".join(f"{k}: {v[0]:.2f}/{v[1]:.2f}" for k, v in sorted(lengths.items(), key=lambda kv: int(kv[0]))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--documents", choices=("plain", "rich"), default="plain",
+                        help="One caption per photo, or rich descriptions (see above).")
     parser.add_argument("--json", action="store_true", help="One JSON object per engine and size on stdout.")
     parser.add_argument("--plot", type=Path, help="Write a PNG plot of the results here.")
+    parser.add_argument("--tile-to", type=int, help="Also measure a snapshot of this many photos made by repeating "
+                        "the last size's (mapping, memory, latency; not indexing).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--search-process", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    if args.search_process:
+        search_process(args.search_process)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
 
     admin(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     admin(f"CREATE DATABASE {DATABASE}")
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    index_dir = Path(tempfile.mkdtemp(prefix="search-bench-index-"))
+    os.environ["IMAGESEARCH_INDEX_DIR"] = str(index_dir)
     import django
 
     django.setup()
@@ -201,34 +419,38 @@ def main() -> None:
     try:
         call_command("migrate", "searchindex", verbosity=0)
         model = CaptionModel(CAPTIONS, seed=args.seed)
+        rich = RichDescriptions(model, seed=args.seed) if args.documents == "rich" else None
         rng = random.Random(args.seed)
         for size in sizes:
             started = time.perf_counter()
-            captions = [model.sentence() for _ in range(size)]
-            log(f"[{size}] generated captions in {time.perf_counter() - started:.1f}s")
-            queries = make_queries(captions, rng)
-            index_s, load_s, refresh_ms, times, by_length = bench_imagesearch(captions, queries)
-            fts_index_s, fts_times, fts_by_length = bench_fts(captions, queries)
-            for engine, seconds, t, lengths in (
-                ("imagesearch", index_s, times, by_length),
-                ("postgres-fts", fts_index_s, fts_times, fts_by_length),
-            ):
-                p50, p95 = percentiles(t)
-                row = {"size": size, "engine": engine, "index_per_s": round(size / seconds, 1),
-                       "p50_ms": round(p50, 3), "p95_ms": round(p95, 3)}
-                rows.append(row)
-                if args.json:
-                    print(json.dumps(row), flush=True)
-                else:
-                    print(f"{size:>9} {engine:<13} index {row['index_per_s']:>10,.0f}/s  "
-                          f"p50 {p50:8.2f} ms  p95 {p95:8.2f} ms", flush=True)
-                log(f"[{size}] {engine}: p50/p95 ms by words per query (0 = common-word set): "
-                    + ", ".join(f"{k}: {v[0]:.2f}/{v[1]:.2f}" for k, v in sorted(lengths.items())))
-            log(f"[{size}] imagesearch snapshot load {load_s:.2f}s; first search after a change {refresh_ms:.1f} ms")
+            documents = [rich.fields() if rich else model.sentence() for _ in range(size)]
+            texts = [as_text(d) for d in documents]
+            new_doc = as_text(rich.fields() if rich else "a dog jumps over a red fence")
+            log(f"[{size}] generated {args.documents} documents in {time.perf_counter() - started:.1f}s")
+            queries = make_queries(texts, rng)
+            index_s, build_s, pg_load_s, child, folder_mb = bench_imagesearch(documents, queries, new_doc)
+            fts_index_s, fts_times, fts_by_length = bench_fts(texts, queries)
+            log(f"[{size}] snapshot: built in {build_s:.2f}s (of which the PostgreSQL load {pg_load_s:.2f}s), "
+                f"files {folder_mb:.0f} MB; new process: Django set-up {child['setup_s']:.2f}s, first view "
+                f"{child['load_s']:.3f}s (postings read from PostgreSQL: {child['loaded_postings']}); first search after a change "
+                f"{child['refresh_ms']:.1f} ms")
+            report(rows, args, size, child, fts_index_s, fts_times, fts_by_length, {
+                "index_per_s": round(size / index_s, 1), "snapshot_build_s": round(build_s, 2),
+                "postgres_load_s": round(pg_load_s, 2), "snapshot_mb": round(folder_mb, 1)})
+        if args.tile_to:
+            size, copies = sizes[-1], args.tile_to // sizes[-1]
+            child, folder_mb = bench_tiled(size, copies, queries, new_doc)
+            fts_index_s, fts_times, fts_by_length = bench_fts(texts * copies, queries)
+            log(f"[{size * copies}] tiled: files {folder_mb:.0f} MB; new process: first view {child['load_s']:.3f}s "
+                f"(postings read from PostgreSQL: {child['loaded_postings']}); first search after a change "
+                f"{child['refresh_ms']:.1f} ms")
+            report(rows, args, size * copies, child, fts_index_s, fts_times, fts_by_length,
+                   {"tiled_from": size, "index_per_s": None, "snapshot_mb": round(folder_mb, 1)})
         if args.plot:
             plot(rows, args.plot)
     finally:
         connection.close()
+        shutil.rmtree(index_dir, ignore_errors=True)
         admin(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
 
 

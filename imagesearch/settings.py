@@ -148,6 +148,8 @@ IMAGESEARCH_PAGE_SIZE = env.int("IMAGESEARCH_PAGE_SIZE", default=24)
 IMAGESEARCH_MODEL_DIR = Path(env.str("IMAGESEARCH_MODEL_DIR", default=str(BASE_DIR / "captioning" / "models" / "current")))
 # Converted InceptionV3 weights (88 MB, made by `manage.py prepare_models`, never committed).
 IMAGESEARCH_FEATURE_DIR = Path(env.str("IMAGESEARCH_FEATURE_DIR", default=str(DATA_DIR / "models")))
+# Search-index snapshot files, memory-mapped by every process of this machine (docs/search.md).
+IMAGESEARCH_INDEX_DIR = Path(env.str("IMAGESEARCH_INDEX_DIR", default=str(DATA_DIR / "index")))
 # Caption search; unset = the settings tuned for the installed model (its meta.json), else 3 / 1.0.
 IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
 IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)

@@ -4,8 +4,13 @@ PostgreSQL holds the index; each process keeps a snapshot of it (compressed-spar
 postings, grouped by term and sorted by document) plus an overlay of the documents changed
 since the snapshot was loaded. Every search reads the one IndexState row (epoch, version): an
 unchanged version costs nothing more; a higher one fetches only the documents changed since
-(IndexChange rows); a new epoch (rebuild) or a pruned change log reloads everything, and an
-overlay grown past OVERLAY_FRACTION of the snapshot starts a fresh load in the background.
+(IndexChange rows); a new epoch (rebuild) or a pruned change log takes a fresh snapshot, and an
+overlay grown past OVERLAY_FRACTION of the snapshot starts taking one in the background.
+
+Snapshots are shared through files (searchindex.snapshot_files): a process maps the newest valid
+file of the current epoch that the change log still reaches and catches up through the overlay;
+only when there is none does it load the postings from PostgreSQL, under a lock that makes the
+machine's other processes wait for its file rather than load them too.
 
 Weighting (scikit-learn TfidfTransformer(smooth_idf=True, norm="l2", sublinear_tf=False) on the
 weighted counts; for plain texts that is TfidfVectorizer's):
@@ -24,11 +29,12 @@ import logging
 import math
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 
+from . import snapshot_files
 from .models import Document, IndexChange, IndexState, Posting, Term
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,26 @@ class Snapshot:
         doc_ids = np.zeros(0, np.int64) if doc_ids is None else doc_ids
         return cls.build(terms or {}, doc_ids, none32, none32, np.zeros(0), np.zeros(1, np.int64), none32)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array by field name (what a snapshot file stores besides the terms)."""
+        return {name: getattr(self, name) for name in SNAPSHOT_ARRAYS}
+
+    def term_list(self) -> list[str]:
+        """The terms in row order."""
+        out = [""] * len(self.terms)
+        for term, row in self.terms.items():
+            out[row] = term
+        return out
+
+    @classmethod
+    def from_file(cls, path, epoch: str, version: int) -> "Snapshot":
+        """The snapshot of a folder written by snapshot_files.write, mapped read-only (SnapshotFileError if unusable)."""
+        arrays, terms = snapshot_files.read(path, epoch, version, SNAPSHOT_ARRAYS)
+        return cls(terms={term: row for row, term in enumerate(terms)}, **arrays)
+
+
+SNAPSHOT_ARRAYS = tuple(f.name for f in fields(Snapshot) if f.name != "terms")
+
 
 def _copy_out(sql: str) -> bytes:
     """Tab-separated text of a query's rows: COPY on PostgreSQL, a cursor elsewhere."""
@@ -143,9 +169,8 @@ def load_snapshot() -> Snapshot:
     # Each line holds document, term, tf and then tf positions: count numbers per line.
     chars = np.frombuffer(raw, dtype=np.uint8)
     line_ends = np.flatnonzero(chars == 10)
-    line_starts = np.concatenate(([0], line_ends[:-1] + 1))
-    separators = (chars == 9) | (chars == 32)
-    per_line = np.add.reduceat(separators, line_starts, dtype=np.int64) + 1
+    separators = np.flatnonzero((chars == 9) | (chars == 32))
+    per_line = np.diff(np.searchsorted(separators, line_ends), prepend=0) + 1
     starts = np.concatenate(([0], np.cumsum(per_line)[:-1]))
     row_doc, row_term, row_tf = values[starts].astype(np.int64), values[starts + 1].astype(np.int64), values[starts + 2]
     head = np.zeros(len(values), dtype=bool)
@@ -170,6 +195,71 @@ def load_snapshot() -> Snapshot:
     pos_ptr = np.concatenate(([0], np.cumsum(counts)))
     gather = np.repeat(pos_start[order] - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
     return Snapshot.build(terms, doc_ids, p_doc, p_term, p_tf, pos_ptr, row_pos[gather].astype(np.int32))
+
+
+def _consistent_load() -> tuple[Snapshot, str, int]:
+    """The postings and the state they are at, read in one transaction (REPEATABLE READ on PostgreSQL).
+
+    So a snapshot file holds exactly the index at the version in its name, whatever commits
+    meanwhile. Called outside any transaction only.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        epoch, version, _ = _read_state()
+        return load_snapshot(), epoch, version
+
+
+def _map_newest(root, epoch: str, lowest: int, highest: int, discard: bool):
+    """(snapshot, epoch, version) of the newest usable file in [lowest, highest], or None.
+
+    discard (under the build lock only): remove the unusable ones, so that they are rebuilt.
+    """
+    for version, path in snapshot_files.candidates(root, epoch, lowest, highest):
+        try:
+            return Snapshot.from_file(path, epoch, version), epoch, version
+        except snapshot_files.SnapshotFileError as exc:
+            log.warning("Ignoring search-index snapshot: %s", exc)
+            if discard:
+                snapshot_files.discard(path)
+    return None
+
+
+def shared_snapshot(state, newer_than: int = -1) -> tuple[Snapshot, str, int]:
+    """A snapshot of the index, its epoch and its version; the caller catches up to `state` by the overlay.
+
+    The newest file of state's epoch with a version in [max(log floor, newer_than + 1), state's
+    version], mapped. Without one, under the machine's build lock (another process may be writing
+    it just then): that file if it appeared meanwhile, else the postings loaded from PostgreSQL,
+    written as the file of the version they are at, and mapped from there so that the pages are
+    shared. Inside a transaction nothing is written (its reads may include its own uncommitted
+    writes, and a file must hold committed versions only); when the directory cannot be written,
+    the process keeps its own copy, as before snapshot files.
+    """
+    epoch, version, floor = state
+    lowest = max(floor, newer_than + 1)
+    root = snapshot_files.database_dir()
+    found = _map_newest(root, epoch, lowest, version, discard=False)
+    if found is not None:
+        return found
+    if connection.in_atomic_block:
+        return load_snapshot(), epoch, version
+    snap = None
+    try:
+        with snapshot_files.build_lock(root):
+            found = _map_newest(root, epoch, lowest, version, discard=True)
+            if found is not None:
+                return found
+            snap, epoch, version = _consistent_load()
+            path = snapshot_files.write(root, snap.arrays(), snap.term_list(), epoch, version)
+            snapshot_files.clean(root)
+            return Snapshot.from_file(path, epoch, version), epoch, version
+    except (OSError, snapshot_files.SnapshotFileError):
+        log.exception("No search-index snapshot file under %s; this process keeps its own copy", root)
+        if snap is None:
+            snap, epoch, version = _consistent_load()
+        return snap, epoch, version
 
 
 def fetch_documents(doc_ids) -> dict:
@@ -210,6 +300,8 @@ class View:
         reused so that a refresh costs O(documents + postings of the terms whose df moved).
         """
         self.snap, self.epoch, self.version, self.changed = snap, epoch, version, changed
+        # The version the snapshot itself is at (the overlay holds what changed after it).
+        self.snap_version = previous.snap_version if previous is not None and previous.snap is snap else version
         n_docs = len(snap.doc_ids)
         self.superseded = np.zeros(n_docs, dtype=bool)
         df = snap.df.copy()
@@ -419,6 +511,11 @@ class Ranking:
         return chosen[np.lexsort((self.ids(chosen), -key))][start:stop]
 
 
+def _overlay_limit(n_docs: int) -> float:
+    """Changed documents past which a fresh snapshot is cheaper than the overlay."""
+    return max(OVERLAY_MIN, OVERLAY_FRACTION * n_docs)
+
+
 def _read_state():
     """(epoch, version, log_floor), or None before the first write; raw SQL as it runs per search."""
     with connection.cursor() as cursor:
@@ -462,7 +559,7 @@ class Cache:
             view = self._refresh(self._view, _read_state())
             if not uncommitted:
                 self._view = view
-                if len(view.changed) > max(OVERLAY_MIN, OVERLAY_FRACTION * len(view.snap.doc_ids)):
+                if len(view.changed) > _overlay_limit(len(view.snap.doc_ids)):
                     self._start_loader()
         return view
 
@@ -477,7 +574,11 @@ class Cache:
             return View(Snapshot.empty(), "", 0, {})
         epoch, version, floor = state
         if view is None or view.epoch != epoch or view.version < floor or view.version > version:
-            return View(load_snapshot(), epoch, version, {})
+            view = View(*shared_snapshot(state), {})
+            if view.epoch == epoch and version - view.version > _overlay_limit(len(view.snap.doc_ids)):
+                view = View(*shared_snapshot(state, newer_than=version - 1), {})  # too far behind for an overlay
+            if view.epoch != epoch or view.version >= version:  # built at a newer state than read
+                return view
         if view.version == version:
             return view
         touched = set(IndexChange.objects.filter(version__gt=view.version).values_list("doc_id", flat=True))
@@ -491,11 +592,12 @@ class Cache:
             self._loader.start()
 
     def _load(self) -> None:
-        """Load a fresh snapshot on this thread's own connection; the next search catches it up."""
+        """Take a fresher snapshot on this thread's own connection; the next search catches it up."""
         try:
             state = _read_state()
-            if state is not None:
-                fresh = View(load_snapshot(), state[0], state[1], {})
+            current = self._view
+            if state is not None and current is not None:
+                fresh = View(*shared_snapshot(state, newer_than=current.snap_version), {})
                 with self._lock:
                     if self._view is not None and self._view.epoch == fresh.epoch:
                         self._view = fresh
