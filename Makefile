@@ -23,6 +23,7 @@ $(INSTALLED): requirements.txt
 # The embedded default: SQLite and in-process captioning unless DATABASE_URL / CELERY_BROKER_URL are set.
 run: venv
 	export DEBUG=$${DEBUG:-true}; \
+	$(PY) manage.py setup_local && \
 	$(PY) manage.py prepare_models && \
 	$(PY) manage.py migrate --no-input && \
 	$(PY) manage.py seed_demo && \

@@ -8,11 +8,13 @@ the children).
 import functools
 import logging
 import threading
+import time
 
 from django.conf import settings
 
 from .files import ModelFileError
 from .inception import preprocess_image
+from .native_log import native_notices_dropped
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
@@ -29,14 +31,41 @@ def get_captioner():
             if _captioner is None:
                 from .inference import ImageCaptioner as Captioner
 
-                _captioner = Captioner.from_dirs(
-                    settings.IMAGESEARCH_MODEL_DIR,
-                    settings.IMAGESEARCH_FEATURE_DIR,
-                    beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
-                    length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
-                    batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
-                )
+                with native_notices_dropped(enabled=settings.LOG_LEVEL != "DEBUG"):
+                    _captioner = Captioner.from_dirs(
+                        settings.IMAGESEARCH_MODEL_DIR,
+                        settings.IMAGESEARCH_FEATURE_DIR,
+                        beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
+                        length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
+                        batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
+                    )
     return _captioner
+
+
+def captioner_loading() -> bool:
+    """Whether this process is loading the model right now (pages say that captions follow soon)."""
+    return _captioner is None and _lock.locked()
+
+
+def _load_and_log():
+    started = time.monotonic()
+    try:
+        captioner = get_captioner()
+    except Exception:  # the first caption request retries the load and reports the error
+        logger.exception("The captioning model could not be loaded")
+        return
+    logger.info("Captioning model %s ready (loaded in %.0f s).", captioner.version, time.monotonic() - started)
+
+
+def preload_captioner_in_background() -> threading.Thread:
+    """Start loading the model now, so the first upload is captioned in seconds, not after the load.
+
+    For a web process that captions in-process (no broker); pages answer meanwhile.
+    """
+    logger.info("Loading the captioning model in the background; the first captions follow once it is ready.")
+    thread = threading.Thread(target=_load_and_log, name="captioner-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.lru_cache(maxsize=1)
