@@ -29,7 +29,7 @@ run: venv-demo
 	export DEBUG=$${DEBUG:-true}; \
 	$(PY) manage.py setup_local && \
 	$(PY) manage.py prepare_models && \
-	$(PY) manage.py migrate --no-input && \
+	$(PY) manage.py migrate --no-input --verbosity 0 && \
 	$(PY) manage.py seed_demo && \
 	$(PY) manage.py create_local_admin && \
 	$(PY) manage.py runserver $(HOST):$(PORT)

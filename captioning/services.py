@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 
+from PIL import Image
+
 from django.conf import settings
 
 from .files import ModelFileError
@@ -21,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _captioner = None
+_warming_up = threading.Event()
 
 
 def get_captioner():
@@ -44,16 +47,22 @@ def get_captioner():
 
 def captioner_loading() -> bool:
     """Whether this process is loading the model right now (pages say that captions follow soon)."""
-    return _captioner is None and _lock.locked()
+    return (_captioner is None and _lock.locked()) or _warming_up.is_set()
 
 
 def _load_and_log():
     started = time.monotonic()
+    _warming_up.set()
     try:
         captioner = get_captioner()
+        # One caption of a blank photo: TensorFlow traces its graphs on the first call (seconds),
+        # which would otherwise delay the first upload's caption.
+        captioner.describe_arrays([preprocess_image(Image.new("RGB", (299, 299), "gray"))])
     except Exception:  # the first caption request retries the load and reports the error
         logger.exception("The captioning model could not be loaded")
         return
+    finally:
+        _warming_up.clear()
     logger.info("Captioning model %s ready (loaded in %.0f s).", captioner.version, time.monotonic() - started)
 
 
