@@ -21,21 +21,5 @@
   }
 
   input.addEventListener("change", function () { submitWith(input.files); });
-  ["dragenter", "dragover"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.add("is-over");
-    });
-  });
-  ["dragleave", "drop"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.remove("is-over");
-    });
-  });
-  dropzone.addEventListener("drop", function (event) {
-    if (event.dataTransfer) submitWith(event.dataTransfer.files);
-  });
-  window.addEventListener("dragover", function (event) { event.preventDefault(); });
-  window.addEventListener("drop", function (event) { event.preventDefault(); });
+  window.acceptDroppedFiles(dropzone, submitWith);
 }());

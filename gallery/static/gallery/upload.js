@@ -137,22 +137,5 @@
     addFiles(input.files);
     input.value = "";
   });
-  ["dragenter", "dragover"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.add("is-over");
-    });
-  });
-  ["dragleave", "drop"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.remove("is-over");
-    });
-  });
-  dropzone.addEventListener("drop", function (event) {
-    if (event.dataTransfer && event.dataTransfer.files.length) addFiles(event.dataTransfer.files);
-  });
-  // A file dropped next to the zone must not navigate away from the page.
-  window.addEventListener("dragover", function (event) { event.preventDefault(); });
-  window.addEventListener("drop", function (event) { event.preventDefault(); });
+  window.acceptDroppedFiles(dropzone, addFiles);
 }());
