@@ -8,18 +8,23 @@ the children).
 import functools
 import logging
 import threading
+import time
+
+from PIL import Image
 
 from django.conf import settings
 
 from .files import ModelFileError
 from .inception import preprocess_image
 from .inference import ImageCaptioner
+from .native_log import native_notices_dropped
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _captioner = None
+_warming_up = threading.Event()
 
 
 def get_captioner():
@@ -28,14 +33,47 @@ def get_captioner():
     if _captioner is None:
         with _lock:
             if _captioner is None:
-                _captioner = ImageCaptioner.from_dirs(
-                    settings.IMAGESEARCH_MODEL_DIR,
-                    settings.IMAGESEARCH_FEATURE_DIR,
-                    beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
-                    length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
-                    batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
-                )
+                with native_notices_dropped(enabled=settings.LOG_LEVEL != "DEBUG"):
+                    _captioner = ImageCaptioner.from_dirs(
+                        settings.IMAGESEARCH_MODEL_DIR,
+                        settings.IMAGESEARCH_FEATURE_DIR,
+                        beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
+                        length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
+                        batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
+                    )
     return _captioner
+
+
+def captioner_loading() -> bool:
+    """Whether this process is loading the model right now (pages say that captions follow soon)."""
+    return (_captioner is None and _lock.locked()) or _warming_up.is_set()
+
+
+def _load_and_log():
+    started = time.monotonic()
+    _warming_up.set()
+    try:
+        captioner = get_captioner()
+        # One caption of a blank photo: TensorFlow traces its graphs on the first call (seconds),
+        # which would otherwise delay the first upload's caption.
+        captioner.describe_arrays([preprocess_image(Image.new("RGB", (299, 299), "gray"))])
+    except Exception:  # the first caption request retries the load and reports the error
+        logger.exception("The captioning model could not be loaded")
+        return
+    finally:
+        _warming_up.clear()
+    logger.info("Captioning model %s ready (loaded in %.0f s).", captioner.version, time.monotonic() - started)
+
+
+def preload_captioner_in_background() -> threading.Thread:
+    """Start loading the model now, so the first upload is captioned in seconds, not after the load.
+
+    For a web process that captions in-process (no broker); pages answer meanwhile.
+    """
+    logger.info("Loading the captioning model in the background; the first captions follow once it is ready.")
+    thread = threading.Thread(target=_load_and_log, name="captioner-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 @functools.lru_cache(maxsize=1)

@@ -25,13 +25,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
 from .files import ModelFileError, atomic_directory, sha256_file, write_atomic
-from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
+
+if TYPE_CHECKING:  # the model module imports TensorFlow: only load_model_dir needs it at run time
+    from .model import Captioner, ModelConfig
 
 WEIGHTS_NAME = "captioner.weights.h5"
 VOCAB_NAME = "vocabulary.json"
@@ -193,6 +196,8 @@ def load_model_dir(
     file equal the model built from meta's config; optionally the feature extractor id.
     Raises :class:`ModelFileError` on any problem.
     """
+    from .model import Captioner, ModelConfig  # TensorFlow, only when a model is loaded
+
     path = resolve_model_dir(path)
     meta = read_meta(path)
     weights = path / meta["weights"].get("file", WEIGHTS_NAME)

@@ -9,7 +9,7 @@ from searchindex import index as search_index
 
 from .captions import search_weights
 from .descriptions import document_fields
-from .ingest import inspect_upload
+from .ingest import inspect_upload, make_thumbnail
 from .models import Image
 
 
@@ -64,6 +64,11 @@ def describe_query_photo(data: bytes) -> QueryCaption:
     except (celery.exceptions.TimeoutError, OSError) as exc:
         raise CaptioningBusy("The captioning service is busy; please try again in a moment.") from exc
     return QueryCaption.from_answer(answer)
+
+
+def query_photo_preview(data: bytes) -> str:
+    """The query photo as a small inline JPEG (data: URL), shown next to what the model sees; it is never stored."""
+    return "data:image/jpeg;base64," + base64.b64encode(make_thumbnail(data)).decode("ascii")
 
 
 def search_images(query, *, page: int = 1, per_page: int | None = None, exclude_ids=()):

@@ -31,9 +31,9 @@ TRANSIENT_ERRORS = (
     kombu.exceptions.OperationalError,
 )
 
+# Acknowledged late and re-delivered when a worker dies: CELERY_TASK_ACKS_LATE and
+# CELERY_TASK_REJECT_ON_WORKER_LOST in the settings, for every task.
 TASK_OPTIONS = {
-    "acks_late": True,
-    "reject_on_worker_lost": True,
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 2,
     "retry_backoff_max": 300,

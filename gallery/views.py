@@ -11,7 +11,7 @@ from .captions import image_fields, search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
 from .ingest import RejectedUpload
 from .models import Image
-from .querying import CaptioningBusy, describe_query_photo, search_images, split_by_relevance
+from .querying import CaptioningBusy, describe_query_photo, query_photo_preview, search_images, split_by_relevance
 
 MORE_LIKE_THIS = 8
 # Seconds a client should wait before asking again when no worker captioned a query photo.
@@ -77,7 +77,8 @@ def search_by_image(request):
         status = 400
         if form.is_valid():
             try:
-                described = describe_query_photo(read_upload(form.cleaned_data["file"]))
+                data = read_upload(form.cleaned_data["file"])
+                described = describe_query_photo(data)
             except RejectedUpload as exc:
                 form.add_error("file", str(exc))
             except CaptioningBusy as exc:
@@ -86,7 +87,8 @@ def search_by_image(request):
                 results, matches = search_images(described.fields())
                 strong, weak = split_by_relevance(matches)
                 context.update(
-                    described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption
+                    described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption,
+                    query_photo=query_photo_preview(data),
                 )
                 status = 200
     response = render(request, "gallery/search_by_image.html", context, status=status)

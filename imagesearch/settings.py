@@ -2,45 +2,35 @@
 
 Every knob is an environment variable (documented in README.md). With nothing set the
 application runs self-contained: SQLite under the data directory, Celery tasks in-process,
-a secret key generated once and kept in the data directory. Production sets DATABASE_URL
-(PostgreSQL), CELERY_BROKER_URL (Redis), SECRET_KEY and DEBUG=false.
+the secret key that `manage.py setup_local` (run by `make run`) keeps in the data directory.
+Production sets DATABASE_URL (PostgreSQL), CELERY_BROKER_URL (Redis), SECRET_KEY and DEBUG=false.
+Importing the settings writes nothing to disk.
 """
 
-import os
 import secrets
 from pathlib import Path
 
-import dj_database_url
 import environ
+
+from .local import read_secret_key_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
 DATA_DIR = Path(env.str("IMAGESEARCH_DATA_DIR", default=str(BASE_DIR / "var")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
 DEBUG = env.bool("DEBUG", default=False)
 
-
-def _local_secret_key(data_dir: Path) -> str:
-    """Generate a secret key once and keep it in the data directory, for local use only."""
-    key_file = data_dir / "secret_key"
-    if not key_file.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(50))
-    return key_file.read_text().strip()
-
-
-SECRET_KEY = env.str("SECRET_KEY", default="")
+# The environment's key (production), else the one the local set-up keeps in the data directory.
+SECRET_KEY = env.str("SECRET_KEY", default="") or read_secret_key_file(DATA_DIR)
 if not SECRET_KEY:
     if not DEBUG:
         raise environ.ImproperlyConfigured(
             "SECRET_KEY must be set when DEBUG is off (production). For a local run use `make run`, "
-            "or set DEBUG=true to generate one in the data directory."
+            "whose first step `manage.py setup_local` keeps a key in the data directory."
         )
-    SECRET_KEY = _local_secret_key(DATA_DIR)
+    # Debugging before the set-up step: a key for this process only (sessions end with it).
+    SECRET_KEY = secrets.token_urlsafe(50)
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -81,21 +71,24 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "gallery.context_processors.captioning_status",
             ],
         },
     },
 ]
 
 # PostgreSQL in production and tests (DATABASE_URL); an embedded SQLite file otherwise.
-DATABASES = {
-    "default": dj_database_url.parse(
-        env.str("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'imagesearch.sqlite3'}"),
-        conn_max_age=env.int("DATABASE_CONN_MAX_AGE", default=0),
-    )
-}
+DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'imagesearch.sqlite3'}")}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several threads of the development server and the in-process tasks share the file.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # The development server's threads and the in-process tasks share the file: readers do not
+    # block the writer (WAL), a writer waits up to 30 s for another (busy timeout), and write
+    # transactions take the lock when they begin (no deadlock upgrading a read lock).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -116,7 +109,6 @@ MEDIA_URL = env.str("MEDIA_URL", default="/media/")
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
 # Serve uploaded photos from Django itself unless a front web server serves MEDIA_ROOT.
 IMAGESEARCH_SERVE_MEDIA = env.bool("IMAGESEARCH_SERVE_MEDIA", default=True)
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve app static files without requiring `collectstatic` on a small self-hosted install.
 WHITENOISE_USE_FINDERS = True
 STORAGES = {
@@ -161,6 +153,9 @@ IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL)
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+if CELERY_TASK_ALWAYS_EAGER:
+    # Celery still opens a producer for an eager task: an in-memory one, not a guess at AMQP on localhost.
+    CELERY_BROKER_WRITE_URL = "memory://localhost/"
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -186,10 +181,17 @@ CELERY_BEAT_SCHEDULE = {
     }
 }
 
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # "django" only propagates to the root's handler (Django's own console handler doubled each line).
+    "loggers": {
+        "django": {"level": LOG_LEVEL},
+        "django.db.backends": {"level": "WARNING"},
+        # "Task ... succeeded" for each in-process task is a worker's log line, not the web console's.
+        "celery.app.trace": {"level": "WARNING" if CELERY_TASK_ALWAYS_EAGER else LOG_LEVEL},
+    },
 }

@@ -1,7 +1,9 @@
 """URL configuration: the gallery (pages and JSON API), Django admin and the login pages."""
 from django.conf import settings
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from django.views.static import serve
 
 
@@ -14,6 +16,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("gallery.urls")),
+    # Browsers ask for /favicon.ico on pages that do not name an icon (admin, files).
+    path("favicon.ico", RedirectView.as_view(url=static("gallery/favicon.ico"), permanent=True)),
 ]
 
 if settings.IMAGESEARCH_SERVE_MEDIA:

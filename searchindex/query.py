@@ -79,7 +79,9 @@ def parse_query(query) -> ParsedQuery:
         excluded = bool(minus) or (word is not None and word.startswith("-") and len(word) > 1)
         text = quoted if quoted is not None else (word[1:] if excluded else word)
         analyzed = analyze_with_positions(text)
-        seen.ignored.extend(surface for surface, term, _, _ in tokens(text) if term is None)
+        for surface, term, _, _ in tokens(text):
+            if term is None and surface.lower() not in map(str.lower, seen.ignored):  # each left-out word once
+                seen.ignored.append(surface)
         if not analyzed:
             continue
         n_terms += len(analyzed)

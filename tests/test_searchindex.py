@@ -81,6 +81,10 @@ def test_interpretation_lists_words_as_typed(docs):
     assert interp.unknown == ["zebras"] and interp.ignored == ["the"]
 
 
+def test_interpretation_lists_each_left_out_word_once(docs):
+    assert si.search("a dog of a man and A ball").interpretation.ignored == ["a", "of", "and"]
+
+
 def test_pagination_covers_every_hit_once(docs):
     pages = [si.search("dog man red", page=p, per_page=2) for p in (1, 2, 3)]
     assert [r.num_pages for r in pages] == [3, 3, 3]

@@ -19,14 +19,18 @@ PROBE = (
 )
 
 
-def load_settings(tmp_path, **env):
+def clean_env(data_dir, **env):
+    """This process's environment without any of the settings' variables, plus `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_", "IMAGESEARCH_"))}
     clean.pop("SECRET_KEY", None)
     clean.pop("DEBUG", None)
-    clean.update({"DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_DATA_DIR": str(tmp_path)})
+    clean.update({"DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_DATA_DIR": str(data_dir)})
     clean.update(env)
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True)
-    return proc
+    return clean
+
+
+def load_settings(tmp_path, **env):
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=clean_env(tmp_path, **env), capture_output=True, text=True)
 
 
 def test_embedded_default_uses_sqlite_and_eager_tasks(tmp_path):
@@ -40,17 +44,53 @@ def test_embedded_default_uses_sqlite_and_eager_tasks(tmp_path):
     assert values["public"] is True
 
 
+def set_up_local(tmp_path):
+    env = clean_env(tmp_path, DEBUG="true")
+    proc = subprocess.run([sys.executable, "manage.py", "setup_local"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_settings_write_nothing_at_import(tmp_path):
+    data_dir = tmp_path / "data"
+    proc = load_settings(data_dir, DEBUG="true")
+    assert proc.returncode == 0, proc.stderr
+    assert not data_dir.exists()
+
+
 def test_local_secret_key_is_generated_once_and_kept(tmp_path):
+    set_up_local(tmp_path)
     first = json.loads(load_settings(tmp_path, DEBUG="true").stdout)["key"]
+    set_up_local(tmp_path)
     second = json.loads(load_settings(tmp_path, DEBUG="true").stdout)["key"]
     assert len(first) >= 50 and first == second
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "static").is_dir() and (tmp_path / "media").is_dir()
+
+
+def test_local_set_up_needs_no_debug_afterwards(tmp_path):
+    """`make run` wrote the key: documented commands work as typed, without DEBUG=true."""
+    set_up_local(tmp_path)
+    proc = load_settings(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    values = json.loads(proc.stdout)
+    assert values["debug"] is False and values["key"] == (tmp_path / "secret_key").read_text().strip()
 
 
 def test_production_requires_secret_key(tmp_path):
     proc = load_settings(tmp_path, DEBUG="false")
     assert proc.returncode != 0
     assert "SECRET_KEY must be set" in proc.stderr
+
+
+def test_sqlite_uses_wal_and_a_busy_timeout(tmp_path):
+    set_up_local(tmp_path)
+    probe = (
+        "import django; django.setup(); from django.db import connection; c = connection.cursor(); "
+        "print(c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRAGMA busy_timeout').fetchone()[0])"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["wal", "30000"]
 
 
 def test_production_values_are_parsed(tmp_path):

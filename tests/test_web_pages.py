@@ -68,8 +68,8 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
     assert response.status_code == 200
     assert '<h1 class="detail-caption">our dog Rex on the beach</h1>' in html
     assert "Caption written by a person" in html
-    # The older model caption, its version and score, in the history.
-    assert "a dog runs on the beach" in html and "model v1" in html and "score -0.500" in html
+    # The older model caption and its version in the history; its raw log-probability only in admin.
+    assert "a dog runs on the beach" in html and "model v1" in html and "-0.500" not in html
     assert image.file.url in html
     # More like this: searched with the active caption, the image itself excluded.
     similar = html.split('id="similar-heading"')[1]
@@ -80,9 +80,11 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
 def test_image_page_embeds_the_attention_of_a_model_caption(client, photo, no_queue):
     image = captioned(photo, 1, "two birds on a wire")
     html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
-    assert "Caption by model <code>v1</code>" in html and "score -0.500" in html
+    assert "Caption by model <code>v1</code>" in html and "-0.500" not in html
     data = re.search(r'<script id="attention-data" type="application/json">(.*?)</script>', html, re.S).group(1)
-    assert '["two", [' in data and data.count("[") == 1 + 2 * 5
+    # Maps of the content words only: "on" and "a" have none.
+    assert '["two", [' in data and '["wire", [' in data and data.count("[") == 1 + 2 * 3
+    assert '["on", [' not in data and '["a", [' not in data
     assert "gallery/attention.js" in html
 
 

@@ -1,6 +1,8 @@
-// Image page: one small map per caption word (the photo, dimmed where the model did not look and
-// warmed where it did), as in the captioning tutorial's attention plot. Choosing a word lays its
-// map over the large photo. The attention is 64 weights per word: an 8 x 8 grid, row by row.
+// Image page: one small map per content word of the caption (the photo, dimmed where the model did
+// not look and warmed where it did), as in the captioning tutorial's attention plot. Choosing a word
+// lays its map over the large photo; the first word's map is shown at once. The attention is 64
+// weights per word (an 8 x 8 grid, row by row); each map is stretched to its own range, from its
+// least to its most attended cell, so that maps of different words differ visibly.
 (function () {
   "use strict";
   var dataNode = document.getElementById("attention-data");
@@ -14,14 +16,16 @@
 
   // The 8 x 8 weights as a tiny canvas, scaled up smoothly when drawn over the photo.
   function heatCanvas(weights) {
-    var max = Math.max.apply(null, weights) || 1;
+    var max = Math.max.apply(null, weights);
+    var min = Math.min.apply(null, weights);
+    var range = max - min || 1;
     var cells = document.createElement("canvas");
     cells.width = GRID;
     cells.height = GRID;
     var ctx = cells.getContext("2d");
     var pixels = ctx.createImageData(GRID, GRID);
     for (var i = 0; i < GRID * GRID; i += 1) {
-      var v = Math.max(0, (weights[i] || 0) / max);
+      var v = Math.max(0, ((weights[i] || 0) - min) / range);
       // Dark where unattended; a warm yellow-orange glow where attended.
       pixels.data[4 * i] = Math.round(255 * v);
       pixels.data[4 * i + 1] = Math.round(190 * v);
@@ -90,10 +94,12 @@
         buttons.push(button);
         container.appendChild(button);
       });
+      if (words.length) select(0);
     };
     thumb.src = container.dataset.thumbnail;
   }
 
   build();
   window.addEventListener("resize", drawOverlay);
+  photo.addEventListener("load", drawOverlay);
 }());

@@ -25,8 +25,19 @@
     return node;
   }
 
+  // A name is kept whole: a slash (a path separator to the server) becomes "_", so that a name
+  // like "<script>alert(1)</script>.jpg" is not cut down to "script>.jpg".
+  function safeName(name) {
+    return name.replace(/[\/\\]/g, "_");
+  }
+
   function addRow(file) {
     var row = el("li", "upload-item");
+    var thumb = el("img", "upload-thumb");
+    thumb.alt = "";
+    thumb.src = URL.createObjectURL(file);
+    thumb.onload = thumb.onerror = function () { URL.revokeObjectURL(thumb.src); };
+    row.appendChild(thumb);
     row.appendChild(el("span", "upload-name", file.name));
     var progress = el("progress");
     progress.max = 1;
@@ -83,7 +94,7 @@
     running += 1;
     ui.status.textContent = "Uploading…";
     var body = new FormData();
-    body.append("file", job.file, job.file.name);
+    body.append("file", job.file, safeName(job.file.name));
     var xhr = new XMLHttpRequest();
     xhr.open("POST", apiUrl);
     xhr.setRequestHeader("X-CSRFToken", csrfToken);
@@ -126,22 +137,5 @@
     addFiles(input.files);
     input.value = "";
   });
-  ["dragenter", "dragover"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.add("is-over");
-    });
-  });
-  ["dragleave", "drop"].forEach(function (type) {
-    dropzone.addEventListener(type, function (event) {
-      event.preventDefault();
-      dropzone.classList.remove("is-over");
-    });
-  });
-  dropzone.addEventListener("drop", function (event) {
-    if (event.dataTransfer && event.dataTransfer.files.length) addFiles(event.dataTransfer.files);
-  });
-  // A file dropped next to the zone must not navigate away from the page.
-  window.addEventListener("dragover", function (event) { event.preventDefault(); });
-  window.addEventListener("drop", function (event) { event.preventDefault(); });
+  window.acceptDroppedFiles(dropzone, addFiles);
 }());
