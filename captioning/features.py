@@ -179,6 +179,37 @@ def cache_features(
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
     thread while TensorFlow computes the previous batch.
     """
+    def extractor_of():
+        if extractor is not None:
+            return extractor
+        if feature_dir is None:
+            raise ValueError("cache_features needs an extractor or a feature_dir")
+        return load_extractor(feature_dir)
+
+    return _cache_outputs(images, cache_dir, extractor_of, inception.extract_features, desc="features",
+                          batch_size=batch_size, flip=flip, progress=progress, log=log)
+
+
+def cache_class_probabilities(
+    images: Sequence[tuple[str, str | os.PathLike]] | Sequence[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    *,
+    feature_dir: str | os.PathLike,
+    batch_size: int = 16,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The ImageNet classifier's (1000,) probabilities of each image, cached like :func:`cache_features`.
+
+    The images go through the serving path (InceptionV3 input, resized in the graph), so the cache
+    holds what captioning an upload computes. Read them back with :func:`load_class_probabilities`.
+    """
+    return _cache_outputs(images, cache_dir, lambda: load_classifier(feature_dir), efficientnet.classify_inception_inputs,
+                          desc="classes", batch_size=batch_size, flip=False, progress=progress, log=log)
+
+
+def _cache_outputs(images, cache_dir, load_model, compute, *, desc, batch_size, flip, progress, log) -> dict:
+    """Run ``compute(model, batch)`` over the images whose cache file is missing; one float16 .npy per image."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     pairs = [(Path(p).name, p) if not isinstance(p, tuple) else p for p in images]
@@ -186,10 +217,7 @@ def cache_features(
     stats = {"total": len(pairs), "cached_before": len(pairs) - len(todo), "written": 0, "failed": []}
     if not todo:
         return stats
-    if extractor is None:
-        if feature_dir is None:
-            raise ValueError("cache_features needs an extractor or a feature_dir")
-        extractor = load_extractor(feature_dir)
+    model = load_model()
 
     def load(item):
         name, path = item
@@ -213,7 +241,7 @@ def cache_features(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="features", unit="img", mininterval=10)
+        bar = tqdm(total=len(todo), desc=desc, unit="img", mininterval=10)
     while True:
         batch = q.get()
         if batch is None:
@@ -224,15 +252,30 @@ def cache_features(
                 stats["failed"].append(n)
                 log(f"skipping {n}: {a}")
         if good:
-            feats = inception.extract_features(extractor, np.stack([a for _, a in good]))
-            for (n, _), f in zip(good, feats):
-                _save_npy_atomic(cache_path(cache_dir, n), f.astype(CACHE_DTYPE))
+            outputs = compute(model, np.stack([a for _, a in good]))
+            for (n, _), output in zip(good, outputs):
+                _save_npy_atomic(cache_path(cache_dir, n), output.astype(CACHE_DTYPE))
             stats["written"] += len(good)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
     return stats
+
+
+def load_class_probabilities(cache_dir: str | os.PathLike, names: Iterable[str]) -> np.ndarray:
+    """Stack the cached class probabilities of ``names`` into one (n, 1000) float32 array."""
+    out = np.empty((len(names := list(names)), efficientnet.CLASSES), dtype=np.float32)
+    for i, name in enumerate(names):
+        path = cache_path(cache_dir, name)
+        out[i] = np.load(path, allow_pickle=False)
+    return out
+
+
+def default_class_cache_dir(var_dir: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
+    """``<var_dir>/features/<classifier id>/<data set>``, beside the InceptionV3 feature cache."""
+    features_dir = default_cache_dir(var_dir, images_dir)
+    return features_dir.parent.parent / efficientnet.ARCHITECTURE.replace("/", "_") / features_dir.name
 
 
 def load_feature(cache_dir: str | os.PathLike, name: str, *, mmap: bool = False) -> np.ndarray:

@@ -5,17 +5,14 @@ classes. ``captioning/data/imagenet_words.json`` (derived once from imagenet-cla
 see ``captioning/data/README.md``) lists each class's name and the generic words a person would use
 ("tabby cat" is also "cat" and "animal"). A label's probability is the sum of the probabilities of
 the classes it names, so that "dog" gathers the 120 dog breeds and "cup" both cups and mugs.
-
-A class labels a photo with its name and with its words that other classes share (the generic
-words: "shark", "fish"); its rarer WordNet synonyms ("man-eater") are left out, as they would
-clutter the tags more than they help a search.
+Every word of a class labels it (its name, its WordNet synonyms, its generic words), so a search
+finds the photo by whichever of them a person types.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,8 +32,7 @@ class ObjectWords:
     def __init__(self, classes: list[dict]):
         if [c.get("index") for c in classes] != list(range(1000)):
             raise ModelFileError("the ImageNet words table must list the classes 0..999 in order")
-        shared = Counter(word for c in classes for word in set(c["words"]))
-        per_class = [[c["words"][0]] + [w for w in c["words"][1:] if shared[w] >= 2] for c in classes]
+        per_class = [c["words"] for c in classes]
         self.names = [c["name"] for c in classes]
         self.labels = sorted({w for words in per_class for w in words})
         column = {w: j for j, w in enumerate(self.labels)}
