@@ -190,6 +190,40 @@ def test_from_dirs_without_feature_weights_says_how_to_make_them(model_and_featu
         ImageCaptioner.from_dirs(model_and_feature_dirs[0], tmp_path / "empty")
 
 
+def tiny_object_classifier(favourite: int = 504):
+    """Stands in for EfficientNet-Lite0: (224, 224, 3) -> 1,000 logits, sure of one class (504, coffee mug)."""
+    import keras
+
+    inputs = keras.Input((224, 224, 3))
+    dense = keras.layers.Dense(1000)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    bias = np.zeros(1000, np.float32)
+    bias[favourite] = 12.0
+    dense.set_weights([np.zeros((3, 1000), np.float32), bias])
+    return model
+
+
+def test_object_labels_come_from_the_same_batch_of_decoded_photos(tiny_model, tokenizer, image_captioner, photo):
+    labelled = ImageCaptioner(tiny_model, tokenizer, tiny_feature_model(), beam_width=3, batch_size=3,
+                              object_classifier=tiny_object_classifier())
+    sources = [photo(i) for i in range(4)]
+    described = labelled.describe_sources(sources)
+    plain = image_captioner.describe_sources(sources)
+    assert [d.caption.text for d in described] == [d.caption.text for d in plain]
+    assert all(d.objects == [] for d in plain)  # no classifier, no labels
+    for d in described:
+        labels = dict(d.objects)
+        assert set(list(labels)[:3]) == {"coffee mug", "cup", "mug"} and labels["coffee mug"] > 0.99
+
+
+def test_from_dirs_with_object_labels_needs_the_converted_classifier(model_and_feature_dirs):
+    from captioning.files import ModelFileError
+
+    with pytest.raises(ModelFileError, match="EfficientNet-Lite0.*prepare_models"):
+        ImageCaptioner.from_dirs(*model_and_feature_dirs, object_labels=True)
+    assert ImageCaptioner.from_dirs(*model_and_feature_dirs).object_classifier is None
+
+
 # ---------------------------------------------------------------------------- the command
 @pytest.fixture
 def installed_captioner(monkeypatch, image_captioner):
