@@ -247,3 +247,20 @@ def test_a_damaged_words_table_is_refused(tmp_path):
         ObjectWords.load(broken)
     with pytest.raises(ModelFileError, match="missing or damaged"):
         ObjectWords.load(tmp_path / "absent.json")
+
+
+def test_prepare_once_then_cache_the_class_probabilities_of_photos(tmp_path, photo):
+    try:
+        efficientnet.find_source_weights()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    feature_dir = tmp_path / "models"
+    messages = []
+    assert feature_store.ensure_classifier_weights(feature_dir, log=messages.append)["action"] == "converted"
+    assert feature_store.ensure_classifier_weights(feature_dir, log=messages.append)["action"] == "verified"
+    photos = [(f"{i}.jpg", photo(i)) for i in range(3)] + [("broken.jpg", b"not a photo")]
+    stats = feature_store.cache_class_probabilities(photos, tmp_path / "cache", feature_dir=feature_dir, progress=False, log=messages.append)
+    assert stats["written"] == 3 and stats["failed"] == ["broken.jpg"]
+    probabilities = feature_store.load_class_probabilities(tmp_path / "cache", ["0.jpg", "2.jpg"])
+    assert probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-2)  # stored as float16
