@@ -30,9 +30,9 @@ import numpy as np
 
 from . import features as feature_store
 from .efficientnet import classify_inception_inputs
-from .files import ModelFileError
+from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
-from .objects import ObjectWords, default_words
+from .objects import WORDS_PATH, ObjectWords, default_words
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -285,6 +285,20 @@ def decode_features(
 
 
 # ------------------------------------------------------------------------------------ serving
+def _check_object_labels(model_path, recorded: dict, feature_dir) -> None:
+    """The classifier and words table a model's search weights were tuned with must be the installed ones."""
+    installed = {
+        "weights_sha256": (feature_store.read_classifier_meta(feature_dir) or {}).get("sha256"),
+        "words_sha256": sha256_file(WORDS_PATH),
+    }
+    for key, actual in installed.items():
+        if recorded.get(key) and recorded[key] != actual:
+            raise ModelMismatchError(
+                f"the model in {model_path} was tuned with object labels of {key} {recorded[key]}, but the "
+                f"installed ones have {actual}; re-run `python manage.py prepare_models` or install the matching model"
+            )
+
+
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -371,6 +385,10 @@ class ImageCaptioner:
                     f"`python manage.py prepare_models`"
                 )
         tuned = loaded.meta.get("decoding") or {}
+        object_classifier = None
+        if object_labels:
+            object_classifier = feature_store.load_classifier(feature_dir)  # verified against its record
+            _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -381,7 +399,7 @@ class ImageCaptioner:
             batch_size=batch_size,
             concepts=loaded.concepts,
             meta=loaded.meta,
-            object_classifier=feature_store.load_classifier(feature_dir) if object_labels else None,
+            object_classifier=object_classifier,
         )
 
     def describe_features(
