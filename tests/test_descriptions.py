@@ -88,7 +88,8 @@ def test_document_fields_weigh_each_source():
 
 @pytest.fixture
 def weighted(monkeypatch):
-    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5)
+    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5,
+                            objects=2.0, object_min_probability=0.2, object_tag_min_probability=0.3)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
@@ -163,18 +164,8 @@ def test_document_fields_weigh_object_labels_by_their_own_weight():
     assert document_fields("a room", objects=[("laptop", 0.9)], weights=SearchWeights()) == [fields[0]]  # weight 0: left out
 
 
-@pytest.fixture
-def with_objects(monkeypatch):
-    weights = SearchWeights(concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5,
-                            objects=2.0, object_min_probability=0.2, object_tag_min_probability=0.3)
-    monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
-    return weights
-
-
 @pytest.mark.django_db
-def test_object_labels_are_searchable_shown_apart_and_removable(photo, with_objects, client):
+def test_object_labels_are_searchable_shown_apart_and_removable(photo, weighted, client):
     image = ingest_bytes(photo(6), "p.jpg").image
     add_model_caption(image, "two dogs in a kitchen", model_version="m1", concepts=[("dog", 0.8)],
                       objects=[("laptop", 0.7), ("computer", 0.7), ("dog", 0.25), ("mouse", 0.1)])
@@ -195,7 +186,7 @@ def test_object_labels_are_searchable_shown_apart_and_removable(photo, with_obje
 
 
 @pytest.mark.django_db
-def test_the_api_lists_tags_with_their_kind(photo, with_objects, client):
+def test_the_api_lists_tags_with_their_kind(photo, weighted, client):
     image = ingest_bytes(photo(7), "p.jpg").image
     add_model_caption(image, "a cup", model_version="m1", concepts=[("table", 0.6)], objects=[("espresso", 0.8)])
     tags = client.get(reverse("gallery:api-image", args=[image.pk])).json()["tags"]
