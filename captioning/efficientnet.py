@@ -15,7 +15,7 @@ RGB scaled as ``(x - 127) / 128`` (the TensorFlow Lite models' convention; the v
 model card shows ImageNet mean/std scaling gives worse, less confident labels).
 
 Interface (shared with any other runtime of the image networks): :func:`build_classifier`,
-:func:`convert_weights`, :func:`load_classifier`, :func:`classify` (network inputs) and
+:func:`convert_weights`, :func:`load_classifier` (the serving graph, batch norms folded), :func:`classify` (network inputs) and
 :func:`classify_inception_inputs` (the InceptionV3 inputs of the same photos, resized in the graph,
 so that one decoded image serves both networks). TensorFlow is imported only inside functions.
 """
@@ -87,41 +87,64 @@ def _blocks() -> list[tuple[int, int, int, int, int]]:
     return out
 
 
-def _bn_relu6(x: Any, name: str, activation: bool = True) -> Any:
-    from keras import layers
-
-    x = layers.BatchNormalization(epsilon=BN_EPSILON, name=name)(x)
-    return layers.ReLU(6.0, name=f"{name}.relu6")(x) if activation else x
+# The batch norm after each convolution, by the convolution's (last) name.
+_BATCH_NORM_OF = {"_conv_stem": "_bn0", "_conv_head": "_bn1", "_expand_conv": "_bn0", "_depthwise_conv": "_bn1", "_project_conv": "_bn2"}
 
 
-def build_classifier() -> Any:
+def _batch_norm_name(conv_name: str) -> str:
+    block, _, conv = conv_name.rpartition(".")
+    return f"{block}.{_BATCH_NORM_OF[conv]}" if block else _BATCH_NORM_OF[conv]
+
+
+def build_classifier(*, folded: bool = False) -> Any:
     """EfficientNet-Lite0 from a (224, 224, 3) input scaled ``(x - 127) / 128`` to 1,000 logits.
 
     Layer names are the PyTorch state-dict module names (``_blocks.3._depthwise_conv``), so the
-    weights map one-to-one by name.
+    weights map one-to-one by name. ``folded``: the serving graph, each batch norm folded into the
+    convolution before it (a bias), which TensorFlow runs about 30 % faster on a CPU
+    (:func:`fold_batch_norms`).
     """
     import keras
     from keras import layers
 
+    def unit(x, conv, activation=True):
+        x = conv(x)
+        if not folded:
+            x = layers.BatchNormalization(epsilon=BN_EPSILON, name=_batch_norm_name(conv.name))(x)
+        return layers.ReLU(6.0, name=f"{conv.name}.relu6")(x) if activation else x
+
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    x = layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=False, name="_conv_stem")(inputs)
-    x = _bn_relu6(x, "_bn0")
+    x = unit(inputs, layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=folded, name="_conv_stem"))
     for i, (kernel, stride, expansion, channels, filters) in enumerate(_blocks()):
         block = f"_blocks.{i}"
         y = x
         if expansion != 1:
-            y = layers.Conv2D(channels * expansion, 1, use_bias=False, name=f"{block}._expand_conv")(y)
-            y = _bn_relu6(y, f"{block}._bn0")
-        y = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{block}._depthwise_conv")(y)
-        y = _bn_relu6(y, f"{block}._bn1")
-        y = layers.Conv2D(filters, 1, use_bias=False, name=f"{block}._project_conv")(y)
-        y = _bn_relu6(y, f"{block}._bn2", activation=False)
+            y = unit(y, layers.Conv2D(channels * expansion, 1, use_bias=folded, name=f"{block}._expand_conv"))
+        y = unit(y, layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=folded, name=f"{block}._depthwise_conv"))
+        y = unit(y, layers.Conv2D(filters, 1, use_bias=folded, name=f"{block}._project_conv"), activation=False)
         x = layers.Add(name=f"{block}.add")([x, y]) if stride == 1 and channels == filters else y
-    x = layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False, name="_conv_head")(x)
-    x = _bn_relu6(x, "_bn1")
+    x = unit(x, layers.Conv2D(HEAD_CHANNELS, 1, use_bias=folded, name="_conv_head"))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     logits = layers.Dense(CLASSES, name="_fc")(x)
-    return keras.Model(inputs, logits, name="efficientnet_lite0")
+    return keras.Model(inputs, logits, name="efficientnet_lite0" + ("_folded" if folded else ""))
+
+
+def fold_batch_norms(model: Any) -> Any:
+    """The serving graph of a loaded :func:`build_classifier` model: ``conv * s`` and bias
+    ``beta - mean * s`` with ``s = gamma / sqrt(var + eps)`` (logits equal within float rounding)."""
+    folded = build_classifier(folded=True)
+    for layer in folded.layers:
+        kind = type(layer).__name__
+        if kind == "Dense":
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+        elif kind in ("Conv2D", "DepthwiseConv2D"):
+            (kernel,) = model.get_layer(layer.name).get_weights()
+            gamma, beta, mean, var = model.get_layer(_batch_norm_name(layer.name)).get_weights()
+            scale = gamma / np.sqrt(var + BN_EPSILON)
+            # Conv2D kernels are (kh, kw, in, out), depthwise ones (kh, kw, channels, 1).
+            kernel = kernel * (scale[:, None] if kind == "DepthwiseConv2D" else scale)
+            layer.set_weights([kernel, beta - mean * scale])
+    return folded
 
 
 def _source_weights(layer: Any, tensors: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
@@ -191,13 +214,14 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
 
 
 def load_classifier(weights_path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
-    """Build the graph and load a file made by :func:`convert_weights`.
+    """Build the graph, load a file made by :func:`convert_weights` and fold it for serving.
 
     Raises :class:`ModelFileError` when the file is missing, truncated, corrupt, from another
     model, or (with ``expected_sha256``) not the recorded conversion.
     """
-    return load_keras_weights(build_classifier, weights_path, label="EfficientNet-Lite0", architecture=ARCHITECTURE,
-                              expected_sha256=expected_sha256, hint="re-create it with `python manage.py prepare_models`")
+    model = load_keras_weights(build_classifier, weights_path, label="EfficientNet-Lite0", architecture=ARCHITECTURE,
+                               expected_sha256=expected_sha256, hint="re-create it with `python manage.py prepare_models`")
+    return fold_batch_norms(model)
 
 
 # --------------------------------------------------------------------------------------

@@ -155,9 +155,17 @@ def test_read_the_wheel_weights_without_torch(converted):
 
 def test_conversion_record(converted, classifier):
     assert converted["source_sha256"] == efficientnet.SOURCE_SHA256
-    assert converted["weight_count"] == efficientnet.WEIGHT_COUNT == classifier.count_params()
+    assert converted["weight_count"] == efficientnet.WEIGHT_COUNT
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in classifier.layers)  # folded for serving
     assert converted["sha256"] == sha256_file(converted["path"])
     assert classifier.output_shape == (None, 1000)
+
+
+def test_folding_the_batch_norms_keeps_the_logits(converted, classifier):
+    unfolded = efficientnet.build_classifier()
+    unfolded.load_weights(converted["path"])
+    inputs = np.random.default_rng(3).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
+    np.testing.assert_allclose(classifier.predict(inputs, verbose=0), unfolded.predict(inputs, verbose=0), rtol=1e-4, atol=1e-4)
 
 
 def test_pinned_logits_of_real_photos(classifier):
