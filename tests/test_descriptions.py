@@ -192,3 +192,17 @@ def test_the_api_lists_tags_with_their_kind(photo, weighted, client):
     tags = client.get(reverse("gallery:api-image", args=[image.pk])).json()["tags"]
     assert {(t["word"], t["kind"]) for t in tags} == {("table", "concept"), ("espresso", "object")}
     assert {t["word"]: t["probability"] for t in tags}["espresso"] == pytest.approx(0.8)
+
+
+def test_the_harness_weighs_object_labels_like_the_product():
+    from gallery.search_quality import PhotoDescription, evaluate_design
+
+    descriptions = {
+        "a.jpg": PhotoDescription("a man sits at a table", [], [], [("laptop", 0.9), ("computer", 0.9)]),
+        "b.jpg": PhotoDescription("a man sits at a table", [], [], [("cup", 0.8)]),
+    }
+    references = {n: ["a man at a table", "a man sits"] for n in descriptions}
+    words = [("laptop", {"a.jpg"})]
+    without = evaluate_design(descriptions, references, SearchWeights(), words=words)
+    with_labels = evaluate_design(descriptions, references, SearchWeights(objects=1.0, object_min_probability=0.1), words=words)
+    assert without["word"]["mAP"] == 0.0 and with_labels["word"]["mAP"] == 100.0
