@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .files import find_package_file, load_keras_weights, save_keras_weights, sha256_file
+from .files import find_package_file, load_keras_weights, check_conversion_paths, save_converted_weights
 from .images import open_upright_rgb
 from .torchfile import read_legacy_tensors
 
@@ -174,14 +174,8 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     weight count). Raises ValueError if the source is not the pinned file or does not fit the graph.
     """
     source_path, dest_path = Path(source_path), Path(dest_path)
-    if not dest_path.name.endswith(".weights.h5"):
-        raise ValueError(f"{dest_path}: the destination must end with .weights.h5")
-    source_sha256 = sha256_file(source_path)
-    if source_sha256 != SOURCE_SHA256:
-        raise ValueError(
-            f"{source_path} has SHA-256 {source_sha256}, expected {SOURCE_SHA256} "
-            f"(the weights of {SOURCE_PACKAGE}); refusing to convert an unknown file"
-        )
+    source_sha256 = check_conversion_paths(source_path, dest_path, expected_sha256=SOURCE_SHA256,
+                                           what=f"the weights of {SOURCE_PACKAGE}")
     tensors = read_legacy_tensors(source_path)
     model = build_classifier()
     used = {n for n in tensors if n.endswith(".num_batches_tracked")}  # training counters
@@ -201,16 +195,8 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     unused = sorted(set(tensors) - used)
     if unused:
         raise ValueError(f"{source_path}: tensors with no Keras layer: {unused[:5]}")
-    save_keras_weights(model, dest_path, architecture=ARCHITECTURE, source_sha256=source_sha256)
-    return {
-        "source_package": SOURCE_PACKAGE,
-        "source_path": str(source_path),
-        "source_sha256": source_sha256,
-        "path": str(dest_path),
-        "sha256": sha256_file(dest_path),
-        "architecture": ARCHITECTURE,
-        "weight_count": int(model.count_params()),
-    }
+    return save_converted_weights(model, source_path, dest_path, package=SOURCE_PACKAGE, architecture=ARCHITECTURE,
+                                  source_sha256=source_sha256)
 
 
 def load_classifier(weights_path: str | os.PathLike, expected_sha256: str | None = None) -> Any:

@@ -80,8 +80,25 @@ _ATTR_ARCHITECTURE = "imagesearch_architecture"
 _ATTR_SOURCE_SHA256 = "imagesearch_source_sha256"
 
 
-def save_keras_weights(model, dest_path: str | os.PathLike, *, architecture: str, source_sha256: str) -> None:
-    """Write a Keras ``.weights.h5`` atomically, stamped with the architecture and the source it came from."""
+def check_conversion_paths(source_path: Path, dest_path: Path, *, expected_sha256: str, what: str) -> str:
+    """The SHA-256 of a source weights file, which must be the pinned one; the destination a ``.weights.h5``.
+
+    Raises ValueError (nothing is written): a Keras graph is only right for the exact file it was written for.
+    """
+    if not dest_path.name.endswith(".weights.h5"):
+        raise ValueError(f"{dest_path}: the destination must end with .weights.h5")
+    actual = sha256_file(source_path)
+    if actual != expected_sha256:
+        raise ValueError(
+            f"{source_path} has SHA-256 {actual}, expected {expected_sha256} ({what}); refusing to convert an unknown file"
+        )
+    return actual
+
+
+def save_converted_weights(model, source_path: Path, dest_path: Path, *, package: str, architecture: str,
+                           source_sha256: str) -> dict:
+    """Write a converted Keras ``.weights.h5`` atomically, stamped with its architecture and source;
+    returns the conversion record (source, destination and both SHA-256s, weight count)."""
     import h5py
 
     # Keras insists on the .weights.h5 suffix, h5py adds the attributes in place.
@@ -90,6 +107,15 @@ def save_keras_weights(model, dest_path: str | os.PathLike, *, architecture: str
         with h5py.File(tmp, "r+") as h5:
             h5.attrs[_ATTR_ARCHITECTURE] = architecture
             h5.attrs[_ATTR_SOURCE_SHA256] = source_sha256
+    return {
+        "source_package": package,
+        "source_path": str(source_path),
+        "source_sha256": source_sha256,
+        "path": str(dest_path),
+        "sha256": sha256_file(dest_path),
+        "architecture": architecture,
+        "weight_count": int(model.count_params()),
+    }
 
 
 def load_keras_weights(build: Callable, path: str | os.PathLike, *, label: str, architecture: str,
