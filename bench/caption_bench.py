@@ -8,7 +8,10 @@ extracted eagerly, then a per-step Python loop calling the decoder eagerly, gree
 * ``bulk_images_per_s``: Flickr8k photos captioned from their files in batches (after one warm-up
   batch, as in a long-running worker), plus where the
   time goes (image decoding, InceptionV3, search) so a miss of the target can be explained;
-* ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``).
+* ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``);
+* ``objects``: the same bulk captioning with and without the EfficientNet-Lite0 object labels,
+  alternated twice in this process (``--no-objects`` skips it): images/s, CPU-s/image and the
+  throughput lost to the labels.
 
 Uses the bundled model (``captioning/models/current``) when present, else a randomly initialised
 model of the real size (vocabulary built from the Flickr8k training captions); a random model
@@ -139,6 +142,34 @@ def bulk_breakdown(captioner: ImageCaptioner, paths, batch: int) -> dict:
     return {k: round(v / len(paths), 4) for k, v in spent.items()}
 
 
+def compare_object_labels(captioner: ImageCaptioner, paths, feature_dir) -> dict:
+    """Bulk captioning of ``paths`` without and with the object classifier, alternated twice (A B A B)."""
+    classifier = feature_store.load_classifier(feature_dir)
+    captioner.object_classifier = classifier
+    captioner.describe_sources(paths[: captioner.batch_size])  # trace the classifier's graph
+    spent = {False: [0.0, 0.0], True: [0.0, 0.0]}
+    labelled = 0
+    for with_labels in (False, True, False, True):
+        captioner.object_classifier = classifier if with_labels else None
+        cpu_start, start = time.process_time(), time.perf_counter()
+        described = captioner.describe_sources(paths)
+        spent[with_labels][0] += time.perf_counter() - start
+        spent[with_labels][1] += time.process_time() - cpu_start
+        labelled += with_labels * sum(bool(d.objects) for d in described)
+    captioner.object_classifier = None
+    count = 2 * len(paths)
+    without, with_ = count / spent[False][0], count / spent[True][0]
+    return {
+        "without_images_per_s": round(without, 2),
+        "with_images_per_s": round(with_, 2),
+        "throughput_lost_pct": round(100 * (1 - with_ / without), 1),
+        "without_cpu_s_per_image": round(spent[False][1] / count, 4),
+        "with_cpu_s_per_image": round(spent[True][1] / count, 4),
+        "cpu_added_pct": round(100 * (spent[True][1] / spent[False][1] - 1), 1),
+        "photos_with_labels_pct": round(100 * labelled / count, 1),
+    }
+
+
 def make_test_jpeg(path: Path) -> Path:
     """A 640x480 JPEG (a Flickr8k dev photo resized), as a typical upload."""
     from PIL import Image
@@ -159,6 +190,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--model-dir", default=str(BUNDLED), help="model directory (default: the bundled model)")
     parser.add_argument("--random-model", action="store_true", help="a random model of the real size instead")
+    parser.add_argument("--no-objects", action="store_true", help="skip the with/without object labels comparison")
     args = parser.parse_args(argv)
 
     rss = PeakRss()
@@ -179,6 +211,7 @@ def main(argv=None) -> dict:
         bulk_s, bulk_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         breakdown = bulk_breakdown(captioner, paths, args.batch)
         captioning_peak_mb = rss.peak_mb()
+        objects = None if args.no_objects else compare_object_labels(captioner, paths, args.feature_dir)
 
         # The baseline last, so that the captioning figures above are of a captioning-only process.
         tutorial_evaluate(captioner, jpeg)
@@ -205,6 +238,8 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
+    if objects:
+        report["objects"] = objects
     if args.json:
         print(json.dumps(report))
     else:

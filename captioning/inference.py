@@ -29,8 +29,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
-from .files import ModelFileError
+from .efficientnet import classify_inception_inputs
+from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
+from .objects import WORDS_PATH, ObjectWords, default_words
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -81,11 +83,13 @@ class Description:
 
     ``concepts``: the words people would likely use for the photo with calibrated probabilities,
     most probable first (at most CONCEPTS_KEPT, none below CONCEPT_FLOOR); empty for a model
-    without a concept head.
+    without a concept head. ``objects``: the ImageNet object labels with their probabilities, most
+    probable first (captioning.objects); empty when the captioner runs without the classifier.
     """
 
     caption: CaptionResult
     concepts: list[tuple[str, float]] = field(default_factory=list)
+    objects: list[tuple[str, float]] = field(default_factory=list)
 
 
 # Concept words kept per photo: enough for any indexing setting tuned with evaluate_search.
@@ -281,6 +285,20 @@ def decode_features(
 
 
 # ------------------------------------------------------------------------------------ serving
+def _check_object_labels(model_path, recorded: dict, feature_dir) -> None:
+    """The classifier and words table a model's search weights were tuned with must be the installed ones."""
+    installed = {
+        "weights_sha256": (feature_store.read_classifier_meta(feature_dir) or {}).get("sha256"),
+        "words_sha256": sha256_file(WORDS_PATH),
+    }
+    for key, actual in installed.items():
+        if recorded.get(key) and recorded[key] != actual:
+            raise ModelMismatchError(
+                f"the model in {model_path} was tuned with object labels of {key} {recorded[key]}, but the "
+                f"installed ones have {actual}; re-run `python manage.py prepare_models` or install the matching model"
+            )
+
+
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -301,6 +319,8 @@ class ImageCaptioner:
         length_alpha: float = 1.0,
         concepts=None,
         meta: dict | None = None,
+        object_classifier=None,
+        object_words: ObjectWords | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
             raise ModelMismatchError(
@@ -315,15 +335,28 @@ class ImageCaptioner:
         self.length_alpha = float(length_alpha)
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
         self.meta = meta or {}
+        # The EfficientNet-Lite0 ImageNet classifier (captioning.efficientnet) or None: no object labels.
+        self.object_classifier = object_classifier
+        self.object_words = object_words or (default_words() if object_classifier is not None else None)
 
     @classmethod
     def from_dirs(
-        cls, model_dir, feature_dir, *, beam_width: int | None = None, length_alpha: float | None = None, batch_size: int = 16
+        cls,
+        model_dir,
+        feature_dir,
+        *,
+        beam_width: int | None = None,
+        length_alpha: float | None = None,
+        batch_size: int = 16,
+        object_labels: bool = False,
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
         ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
+
+        ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
+        by ``prepare_models``, so that each description carries object labels.
 
         Raises :class:`ModelMismatchError` when the checksums recorded in the model's meta.json differ
         from the installed feature weights (features of another network are meaningless to the
@@ -352,6 +385,10 @@ class ImageCaptioner:
                     f"`python manage.py prepare_models`"
                 )
         tuned = loaded.meta.get("decoding") or {}
+        object_classifier = None
+        if object_labels:
+            object_classifier = feature_store.load_classifier(feature_dir)  # verified against its record
+            _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -362,37 +399,61 @@ class ImageCaptioner:
             batch_size=batch_size,
             concepts=loaded.concepts,
             meta=loaded.meta,
+            object_classifier=object_classifier,
         )
 
-    def describe_features(self, features, *, beam_width: int | None = None) -> list[Description]:
-        """Describe precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
+    def describe_features(
+        self, features, *, beam_width: int | None = None, class_probabilities=None
+    ) -> list[Description]:
+        """Describe precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``.
+
+        ``class_probabilities``: the ImageNet classifier's (n, 1000) output for the same photos
+        (:meth:`classify_arrays`, or a cache of it), which become the object labels.
+        """
         width = self.beam_width if beam_width is None else int(beam_width)
         results: list[Description] = []
-        for chunk in _batches(features, self.batch_size):
+        for start in range(0, len(features), self.batch_size):
+            chunk = features[start : start + self.batch_size]
             captions = decode_features(
                 self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
             )
-            if self.concepts is None:
-                results += [Description(caption) for caption in captions]
-            else:
-                ranked = self.concepts.ranked(
+            concepts = [[] for _ in captions]
+            if self.concepts is not None:
+                concepts = self.concepts.ranked(
                     self.concepts.probabilities(chunk), min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT
                 )
-                results += [Description(caption, words) for caption, words in zip(captions, ranked)]
+            objects = [[] for _ in captions]
+            if class_probabilities is not None:
+                words = self.object_words or default_words()
+                objects = words.ranked(np.asarray(class_probabilities[start : start + self.batch_size]))
+            results += [Description(c, w, o) for c, w, o in zip(captions, concepts, objects)]
         return results
+
+    def classify_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+        """The ImageNet class probabilities (n, 1000) of preprocessed images; None without the classifier."""
+        if self.object_classifier is None:
+            return None
+        return np.concatenate(
+            [classify_inception_inputs(self.object_classifier, np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
+        )
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:
         """Caption precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
         return [d.caption for d in self.describe_features(features, beam_width=beam_width)]
 
     def describe_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[Description]:
-        """Describe preprocessed images ((299, 299, 3) arrays from ``preprocess_image``)."""
+        """Describe preprocessed images ((299, 299, 3) arrays from ``preprocess_image``).
+
+        With the object classifier, the same batch of arrays also goes through it (the photo is
+        decoded once for both networks).
+        """
         results: list[Description] = []
         for chunk in _batches(list(arrays), self.batch_size):
             features = np.concatenate(
                 [extract_features(self.feature_model, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
             )
-            results += self.describe_features(features, beam_width=beam_width)
+            probabilities = self.classify_arrays(chunk)
+            results += self.describe_features(features, beam_width=beam_width, class_probabilities=probabilities)
         return results
 
     def caption_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[CaptionResult]:

@@ -40,6 +40,7 @@ def get_captioner():
                         beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
                         length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
                         batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
+                        object_labels=settings.IMAGESEARCH_OBJECT_LABELS,
                     )
     return _captioner
 

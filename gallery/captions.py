@@ -25,9 +25,13 @@ def search_weights() -> SearchWeights:
 def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list:
     """The weighted fields of a photo's description: its active caption, the beam's alternatives
     (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
-    tags = image.tags.filter(removed=False).values_list("word", "probability")
+    tags = {kind: [] for kind in Tag.Kind.values}
+    for kind, word, probability in image.tags.filter(removed=False).values_list("kind", "word", "probability"):
+        tags[kind].append((word, probability))
     alternatives = caption.alternatives if caption.source == Caption.Source.MODEL else ()
-    return document_fields(caption.text, alternatives=alternatives, concepts=list(tags), weights=weights)
+    return document_fields(
+        caption.text, alternatives=alternatives, concepts=tags[Tag.Kind.CONCEPT], objects=tags[Tag.Kind.OBJECT], weights=weights
+    )
 
 
 def sync_index(image: Image) -> None:
@@ -39,15 +43,16 @@ def sync_index(image: Image) -> None:
         search_index.index_document(image.pk, image_fields(image, caption, search_weights()))
 
 
-def _replace_model_tags(image: Image, concepts, model_version: str) -> None:
-    """The image's concept tags become this model version's; words a curator removed stay removed."""
-    removed = set(image.tags.filter(removed=True).values_list("word", flat=True))
-    image.tags.filter(kind=Tag.Kind.CONCEPT, removed=False).delete()
+def _replace_model_tags(image: Image, tags_by_kind: dict, model_version: str) -> None:
+    """The image's tags of each kind become this model version's; words a curator removed stay removed."""
+    removed = set(image.tags.filter(removed=True).values_list("kind", "word"))
+    image.tags.filter(kind__in=list(tags_by_kind), removed=False).delete()
     Tag.objects.bulk_create(
         [
-            Tag(image=image, kind=Tag.Kind.CONCEPT, word=word[:64], probability=float(p), model_version=model_version)
-            for word, p in concepts
-            if word[:64] not in removed
+            Tag(image=image, kind=kind, word=word[:64], probability=float(p), model_version=model_version)
+            for kind, words in tags_by_kind.items()
+            for word, p in words
+            if (kind, word[:64]) not in removed
         ],
         ignore_conflicts=True,
     )
@@ -62,9 +67,9 @@ def _activate(image: Image, caption: Caption) -> None:
 
 @transaction.atomic
 def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=()
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=()
 ) -> Caption:
-    """Store a model's description (caption, alternatives, concept tags) and mark the image done.
+    """Store a model's description (caption, alternatives, concept and object tags) and mark the image done.
 
     Idempotent per (image, model version): a second call with the same version changes nothing.
     """
@@ -82,7 +87,7 @@ def add_model_caption(
                     attention=attention,
                     alternatives=[[t, s] for t, s in alternatives],
                 )
-            _replace_model_tags(image, concepts, model_version)
+            _replace_model_tags(image, {Tag.Kind.CONCEPT: concepts, Tag.Kind.OBJECT: objects}, model_version)
         except IntegrityError:
             caption = image.captions.get(source=Caption.Source.MODEL, model_version=model_version)
     active = image.captions.filter(is_active=True).first()

@@ -2,8 +2,8 @@
 
 A photo is described by several sources, each with a confidence: the caption people read (a
 person's caption when there is one), the other distinct captions of the model's beam search, and
-tag words (visual concept words now; object labels can join as another kind) with calibrated
-probabilities. Each source enters the index as fields with its own weight; a tag's weight is
+tag words of two kinds (the captioner's visual concept words, the ImageNet classifier's object
+labels) with their probabilities. Each source enters the index as fields with its own weight; a tag's weight is
 its probability times the weight of its kind. The weights are tuned on the dev split with
 ``manage.py evaluate_search`` and recorded with the model (meta.json ``search``), so the same
 numbers describe stored photos, query photos and the harness's photos.
@@ -23,6 +23,10 @@ class SearchWeights:
     concept_min_probability: float = 0.05  # concept words below this are not indexed
     concept_top_k: int = 30  # at most this many concept words per photo
     tag_min_probability: float = 0.5  # concept words shown as tags on the pages
+    objects: float = 0.0  # an object label's weight = this x its probability
+    object_min_probability: float = 0.2  # object labels below this are not indexed
+    object_top_k: int = 10  # at most this many object labels per photo
+    object_tag_min_probability: float = 0.3  # object labels shown as tags on the pages
     weak_match_below: float = 0.0  # results scoring below this are listed after "weaker matches"
 
     @classmethod
@@ -41,12 +45,13 @@ def document_fields(
     *,
     alternatives=(),
     concepts=(),
+    objects=(),
     weights: SearchWeights,
 ) -> list[Field]:
     """The weighted fields of a photo's description.
 
     caption: the text people read; alternatives: [(text, score), ...] of the model's beam, best
-    first; concepts: [(word, probability), ...], most probable first.
+    first; concepts and objects: [(word, probability), ...], most probable first.
     """
     out = [Field(caption, weights.caption)] if caption else []
     if weights.alternatives > 0:
@@ -54,4 +59,7 @@ def document_fields(
     if weights.concepts > 0:
         kept = [(w, p) for w, p in concepts if p >= weights.concept_min_probability][: weights.concept_top_k]
         out += [Field(word, weights.concepts * probability) for word, probability in kept]
+    if weights.objects > 0:
+        kept = [(w, p) for w, p in objects if p >= weights.object_min_probability][: weights.object_top_k]
+        out += [Field(word, weights.objects * probability) for word, probability in kept]
     return out

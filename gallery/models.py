@@ -90,18 +90,22 @@ class Caption(models.Model):
 class Tag(models.Model):
     """A word describing a photo, with the model's calibrated probability; searchable and shown.
 
-    Tags of one kind come from one source (concept words of the captioner; object labels can
-    join as another kind). A new model version replaces the image's model tags; a tag a curator
+    Tags of one kind come from one source: the captioner's concept words, or the object labels of
+    the ImageNet classifier (captioning.objects), shown apart on the pages. A new model version replaces the image's model tags; a tag a curator
     removed stays removed (kept with ``removed=True``) so that re-captioning does not bring it back.
     """
 
     class Kind(models.TextChoices):
         CONCEPT = "concept", "Concept word"
+        OBJECT = "object", "Object label"
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="tags")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CONCEPT)
     word = models.CharField(max_length=64)
-    probability = models.FloatField(help_text="Calibrated probability that people would use this word for the photo.")
+    probability = models.FloatField(
+        help_text="Concept word: calibrated probability that people would use it for the photo; "
+        "object label: the classifier's probability of the classes it names."
+    )
     model_version = models.CharField(max_length=64)
     removed = models.BooleanField(default=False, help_text="Removed by a curator: not indexed, not shown.")
 

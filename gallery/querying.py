@@ -26,22 +26,30 @@ class QueryCaption:
     model_version: str
     alternatives: list = field(default_factory=list)  # [[text, score], ...]
     concepts: list = field(default_factory=list)  # [[word, probability], ...]
+    objects: list = field(default_factory=list)  # [[label, probability], ...]
 
     @classmethod
     def from_answer(cls, answer: dict) -> "QueryCaption":
         return cls(
             answer["caption"], answer["score"], answer["model_version"],
-            answer.get("alternatives", []), answer.get("concepts", []),
+            answer.get("alternatives", []), answer.get("concepts", []), answer.get("objects", []),
         )
 
     def fields(self) -> list:
         """The weighted fields this photo would be indexed with: the query that finds photos like it."""
-        return document_fields(self.caption, alternatives=self.alternatives, concepts=self.concepts, weights=search_weights())
+        return document_fields(
+            self.caption, alternatives=self.alternatives, concepts=self.concepts, objects=self.objects, weights=search_weights()
+        )
 
     def tags(self) -> list[str]:
         """The concept words confident enough to show."""
         floor = search_weights().tag_min_probability
         return [word for word, probability in self.concepts if probability >= floor]
+
+    def object_tags(self) -> list[str]:
+        """The object labels confident enough to show."""
+        floor = search_weights().object_tag_min_probability
+        return [word for word, probability in self.objects if probability >= floor]
 
 
 def describe_query_photo(data: bytes) -> QueryCaption:

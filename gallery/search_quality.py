@@ -1,6 +1,7 @@
 """The search-quality harness: how often search finds the right photos, on a split of Flickr8k.
 
-The photos of a split are described by the captioner (from the feature cache), indexed in a
+The photos of a split are described by the captioner (from the feature cache, and the object
+labels from the cache of the ImageNet classifier's outputs when there is one), indexed in a
 scratch in-memory index (searchindex.index.MemoryIndex: the product's own ranking, no database),
 and searched with:
 
@@ -44,17 +45,19 @@ class PhotoDescription:
     caption: str
     alternatives: list
     concepts: list
+    objects: list
 
 
-def describe_cached(captioner, names, cache_dir, *, progress=None) -> dict[str, PhotoDescription]:
-    """Describe photos from their cached InceptionV3 features."""
+def describe_cached(captioner, names, cache_dir, *, class_dir=None, progress=None) -> dict[str, PhotoDescription]:
+    """Describe photos from their cached InceptionV3 features (and cached class probabilities, if ``class_dir``)."""
     out = {}
     step = captioner.batch_size * 4
     for start in range(0, len(names), step):
         chunk = names[start : start + step]
         feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
-        for name, d in zip(chunk, captioner.describe_features(feats)):
-            out[name] = PhotoDescription(d.caption.text, d.caption.alternatives, d.concepts)
+        classes = feature_store.load_class_probabilities(class_dir, chunk) if class_dir else None
+        for name, d in zip(chunk, captioner.describe_features(feats, class_probabilities=classes)):
+            out[name] = PhotoDescription(d.caption.text, d.caption.alternatives, d.concepts, d.objects)
         if progress:
             progress(len(chunk))
     return out
@@ -73,12 +76,14 @@ def resaved_copy(path) -> bytes:
     return buffer.getvalue()
 
 
-def cache_resaved_features(names, images_dir, cache_dir, *, feature_dir, progress=True) -> None:
-    """Featurise the re-saved copies once (they take an InceptionV3 pass each)."""
-    feature_store.cache_features(
-        [(n, resaved_copy(Path(images_dir) / n)) for n in names if not feature_store.cache_path(cache_dir, n).is_file()],
-        cache_dir, feature_dir=feature_dir, progress=progress,
-    )
+def cache_resaved_features(names, images_dir, cache_dir, *, feature_dir, class_dir=None, progress=True) -> None:
+    """Featurise the re-saved copies once (they take an InceptionV3 pass each; and a classifier pass with ``class_dir``)."""
+    missing = [n for n in names if not feature_store.cache_path(cache_dir, n).is_file()
+               or (class_dir and not feature_store.cache_path(class_dir, n).is_file())]
+    copies = [(n, resaved_copy(Path(images_dir) / n)) for n in missing]
+    feature_store.cache_features(copies, cache_dir, feature_dir=feature_dir, progress=progress)
+    if class_dir:
+        feature_store.cache_class_probabilities(copies, class_dir, feature_dir=feature_dir, progress=progress)
 
 
 def word_queries(references: dict[str, list[str]], count: int = WORD_QUERIES) -> list[tuple[str, set[str]]]:
@@ -172,7 +177,7 @@ def evaluate_design(
     ids = dict(enumerate(names, start=1))
     index = MemoryIndex(
         (i, document_fields(descriptions[n].caption, alternatives=descriptions[n].alternatives,
-                            concepts=descriptions[n].concepts, weights=weights))
+                            concepts=descriptions[n].concepts, objects=descriptions[n].objects, weights=weights))
         for i, n in ids.items()
     )
     scored: list = []
@@ -183,7 +188,8 @@ def evaluate_design(
     }
     if resaved:
         queries = [
-            document_fields(resaved[n].caption, alternatives=resaved[n].alternatives, concepts=resaved[n].concepts, weights=weights)
+            document_fields(resaved[n].caption, alternatives=resaved[n].alternatives, concepts=resaved[n].concepts,
+                            objects=resaved[n].objects, weights=weights)
             for n in names
         ]
         copies = target_metrics(index, queries, names, ids)

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, render
 from .captions import image_fields, search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
 from .ingest import RejectedUpload
-from .models import Image
+from .models import Image, Tag
 from .querying import CaptioningBusy, describe_query_photo, query_photo_preview, search_images, split_by_relevance
 
 MORE_LIKE_THIS = 8
@@ -52,8 +52,11 @@ def image_detail(request, pk):
     if caption is not None:
         fields = image_fields(image, caption, weights)
         similar = search_images(fields, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
-    tags = image.tags.filter(removed=False, probability__gte=weights.tag_min_probability)
-    return render(request, "gallery/detail.html", {"image": image, "caption": caption, "similar": similar, "tags": tags})
+    shown = image.tags.filter(removed=False)
+    tags = shown.filter(kind=Tag.Kind.CONCEPT, probability__gte=weights.tag_min_probability)
+    objects = shown.filter(kind=Tag.Kind.OBJECT, probability__gte=weights.object_tag_min_probability)
+    context = {"image": image, "caption": caption, "similar": similar, "tags": tags, "objects": objects}
+    return render(request, "gallery/detail.html", context)
 
 
 @public_or_login

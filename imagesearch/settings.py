@@ -146,6 +146,8 @@ IMAGESEARCH_INDEX_DIR = Path(env.str("IMAGESEARCH_INDEX_DIR", default=str(DATA_D
 IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
 IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
+# Object labels from the EfficientNet-Lite0 ImageNet classifier (converted by prepare_models).
+IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
 

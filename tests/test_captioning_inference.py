@@ -190,6 +190,40 @@ def test_from_dirs_without_feature_weights_says_how_to_make_them(model_and_featu
         ImageCaptioner.from_dirs(model_and_feature_dirs[0], tmp_path / "empty")
 
 
+def tiny_object_classifier(favourite: int = 504):
+    """Stands in for EfficientNet-Lite0: (224, 224, 3) -> 1,000 logits, sure of one class (504, coffee mug)."""
+    import keras
+
+    inputs = keras.Input((224, 224, 3))
+    dense = keras.layers.Dense(1000)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    bias = np.zeros(1000, np.float32)
+    bias[favourite] = 12.0
+    dense.set_weights([np.zeros((3, 1000), np.float32), bias])
+    return model
+
+
+def test_object_labels_come_from_the_same_batch_of_decoded_photos(tiny_model, tokenizer, image_captioner, photo):
+    labelled = ImageCaptioner(tiny_model, tokenizer, tiny_feature_model(), beam_width=3, batch_size=3,
+                              object_classifier=tiny_object_classifier())
+    sources = [photo(i) for i in range(4)]
+    described = labelled.describe_sources(sources)
+    plain = image_captioner.describe_sources(sources)
+    assert [d.caption.text for d in described] == [d.caption.text for d in plain]
+    assert all(d.objects == [] for d in plain)  # no classifier, no labels
+    for d in described:
+        labels = dict(d.objects)
+        assert set(list(labels)[:3]) == {"coffee mug", "cup", "mug"} and labels["coffee mug"] > 0.99
+
+
+def test_from_dirs_with_object_labels_needs_the_converted_classifier(model_and_feature_dirs):
+    from captioning.files import ModelFileError
+
+    with pytest.raises(ModelFileError, match="EfficientNet-Lite0.*prepare_models"):
+        ImageCaptioner.from_dirs(*model_and_feature_dirs, object_labels=True)
+    assert ImageCaptioner.from_dirs(*model_and_feature_dirs).object_classifier is None
+
+
 # ---------------------------------------------------------------------------- the command
 @pytest.fixture
 def installed_captioner(monkeypatch, image_captioner):
@@ -398,3 +432,21 @@ def test_train_captioner_refuses_a_broken_model_to_start_from(tiny_dataset, tmp_
             "train_captioner", "--captions", str(tiny_dataset / "captions.txt"), "--images", str(tiny_dataset / "images"),
             "--init-from", str(tmp_path / "broken"), "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
         )
+
+
+def test_from_dirs_refuses_object_labels_other_than_the_model_was_tuned_with(model_and_feature_dirs, monkeypatch):
+    from captioning import features as feature_store
+    from captioning.inference import ModelMismatchError
+    from captioning.storage import update_meta
+
+    model_dir, feature_dir = model_and_feature_dirs
+    (feature_dir / feature_store.CLASSIFIER_META_NAME).write_text(json.dumps({"sha256": "ef" * 32}))
+    monkeypatch.setattr(feature_store, "load_classifier", lambda directory: tiny_object_classifier())
+    update_meta(model_dir, objects={"weights_sha256": "ef" * 32})
+    assert ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True).object_classifier is not None
+    update_meta(model_dir, objects={"weights_sha256": "01" * 32})
+    with pytest.raises(ModelMismatchError, match="object labels of weights_sha256 0101"):
+        ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True)
+    update_meta(model_dir, objects={"weights_sha256": "ef" * 32, "words_sha256": "02" * 32})
+    with pytest.raises(ModelMismatchError, match="words_sha256"):
+        ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True)

