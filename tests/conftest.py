@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
@@ -47,6 +48,12 @@ def png_declaring(width: int, height: int) -> bytes:
 @pytest.fixture
 def photo():
     return make_photo
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Rate-limit counters (in the cache) start at zero in each test."""
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +125,7 @@ def fake_captioner(monkeypatch):
 @pytest.fixture
 def no_queue(monkeypatch):
     """Stored images stay pending: for tests that place captions themselves."""
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
 
 
 def captioned(photo, seed, text, **kwargs):

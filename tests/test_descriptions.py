@@ -91,7 +91,7 @@ def weighted(monkeypatch):
     weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, tag_min_probability=0.5)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
     return weights
 
 
@@ -132,7 +132,7 @@ def test_results_below_the_calibrated_relevance_come_after_a_weaker_matches_divi
     weights = SearchWeights(weak_match_below=0.5)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.querying.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
     strong = ingest_bytes(photo(3), "a.jpg").image
     weak = ingest_bytes(photo(4), "b.jpg").image
     add_model_caption(strong, "a dog", model_version="m1")

@@ -2,7 +2,7 @@
 from django import template
 from django.utils.html import format_html, format_html_join
 
-from searchindex.analysis import highlight_terms
+from searchindex.index import highlight_terms
 
 register = template.Library()
 
