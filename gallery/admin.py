@@ -122,6 +122,9 @@ class ImageAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
 
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []  # a photo being added has no caption history
+
     def save_form(self, request, form, change):
         """On add, the image is the upload's (new, or the one already stored with these bytes)."""
         if change:
@@ -134,7 +137,7 @@ class ImageAdmin(admin.ModelAdmin):
         return outcome.image
 
     def save_related(self, request, form, formsets, change):
-        if change:
+        if change:  # an added photo has no related rows of the form to save
             super().save_related(request, form, formsets, change)
 
     def save_model(self, request, obj, form, change):
