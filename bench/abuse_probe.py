@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,15 +86,16 @@ def start_server(root: Path, port: int, data_dir: str, extra_env: dict) -> subpr
     server = subprocess.Popen(
         [python, "-m", "gunicorn", "imagesearch.wsgi", "--bind", f"{HOST}:{port}", "--workers", "1",
          "--worker-class", "gthread", "--threads", "24", "--timeout", "600"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(data_dir) / "server.log", "wb"),
     )
-    for _ in range(600):
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
         try:
-            requests.get(f"http://{HOST}:{port}/", timeout=2)
+            requests.get(f"http://{HOST}:{port}/", timeout=60)
             return server
-        except requests.ConnectionError:
+        except requests.RequestException:
             if server.poll() is not None:
-                raise SystemExit("the server did not start")
+                raise SystemExit("the server did not start:\n" + (Path(data_dir) / "server.log").read_text()[-3000:])
             time.sleep(0.5)
     server.kill()
     raise SystemExit("the server did not answer within 5 minutes")
@@ -109,10 +111,14 @@ def at_once(count: int, send) -> tuple[Counter, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout to serve (default: this one)")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
     parser.add_argument("--concurrent", type=int, default=6, help="49 MP query photos sent at once")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting")
     args = parser.parse_args()
+    if not args.port:
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            args.port = probe.getsockname()[1]
     base = f"http://{HOST}:{args.port}"
     extra = dict(item.split("=", 1) for item in args.env)
     photo, small = big_jpeg(), small_jpeg()
