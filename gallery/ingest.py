@@ -167,7 +167,6 @@ def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult
     return IngestResult(image, created=True)
 
 
-
 @dataclass(frozen=True)
 class UploadOutcome:
     """What became of one uploaded file: the image (new or already stored), or the reason it was refused."""

@@ -23,11 +23,12 @@ from .models import Image
 CACHE_SECONDS = 300
 
 
-def image_of(name: str) -> Image | None:
-    """The image whose photo or thumbnail is stored under this name (only names in the database are ever sent)."""
+def visible_image_of(name: str, user) -> Image | None:
+    """The image whose photo or thumbnail is stored under this name, if this person may see it
+    (only names in the database are ever sent)."""
     if not name:
         return None
-    return Image.objects.filter(Q(file=name) | Q(thumbnail=name)).first()
+    return Image.objects.visible_to(user).filter(Q(file=name) | Q(thumbnail=name)).first()
 
 
 def send(request, name: str, *, shared: bool):

@@ -117,9 +117,9 @@ def media(request, path):
     """An uploaded photo or thumbnail, for those who may see its image (404 for anyone else, as
     for a file that does not exist); the bytes come from MEDIA_ROOT or from the front server
     (IMAGESEARCH_MEDIA_ACCEL)."""
-    image = media_files.image_of(path)
     allowed = settings.IMAGESEARCH_PUBLIC or request.user.is_authenticated
-    if image is None or not allowed or not Image.objects.visible_to(request.user).filter(pk=image.pk).exists():
+    image = media_files.visible_image_of(path, request.user) if allowed else None
+    if image is None:
         return render(request, "404.html", status=404)
     return media_files.send(request, path, shared=settings.IMAGESEARCH_PUBLIC and not image.hidden)
 
