@@ -212,12 +212,10 @@ REST_FRAMEWORK = {
     # Proxies in front whose X-Forwarded-For is trusted for the client address of rate limits.
     "NUM_PROXIES": env.int("IMAGESEARCH_PROXY_COUNT", default=None),
 }
-# API tokens: stored hashed (SHA-512), shown once, sent as "Authorization: Bearer <token>".
-REST_KNOX = {
-    "AUTH_HEADER_PREFIX": "Bearer",
-    "TOKEN_PREFIX": "imgs_",
-    "TOKEN_TTL": None if not env.int("IMAGESEARCH_API_TOKEN_DAYS", default=0) else timedelta(days=env.int("IMAGESEARCH_API_TOKEN_DAYS")),
-}
+# API tokens: stored hashed (SHA-512), shown once, sent as "Authorization: Bearer <token>";
+# they last IMAGESEARCH_API_TOKEN_DAYS days (0: until revoked).
+_token_days = env.int("IMAGESEARCH_API_TOKEN_DAYS", default=0)
+REST_KNOX = {"AUTH_HEADER_PREFIX": "Bearer", "TOKEN_PREFIX": "imgs_", "TOKEN_TTL": timedelta(days=_token_days) if _token_days else None}
 SPECTACULAR_SETTINGS = {
     "TITLE": "imagesearch API",
     "DESCRIPTION": "Search photos by words or by a photo, list, show and upload them (docs/api.md).",
