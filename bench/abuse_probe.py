@@ -3,8 +3,8 @@
 Starts its own server on 127.0.0.1 only (gunicorn, one process with threads, tasks in-process:
 the embedded mode of `make run`, on a fresh SQLite data directory), then, with bounded loops:
 
-1. memory: CONCURRENT anonymous searches by image at once, each a 49-megapixel JPEG (just
-   under the pixel limit), while the server's resident memory is sampled;
+1. memory: CONCURRENT anonymous searches by image at once, each a 49-megapixel JPEG (or PNG,
+   `--format`; just under the pixel limit), while the server's resident memory is sampled;
 2. flood: 20 anonymous searches by image at once with a small photo;
 3. login: 10 wrong passwords in a row.
 
@@ -38,12 +38,12 @@ HOST = "127.0.0.1"  # never anything else: this script sends hostile traffic
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def big_jpeg(side: int = 7000) -> bytes:
-    """A side x side JPEG (49 MP for 7000): a smooth picture that compresses to under a megabyte."""
+def big_photo(side: int = 7000, fmt: str = "JPEG") -> bytes:
+    """A side x side photo (49 MP for 7000): a smooth picture that compresses to about a megabyte."""
     x = np.linspace(0, 255, side, dtype=np.float32)
     pixels = np.stack([x[None, :] + 0 * x[:, None], x[:, None] + 0 * x[None, :], np.full((side, side), 96, np.float32)], axis=-1)
     out = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(out, format="JPEG", quality=70)
+    Image.fromarray(pixels.astype(np.uint8)).save(out, format=fmt, **({"quality": 70} if fmt == "JPEG" else {"optimize": True}))
     return out.getvalue()
 
 
@@ -113,6 +113,7 @@ def main():
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout to serve (default: this one)")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     parser.add_argument("--concurrent", type=int, default=6, help="49 MP query photos sent at once")
+    parser.add_argument("--format", default="JPEG", choices=["JPEG", "PNG"], help="of the 49 MP photos")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra server setting")
     args = parser.parse_args()
     if not args.port:
@@ -121,7 +122,7 @@ def main():
             args.port = probe.getsockname()[1]
     base = f"http://{HOST}:{args.port}"
     extra = dict(item.split("=", 1) for item in args.env)
-    photo, small = big_jpeg(), small_jpeg()
+    photo, small = big_photo(fmt=args.format), small_jpeg()
 
     def search_by_image(data):
         def send():
@@ -141,7 +142,7 @@ def main():
             sampler.start()
             print(json.dumps({"root": str(args.root), "env": extra, "warm_up_status": warm, "rss_after_warm_up_mb": round(idle / 2**20)}))
             codes, seconds = at_once(args.concurrent, search_by_image(photo))
-            print(json.dumps({"phase": "memory", "photo_kb": len(photo) // 1024, "concurrent": args.concurrent,
+            print(json.dumps({"phase": "memory", "format": args.format, "photo_kb": len(photo) // 1024, "concurrent": args.concurrent,
                               "statuses": dict(codes), "seconds": round(seconds, 1), "peak_rss_mb": round(sampler.peak / 2**20)}))
             codes, seconds = at_once(20, search_by_image(small))
             print(json.dumps({"phase": "flood", "concurrent": 20, "statuses": dict(codes), "seconds": round(seconds, 1)}))
