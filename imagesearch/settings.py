@@ -210,7 +210,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "gallery.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Proxies in front whose X-Forwarded-For is trusted for the client address of rate limits.
-    "NUM_PROXIES": env.int("IMAGESEARCH_PROXY_COUNT", default=None),
+    "NUM_PROXIES": env.int("IMAGESEARCH_PROXY_COUNT", default=0),
 }
 # API tokens: stored hashed (SHA-512), shown once, sent as "Authorization: Bearer <token>";
 # they last IMAGESEARCH_API_TOKEN_DAYS days (0: until revoked).

@@ -225,6 +225,8 @@ def test_pages_are_rate_limited_like_the_api(client, settings):
     settings.IMAGESEARCH_RATE_LIMITS = {"search": "2/min"}
     assert [client.get("/search/", {"q": "dog"}).status_code for _ in range(3)] == [200, 200, 429]
     assert client.get("/api/search", {"q": "dog"}).status_code == 429  # one counter per client and scope
+    # Without a proxy in front (IMAGESEARCH_PROXY_COUNT=0), a forged X-Forwarded-For is no new client.
+    assert client.get("/api/search", {"q": "dog"}, HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 429
 
 
 def test_pages_carry_a_content_security_policy(client):
