@@ -93,6 +93,7 @@ PRODUCTION = {
     "CSRF_TRUSTED_ORIGINS": "https://photos.example.org",
     "IMAGESEARCH_HTTPS": "true",
     "IMAGESEARCH_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+    "IMAGESEARCH_PROXY_COUNT": "1",
     "IMAGESEARCH_MEDIA_ACCEL": "x-accel-redirect",
 }
 
