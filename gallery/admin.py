@@ -5,6 +5,8 @@ from django.utils.html import format_html
 
 from . import curation
 from .captions import remove_tag, set_human_caption, sync_index
+from .forms import ACCEPT
+from .ingest import RejectedUpload, inspect_upload, read_upload, upload_file
 from .models import Caption, Image, Tag
 
 
@@ -38,9 +40,30 @@ class ImageAdminForm(forms.ModelForm):
         self.fields["caption"].initial = active.text if active else ""
 
 
+class ImageAddForm(forms.ModelForm):
+    """Adding a photo in admin is an upload: a file is required and goes through ingest
+    (validated by content, deduplicated, thumbnailed, captioned), never a bare record."""
+
+    file = forms.FileField(label="Photo", widget=forms.ClearableFileInput(attrs={"accept": ACCEPT}),
+                           help_text="JPEG, PNG, WebP or GIF; the same photo twice is kept once.")
+
+    class Meta:
+        model = Image
+        fields = ["hidden"]
+
+    def clean_file(self):
+        uploaded = self.cleaned_data["file"]
+        try:
+            inspect_upload(read_upload(uploaded))
+        except RejectedUpload as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return uploaded
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     form = ImageAdminForm
+    add_fieldsets = [(None, {"fields": ["file", "hidden"]})]
     list_display = ["thumbnail_tag", "original_name", "caption_text", "status", "hidden", "uploaded_at"]
     list_display_links = ["thumbnail_tag", "original_name"]
     list_filter = ["status", "hidden", "captions__source", "format"]
@@ -91,7 +114,37 @@ class ImageAdmin(admin.ModelAdmin):
         caption = obj.active_caption
         return f"{caption.text} ({caption.source})" if caption else "-"
 
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ImageAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        return self.add_fieldsets if obj is None else super().get_fieldsets(request, obj)
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []  # a photo being added has no caption history
+
+    def save_form(self, request, form, change):
+        """On add, the image is the upload's (new, or the one already stored with these bytes)."""
+        if change:
+            return super().save_form(request, form, change)
+        outcome = upload_file(form.cleaned_data["file"], request.user)
+        if outcome.error:  # checked in clean_file; only a failing disk gets here
+            raise RejectedUpload(outcome.error, outcome.status)
+        if not outcome.created:
+            self.message_user(request, "This photo was already in the gallery.", messages.WARNING)
+        return outcome.image
+
+    def save_related(self, request, form, formsets, change):
+        if change:  # an added photo has no related rows of the form to save
+            super().save_related(request, form, formsets, change)
+
     def save_model(self, request, obj, form, change):
+        if not change:  # stored by save_form; only the flag remains
+            if form.cleaned_data["hidden"] and not obj.hidden:
+                curation.set_hidden([obj], True)
+            return
         super().save_model(request, obj, form, change)
         if "hidden" in form.changed_data:
             sync_index(obj)  # the flag is saved above; only the index follows

@@ -1,89 +1,100 @@
-"""The JSON API (see docs/api.md): search, search by image, list, show and upload images.
+"""The JSON API (docs/api.md; the OpenAPI schema is generated from this module at /api/schema).
 
-Every error is a JSON body {"error": "..."} with a fitting status. Requests authenticate with
-the Django session; CSRF is checked for session-authenticated requests (the browser's), as the
-pages do, while anonymous requests carry no credentials a forged request could borrow.
+Built on Django REST framework. Requests authenticate with an API token
+(`Authorization: Bearer <token>`, tokens made on /account/tokens/) or with the browser's session,
+whose unsafe requests need the CSRF token. Every error is a JSON body {"error": "..."} with a
+fitting status (see `exception_handler`); rate limits answer 429 with Retry-After.
 """
 from dataclasses import asdict
-from functools import wraps
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.paginator import EmptyPage, Paginator
-from django.http import JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
-from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import exceptions, permissions, status
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
 
-from .forms import read_upload, upload_file
-from .ingest import RejectedUpload
-from .querying import CaptioningBusy, describe_query_photo, search_images
-from .views import RETRY_AFTER, visible_images
+from .ingest import RejectedUpload, read_upload, upload_file
+from .models import Image
+from .querying import RETRY_AFTER, CaptioningBusy, describe_query_photo, search_images
+from .serializers import (
+    ErrorSerializer,
+    ImageDetailSerializer,
+    ImagePageSerializer,
+    PhotoFileSerializer,
+    PhotoSearchSerializer,
+    UploadSerializer,
+    WordSearchSerializer,
+)
+from .throttling import ClientRateThrottle
 
 MAX_PER_PAGE = 100
+LOGIN_HINT = "Authentication required: send 'Authorization: Bearer <token>' (tokens: /account/tokens/) or log in at /accounts/login/."
 
 
-class ApiError(Exception):
+class ApiError(exceptions.APIException):
     """Raised inside an API view; becomes {"error": message} with the status."""
 
-    def __init__(self, message: str, status: int = 400, headers=None):
+    def __init__(self, message: str, status_code: int = 400, headers=None):
         super().__init__(message)
-        self.status, self.headers = status, headers or {}
+        self.status_code, self.headers = status_code, headers or {}
 
 
-def json_error(message: str, status: int, headers=None) -> JsonResponse:
-    response = JsonResponse({"error": message}, status=status)
-    for name, value in (headers or {}).items():
-        response[name] = value
+def _message(detail) -> str:
+    """One readable sentence from a DRF error detail (a string, a list or a dict of them)."""
+    if isinstance(detail, dict):
+        return " ".join(f"{field}: {_message(value)}" if field != "non_field_errors" else _message(value) for field, value in detail.items())
+    if isinstance(detail, list):
+        return " ".join(_message(item) for item in detail)
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    """Every error as {"error": message}: DRF's own, ours, and a body Django refused to parse
+    (too many files, too large), which would otherwise be Django's HTML 400."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = ApiError(str(exc), 413)
+    elif isinstance(exc, SuspiciousOperation):  # TooManyFilesSent, TooManyFieldsSent, a bad multipart body
+        exc = ApiError(f"The request body was refused: {exc}", 400)
+    elif isinstance(exc, exceptions.NotAuthenticated):
+        exc.detail = LOGIN_HINT
+    response = drf_exception_handler(exc, context)
+    if response is not None:
+        response.data = {"error": _message(response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data)}
+        for name, value in getattr(exc, "headers", {}).items():
+            response[name] = value
     return response
 
 
-class _CsrfCheck(CsrfViewMiddleware):
-    def _reject(self, request, reason):
-        return reason
+class GalleryAccess(permissions.BasePermission):
+    """Public galleries are open to read; a private one (IMAGESEARCH_PUBLIC=false) needs a login."""
+
+    def has_permission(self, request, view):
+        return settings.IMAGESEARCH_PUBLIC or request.user.is_authenticated
 
 
-def _csrf_failure(request) -> str | None:
-    """The CSRF middleware's verdict on this request, as a reason (None when it passes)."""
-    check = _CsrfCheck(lambda request: None)
-    check.process_request(request)
-    return check.process_view(request, None, (), {})
+class UploadNeedsLogin(permissions.BasePermission):
+    def has_permission(self, request, view):
+        return request.method != "POST" or request.user.is_authenticated
 
 
-def api_view(*methods, post_needs_login: bool = False):
-    """Method check (405), access (401: private site, or a POST that needs a login), CSRF for
-    session users (403), and ApiError turned into a JSON error."""
+class GalleryView(APIView):
+    permission_classes = [GalleryAccess]
+    # Rate-limit scope per method (settings.IMAGESEARCH_RATE_LIMITS); methods not named are not limited.
+    rate_limits: dict[str, str] = {}
 
-    def decorate(view):
-        @csrf_exempt
-        @wraps(view)
-        def wrapper(request, *args, **kwargs):
-            if request.method not in methods:
-                response = json_error(f"Method {request.method} not allowed.", 405)
-                response["Allow"] = ", ".join(methods)
-                return response
-            needs_login = (post_needs_login and request.method == "POST") or not settings.IMAGESEARCH_PUBLIC
-            if needs_login and not request.user.is_authenticated:
-                return json_error(
-                    "Authentication required: log in at /accounts/login/ and send the session cookie.",
-                    401,
-                    {"WWW-Authenticate": 'Session realm="imagesearch"'},
-                )
-            if request.user.is_authenticated and request.method == "POST":
-                reason = _csrf_failure(request)
-                if reason:
-                    return json_error(f"CSRF check failed: {reason}", 403)
-            try:
-                return view(request, *args, **kwargs)
-            except ApiError as exc:
-                return json_error(str(exc), exc.status, exc.headers)
-
-        return wrapper
-
-    return decorate
+    def get_throttles(self):
+        scope = self.rate_limits.get(self.request.method)
+        return [ClientRateThrottle(scope)] if scope else []
 
 
 def _positive_int(request, name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.GET.get(name, "")
+    raw = request.query_params.get(name, "")
     if raw == "":
         return default
     try:
@@ -102,47 +113,12 @@ def _one_file(request):
     return files[0]
 
 
-def caption_json(caption) -> dict:
-    return {
-        "text": caption.text,
-        "source": caption.source,
-        "model_version": caption.model_version,
-        "score": caption.score,
-        "active": caption.is_active,
-        "created_at": caption.created_at.isoformat(),
-    }
+def shown_images():
+    """Images with what the API shows of them loaded in three queries."""
+    return Image.objects.prefetch_related("captions", "tags")
 
 
-def image_json(request, image, *, detail: bool = False) -> dict:
-    """An image as the API shows it; the detail form adds every caption, the attention maps and the
-    tags (concept words and object labels, with their kind and probability; removed ones left out)."""
-    active = image.active_caption
-    data = {
-        "id": image.pk,
-        "page_url": request.build_absolute_uri(reverse("gallery:image", args=[image.pk])),
-        "api_url": request.build_absolute_uri(reverse("gallery:api-image", args=[image.pk])),
-        "file_url": request.build_absolute_uri(image.file.url),
-        "thumbnail_url": request.build_absolute_uri(image.thumbnail.url) if image.thumbnail else None,
-        "original_name": image.original_name,
-        "width": image.width,
-        "height": image.height,
-        "format": image.format,
-        "status": image.status,
-        "error": image.error,
-        "uploaded_at": image.uploaded_at.isoformat(),
-        "caption": caption_json(active) if active else None,
-    }
-    if detail:
-        data["captions"] = [caption_json(caption) for caption in image.captions.all()]
-        data["attention"] = active.attention if active else None
-        data["tags"] = [
-            {"word": tag.word, "kind": tag.kind, "probability": tag.probability}
-            for tag in image.tags.filter(removed=False)
-        ]
-    return data
-
-
-def search_json(request, results, matches) -> dict:
+def search_page(results, matches) -> dict:
     return {
         "page": results.page,
         "per_page": results.per_page,
@@ -150,82 +126,107 @@ def search_json(request, results, matches) -> dict:
         "total": results.total,
         "interpretation": asdict(results.interpretation),
         "message": results.message,
-        "results": [
-            {"score": hit.score, "matched_terms": hit.matched_terms, "image": image_json(request, image)}
-            for hit, image in matches
-        ],
+        "results": [{"score": hit.score, "matched_terms": hit.matched_terms, "image": image} for hit, image in matches],
     }
 
 
-@api_view("GET")
-def search(request):
-    query = request.GET.get("q", "")
-    page = _positive_int(request, "page", 1)
-    per_page = _positive_int(request, "per_page", settings.IMAGESEARCH_PAGE_SIZE, MAX_PER_PAGE)
-    results, matches = search_images(query, page=page, per_page=per_page)
-    if results.message:
-        raise ApiError(results.message)
-    if page > max(results.num_pages, 1):
-        raise ApiError(f"There is no page {page}; there are {results.num_pages}.", 404)
-    return JsonResponse({"query": query, **search_json(request, results, matches)})
+ERRORS = {code: OpenApiResponse(ErrorSerializer) for code in (400, 401, 403, 404, 405, 413, 415, 429, 503)}
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number, from 1."),
+    OpenApiParameter("per_page", int, description=f"Results per page (at most {MAX_PER_PAGE})."),
+]
 
 
-@api_view("POST")
-def search_by_image(request):
-    try:
-        described = describe_query_photo(read_upload(_one_file(request)))
-    except RejectedUpload as exc:
-        raise ApiError(str(exc), exc.status) from None
-    except CaptioningBusy as exc:
-        raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
-    results, matches = search_images(described.fields())
-    return JsonResponse(
-        {
-            "caption": described.caption,
-            "score": described.score,
-            "model_version": described.model_version,
-            "tags": described.tags(),
-            "objects": described.object_tags(),
-            **search_json(request, results, matches),
-        }
+class SearchView(GalleryView):
+    rate_limits = {"GET": "search"}
+
+    @extend_schema(
+        operation_id="search",
+        summary="Search the captions and tags by words",
+        parameters=[OpenApiParameter("q", str, description='Words, "phrases" and -excluded words.'), *PAGE_PARAMETERS],
+        responses={200: WordSearchSerializer, **ERRORS},
     )
+    def get(self, request):
+        query = request.query_params.get("q", "")
+        page = _positive_int(request, "page", 1)
+        per_page = _positive_int(request, "per_page", settings.IMAGESEARCH_PAGE_SIZE, MAX_PER_PAGE)
+        results, matches = search_images(query, page=page, per_page=per_page)
+        if results.message:
+            raise ApiError(results.message)
+        if page > max(results.num_pages, 1):
+            raise ApiError(f"There is no page {page}; there are {results.num_pages}.", 404)
+        return Response(WordSearchSerializer({"query": query, **search_page(results, matches)}, context={"request": request}).data)
 
 
-@api_view("GET", "POST", post_needs_login=True)
-def images(request):
-    """GET: the gallery, newest first. POST (logged in): upload one photo in the field 'file'."""
-    if request.method == "POST":
+class SearchByImageView(GalleryView):
+    parser_classes = [MultiPartParser]
+    rate_limits = {"POST": "search_by_image"}
+
+    @extend_schema(
+        operation_id="search_by_image",
+        summary="Search with a photo: it is described by the captioning model, not stored",
+        request={"multipart/form-data": PhotoFileSerializer},
+        responses={200: PhotoSearchSerializer, **ERRORS},
+    )
+    def post(self, request):
+        try:
+            described = describe_query_photo(read_upload(_one_file(request)))
+        except RejectedUpload as exc:
+            raise ApiError(str(exc), exc.status) from None
+        except CaptioningBusy as exc:
+            raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
+        results, matches = search_images(described.fields())
+        answer = {"caption": described.caption, "score": described.score, "model_version": described.model_version}
+        return Response(PhotoSearchSerializer({**answer, **search_page(results, matches)}, context={"request": request}).data)
+
+
+class ImagesView(GalleryView):
+    permission_classes = [GalleryAccess, UploadNeedsLogin]
+    rate_limits = {"POST": "upload"}
+
+    @extend_schema(
+        operation_id="images_list", summary="The gallery, newest first", parameters=PAGE_PARAMETERS,
+        responses={200: ImagePageSerializer, **ERRORS},
+    )
+    def get(self, request):
+        per_page = _positive_int(request, "per_page", settings.IMAGESEARCH_PAGE_SIZE, MAX_PER_PAGE)
+        paginator = Paginator(shown_images().visible_to(request.user), per_page)
+        number = _positive_int(request, "page", 1)
+        try:
+            page = paginator.page(number)
+        except EmptyPage:
+            raise ApiError(f"There is no page {number}; there are {paginator.num_pages}.", 404) from None
+        body = {"page": page.number, "per_page": per_page, "num_pages": paginator.num_pages, "total": paginator.count, "results": page}
+        return Response(ImagePageSerializer(body, context={"request": request}).data)
+
+    @extend_schema(
+        operation_id="images_upload",
+        summary="Upload one photo (logged in); the same photo again answers 200 with the stored image",
+        request={"multipart/form-data": PhotoFileSerializer},
+        responses={201: UploadSerializer, 200: UploadSerializer, 409: OpenApiResponse(ErrorSerializer), **ERRORS},
+    )
+    def post(self, request):
         outcome = upload_file(_one_file(request), request.user)
         if outcome.error:
             raise ApiError(outcome.error, outcome.status)
-        outcome.image.refresh_from_db()  # in-process captioning may have finished already
-        response = JsonResponse(
-            {"created": outcome.created, "image": image_json(request, outcome.image, detail=True)},
-            status=outcome.status,
-        )
-        response["Location"] = reverse("gallery:api-image", args=[outcome.image.pk])
-        return response
-    per_page = _positive_int(request, "per_page", settings.IMAGESEARCH_PAGE_SIZE, MAX_PER_PAGE)
-    paginator = Paginator(visible_images(request.user), per_page)
-    number = _positive_int(request, "page", 1)
-    try:
-        page = paginator.page(number)
-    except EmptyPage:
-        raise ApiError(f"There is no page {number}; there are {paginator.num_pages}.", 404) from None
-    return JsonResponse(
-        {
-            "page": page.number,
-            "per_page": per_page,
-            "num_pages": paginator.num_pages,
-            "total": paginator.count,
-            "results": [image_json(request, image) for image in page],
-        }
-    )
+        image = shown_images().get(pk=outcome.image.pk)  # in-process captioning may have finished already
+        body = UploadSerializer({"created": outcome.created, "image": image}, context={"request": request}).data
+        return Response(body, status=outcome.status, headers={"Location": reverse("gallery:api-image", args=[image.pk])})
 
 
-@api_view("GET")
-def image(request, pk):
-    found = visible_images(request.user).filter(pk=pk).first()
-    if found is None:
-        raise ApiError(f"There is no image {pk}.", 404)
-    return JsonResponse(image_json(request, found, detail=True))
+class ImageView(GalleryView):
+    @extend_schema(operation_id="image", summary="One image with every caption and the attention maps", responses={200: ImageDetailSerializer, **ERRORS})
+    def get(self, request, pk: int):
+        found = shown_images().visible_to(request.user).filter(pk=pk).first()
+        if found is None:
+            raise ApiError(f"There is no image {pk}.", 404)
+        return Response(ImageDetailSerializer(found, context={"request": request}).data)
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
+@authentication_classes([])
+@permission_classes([permissions.AllowAny])
+def unknown(request, path=""):
+    """Any other /api/ path: a JSON 404, like every API error."""
+    raise ApiError(f"There is no API endpoint {request.path}; see /api/schema.", status.HTTP_404_NOT_FOUND)

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from searchindex import index as search_index
 
+from . import tasks
 from .captions import sync_index
 from .models import Image
 
@@ -35,11 +36,9 @@ def delete_images(images) -> int:
 
 def recaption(images) -> int:
     """Caption again with the installed model; done images keep their caption until it lands."""
-    from .ingest import enqueue_captioning
-
     ids = [image.pk for image in images]
     Image.objects.filter(pk__in=ids).exclude(status=Image.Status.DONE).update(
         status=Image.Status.PENDING, error="", status_changed_at=timezone.now()
     )
-    transaction.on_commit(lambda: enqueue_captioning(ids))
+    transaction.on_commit(lambda: tasks.enqueue_captioning(ids))
     return len(ids)

@@ -1,10 +1,5 @@
-"""Forms of the web pages, and the one way an uploaded file reaches ingest (pages and API alike)."""
-from dataclasses import dataclass
-
+"""Forms of the web pages; each uploaded file goes on to ingest.upload_file."""
 from django import forms
-
-from .ingest import RejectedUpload, check_size, clean_original_name, ingest_bytes
-from .models import Image
 
 ACCEPT = "image/jpeg,image/png,image/webp,image/gif"
 
@@ -42,28 +37,3 @@ class QueryPhotoForm(forms.Form):
         help_text="It is described by the captioning model, not stored.",
     )
 
-
-@dataclass(frozen=True)
-class UploadOutcome:
-    name: str
-    image: Image | None = None
-    created: bool = False
-    error: str = ""
-    status: int = 201
-
-
-def read_upload(uploaded) -> bytes:
-    """The file's bytes, refusing before reading anything when it is larger than the upload limit."""
-    check_size(uploaded.size)
-    uploaded.seek(0)
-    return uploaded.read()
-
-
-def upload_file(uploaded, user) -> UploadOutcome:
-    """Ingest one uploaded file; a rejection becomes this file's own error, never the request's."""
-    name = clean_original_name(uploaded.name)
-    try:
-        result = ingest_bytes(read_upload(uploaded), uploaded.name, user)
-    except RejectedUpload as exc:
-        return UploadOutcome(name, error=str(exc), status=exc.status)
-    return UploadOutcome(name, result.image, result.created, status=201 if result.created else 200)

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from captioning.files import write_atomic
 from captioning.images import open_upright_rgb
 
+from . import tasks
 from .models import Image, content_path
 
 logger = logging.getLogger(__name__)
@@ -97,15 +98,16 @@ def inspect_upload(data: bytes) -> Inspection:
                     413,
                 )
             img.verify()
-        # verify() does not decode pixel data; a full decode catches truncated files.
-        open_upright_rgb(data)
+        # verify() does not decode pixel data; a decode catches truncated files. A JPEG decodes
+        # at a reduced DCT scale (its whole bitstream, a fraction of the memory).
+        open_upright_rgb(data, min_size=settings.IMAGESEARCH_THUMBNAIL_SIZE)
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
         raise RejectedUpload("The image has too many pixels to be processed safely.", 413) from None
     except PIL.UnidentifiedImageError:
         raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
-    except (OSError, SyntaxError, ValueError) as exc:  # InvalidImageError is a ValueError
+    except (OSError, SyntaxError, ValueError) as exc:  # captioning.images.InvalidImageError too
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
     upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
     return Inspection(format=fmt, width=upright_width, height=upright_height)
@@ -119,8 +121,8 @@ def _is_rotated(data: bytes) -> bool:
 
 def make_thumbnail(data: bytes) -> bytes:
     """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, made once at upload."""
-    img = open_upright_rgb(data)
     size = settings.IMAGESEARCH_THUMBNAIL_SIZE
+    img = open_upright_rgb(data, min_size=size)
     img.thumbnail((size, size), PIL.Image.Resampling.LANCZOS)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=85, optimize=True)
@@ -158,26 +160,43 @@ def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult
                 format=info.format,
                 uploader=uploader if uploader is not None and uploader.is_authenticated else None,
             )
-            transaction.on_commit(lambda: enqueue_captioning([image.pk]))
+            transaction.on_commit(lambda: tasks.enqueue_captioning([image.pk]))
     except IntegrityError:
         # A concurrent upload of the same photo won the race: one image.
         return IngestResult(Image.objects.get(sha256=sha256), created=False)
     return IngestResult(image, created=True)
 
 
-def enqueue_captioning(image_ids: list[int]) -> bool:
-    """Send captioning work to the workers; when the broker is down the images stay pending.
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What became of one uploaded file: the image (new or already stored), or the reason it was refused."""
 
-    Returns whether the work was queued. Pending images are picked up later by the sweep
-    (`caption_pending`, also run by Celery beat), so nothing is lost.
+    name: str
+    image: Image | None = None
+    created: bool = False
+    error: str = ""
+    status: int = 201
+
+
+def read_upload(uploaded) -> bytes:
+    """The file's bytes, refusing before reading anything when it is larger than the upload limit."""
+    check_size(uploaded.size)
+    uploaded.seek(0)
+    return uploaded.read()
+
+
+def upload_file(uploaded, user) -> UploadOutcome:
+    """Ingest one uploaded file (pages, API and admin alike); a rejection becomes this file's own
+    error, never the request's.
+
+    The same bytes as a photo the uploader may not see (a hidden one) answer 409 without the
+    image: nothing of it (name, captions, file) reaches someone who could not browse to it.
     """
-    from .tasks import caption_images
-
-    batch = settings.IMAGESEARCH_CAPTION_BATCH
+    name = clean_original_name(uploaded.name)
     try:
-        for start in range(0, len(image_ids), batch):
-            caption_images.delay(image_ids[start : start + batch])
-    except Exception as exc:  # the broker being unreachable must not fail the upload
-        logger.warning("Captioning not queued (%s); the pending sweep will retry.", exc)
-        return False
-    return True
+        result = ingest_bytes(read_upload(uploaded), uploaded.name, user)
+    except RejectedUpload as exc:
+        return UploadOutcome(name, error=str(exc), status=exc.status)
+    if not result.created and not Image.objects.visible_to(user).filter(pk=result.image.pk).exists():
+        return UploadOutcome(name, error="This photo is already in the gallery and is not shown; it cannot be added again.", status=409)
+    return UploadOutcome(name, result.image, result.created, status=201 if result.created else 200)

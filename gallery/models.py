@@ -15,6 +15,12 @@ def content_path(prefix: str, sha256: str, extension: str) -> str:
     return f"{prefix}/{sha256[:2]}/{sha256}.{extension}"
 
 
+class ImageQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """The images a person may see: hidden ones only for staff (curators)."""
+        return self if user.is_staff else self.filter(hidden=False)
+
+
 class Image(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting for a caption"
@@ -35,6 +41,8 @@ class Image(models.Model):
     status_changed_at = models.DateTimeField(auto_now_add=True, help_text="For the sweep that re-enqueues stuck work.")
     error = models.TextField(blank=True)
     hidden = models.BooleanField(default=False, db_index=True)
+
+    objects = ImageQuerySet.as_manager()
 
     class Meta:
         ordering = ["-uploaded_at", "-id"]

@@ -11,6 +11,10 @@ from .captions import search_weights
 from .descriptions import document_fields
 from .ingest import inspect_upload, make_thumbnail
 from .models import Image
+from .tasks import caption_query_image, captioning_slots
+
+# Seconds a client should wait before asking again when no worker captioned a query photo.
+RETRY_AFTER = 10
 
 
 class CaptioningBusy(RuntimeError):
@@ -56,19 +60,27 @@ def describe_query_photo(data: bytes) -> QueryCaption:
     """Caption a query photo without storing it; a worker does it when a broker is configured.
 
     Raises RejectedUpload for a file that is not an acceptable image, CaptioningBusy when no
-    worker answers within IMAGESEARCH_QUERY_CAPTION_TIMEOUT seconds.
+    worker (or, in-process, no captioning slot: tasks.captioning_slots) is free within
+    IMAGESEARCH_QUERY_CAPTION_TIMEOUT seconds.
     """
-    from .tasks import caption_query_image
-
-    inspect_upload(data)
     payload = base64.b64encode(data).decode("ascii")
+    timeout = settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # In-process: a plain call. Going through Celery's eager machinery here would trip its
         # process-wide "never join a result inside a task" flag when uploads caption concurrently.
-        return QueryCaption.from_answer(caption_query_image.run(payload))
+        # The slot bounds how many photos are decoded and described at once (memory).
+        slots = captioning_slots()
+        if not slots.acquire(timeout=timeout):
+            raise CaptioningBusy("The captioning service is busy; please try again in a moment.")
+        try:
+            inspect_upload(data)
+            return QueryCaption.from_answer(caption_query_image.run(payload))
+        finally:
+            slots.release()
+    inspect_upload(data)
     try:
-        result = caption_query_image.apply_async((payload,), expires=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT)
-        answer = result.get(timeout=settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT, propagate=True)
+        result = caption_query_image.apply_async((payload,), expires=timeout)
+        answer = result.get(timeout=timeout, propagate=True)
     except (celery.exceptions.TimeoutError, OSError) as exc:
         raise CaptioningBusy("The captioning service is busy; please try again in a moment.") from exc
     return QueryCaption.from_answer(answer)

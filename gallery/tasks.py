@@ -7,13 +7,16 @@ lazily inside each worker process, after the prefork fork.
 """
 
 import base64
+import functools
 import logging
+import threading
 from datetime import timedelta
 
 import kombu.exceptions
 import redis.exceptions
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
@@ -51,6 +54,17 @@ def load_model_in_worker_process(**kwargs):
         logger.exception("The captioning model could not be loaded")
 
 
+@functools.cache
+def captioning_slots() -> threading.BoundedSemaphore:
+    """How many captionings run at once in this process (IMAGESEARCH_EMBEDDED_CAPTIONING).
+
+    It matters in the web process when tasks run in-process (no broker): each captioning holds a
+    decoded photo and the networks' activations, so concurrent requests would add them up.
+    A worker process runs one task at a time anyway.
+    """
+    return threading.BoundedSemaphore(settings.IMAGESEARCH_EMBEDDED_CAPTIONING)
+
+
 def _mark(image_ids, status, error=""):
     Image.objects.filter(pk__in=image_ids).update(status=status, error=error, status_changed_at=timezone.now())
 
@@ -71,15 +85,16 @@ def caption_images(image_ids: list[int]) -> dict:
     # Re-captioning keeps done images done: their current caption stays searchable until replaced.
     _mark([image.pk for image in images if image.status != Image.Status.DONE], Image.Status.PROCESSING)
     readable, failed = [], 0
-    for image in images:
-        try:
-            with image.file.open("rb") as handle:
-                readable.append((image, captioning_services.load_image(handle.read())))
-        except (OSError, ValueError) as exc:
-            failed += 1
-            logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
-            _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
-    results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
+    with captioning_slots():
+        for image in images:
+            try:
+                with image.file.open("rb") as handle:
+                    readable.append((image, captioning_services.load_image(handle.read())))
+            except (OSError, ValueError) as exc:
+                failed += 1
+                logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
+                _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
+        results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
     for (image, _), described in zip(readable, results):
         result = described.caption
         add_model_caption(
@@ -108,8 +123,6 @@ def caption_query_image(image_b64: str) -> dict:
 @shared_task(**TASK_OPTIONS)
 def caption_pending(older_than_minutes: float = 10) -> int:
     """Re-enqueue images left pending or processing for too long (a killed worker, a lost queue)."""
-    from .ingest import enqueue_captioning
-
     cutoff = timezone.now() - timedelta(minutes=older_than_minutes)
     stuck = list(
         Image.objects.filter(
@@ -122,3 +135,19 @@ def caption_pending(older_than_minutes: float = 10) -> int:
         enqueue_captioning(stuck)
     return len(stuck)
 
+
+
+def enqueue_captioning(image_ids: list[int]) -> bool:
+    """Send captioning work to the workers; when the broker is down the images stay pending.
+
+    Returns whether the work was queued. Pending images are picked up later by the sweep
+    (`caption_pending`, also run by Celery beat), so nothing is lost.
+    """
+    batch = settings.IMAGESEARCH_CAPTION_BATCH
+    try:
+        for start in range(0, len(image_ids), batch):
+            caption_images.delay(image_ids[start : start + batch])
+    except Exception as exc:  # the broker being unreachable must not fail the upload
+        logger.warning("Captioning not queued (%s); the pending sweep will retry.", exc)
+        return False
+    return True

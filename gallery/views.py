@@ -1,21 +1,23 @@
-"""The gallery's pages: thin views over ingest, captions and querying."""
+"""The gallery's pages: thin views over ingest, captions, querying and media access."""
 from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+from knox.models import AuthToken
 
+from . import media as media_files
 from .captions import image_fields, search_weights
-from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
-from .ingest import RejectedUpload
+from .forms import QueryPhotoForm, SearchForm, UploadForm
+from .ingest import RejectedUpload, read_upload, upload_file
 from .models import Image, Tag
-from .querying import CaptioningBusy, describe_query_photo, query_photo_preview, search_images, split_by_relevance
+from .querying import RETRY_AFTER, CaptioningBusy, describe_query_photo, query_photo_preview, search_images, split_by_relevance
+from .throttling import rate_limited
 
 MORE_LIKE_THIS = 8
-# Seconds a client should wait before asking again when no worker captioned a query photo.
-RETRY_AFTER = 10
 
 
 def public_or_login(view):
@@ -31,9 +33,8 @@ def public_or_login(view):
 
 
 def visible_images(user):
-    """Images a person may see: hidden ones only for staff (curators)."""
-    images = Image.objects.prefetch_related("captions")
-    return images if user.is_staff else images.filter(hidden=False)
+    """The images a person may see, with their captions loaded."""
+    return Image.objects.prefetch_related("captions").visible_to(user)
 
 
 @public_or_login
@@ -60,6 +61,7 @@ def image_detail(request, pk):
 
 
 @public_or_login
+@rate_limited("search", methods=("GET",))
 def search(request):
     """Results for the words in ?q=, ranked by score, with the query's interpretation."""
     form = SearchForm(request.GET)
@@ -72,6 +74,7 @@ def search(request):
 
 
 @public_or_login
+@rate_limited("search_by_image", methods=("POST",))
 def search_by_image(request):
     """Describe a query photo with the captioning model, then search with that caption."""
     form = QueryPhotoForm(request.POST, request.FILES) if request.method == "POST" else QueryPhotoForm()
@@ -101,6 +104,7 @@ def search_by_image(request):
 
 
 @login_required
+@rate_limited("upload", methods=("POST",))
 def upload(request):
     """Upload page; scripts send one file per request to the API, this handles the plain form."""
     form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
@@ -112,3 +116,32 @@ def upload(request):
         "gallery/upload.html",
         {"form": form, "outcomes": outcomes, "max_mb": settings.IMAGESEARCH_MAX_UPLOAD_BYTES // (1024 * 1024)},
     )
+
+
+def media(request, path):
+    """An uploaded photo or thumbnail, for those who may see its image (404 for anyone else, as
+    for a file that does not exist); the bytes come from MEDIA_ROOT or from the front server
+    (IMAGESEARCH_MEDIA_ACCEL)."""
+    allowed = settings.IMAGESEARCH_PUBLIC or request.user.is_authenticated
+    image = media_files.visible_image_of(path, request.user) if allowed else None
+    if image is None:
+        return render(request, "404.html", status=404)
+    return media_files.send(request, path, shared=settings.IMAGESEARCH_PUBLIC and not image.hidden)
+
+
+@login_required
+def api_tokens(request):
+    """The person's API tokens: create one (shown once, on this answer only), see and revoke them."""
+    created = None
+    if request.method == "POST":
+        created = AuthToken.objects.create(request.user, expiry=settings.REST_KNOX["TOKEN_TTL"])[1]
+    tokens = AuthToken.objects.filter(user=request.user).order_by("-created")
+    return render(request, "gallery/tokens.html", {"tokens": tokens, "created": created}, status=201 if created else 200)
+
+
+@login_required
+@require_POST
+def revoke_api_token(request, token_key):
+    """Revoke one of the person's own tokens (anyone else's is simply not found)."""
+    AuthToken.objects.filter(user=request.user, token_key=token_key).delete()
+    return redirect("gallery:api-tokens")

@@ -8,6 +8,7 @@ Importing the settings writes nothing to disk.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -42,6 +43,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
     "captioning",
     "searchindex",
     "gallery",
@@ -56,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "imagesearch.urls"
@@ -120,10 +125,36 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "gallery:index"
 LOGOUT_REDIRECT_URL = "gallery:index"
 
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+# Served over HTTPS (usually behind a TLS proxy): secure cookies, HSTS, redirect to https.
+IMAGESEARCH_HTTPS = env.bool("IMAGESEARCH_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = IMAGESEARCH_HTTPS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if IMAGESEARCH_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IMAGESEARCH_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=IMAGESEARCH_HTTPS)
+# The header a TLS proxy sets, e.g. "X-Forwarded-Proto: https" (only when the proxy always sets it).
+_proxy_ssl_header = env.str("IMAGESEARCH_PROXY_SSL_HEADER", default="")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.split(":")[0].strip().upper().replace("-", "_"), _proxy_ssl_header.split(":")[1].strip())
+    if ":" in _proxy_ssl_header
+    else None
+)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Scripts, styles and images from this site only; the attention canvas draws same-site thumbnails.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],  # Django admin's and our admin thumbnails' style="..."
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # Uploads: the request body limit leaves room for many files in one multi-file upload.
 IMAGESEARCH_MAX_UPLOAD_BYTES = env.int("IMAGESEARCH_MAX_UPLOAD_BYTES", default=20 * 1024 * 1024)
@@ -150,6 +181,45 @@ IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
 IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
+
+# Uploaded files go through an access check (gallery.media); the front server may send the bytes:
+# "x-accel-redirect" (nginx, Caddy) to IMAGESEARCH_MEDIA_ACCEL_PREFIX, or "x-sendfile".
+IMAGESEARCH_MEDIA_ACCEL = env.str("IMAGESEARCH_MEDIA_ACCEL", default="")
+IMAGESEARCH_MEDIA_ACCEL_PREFIX = env.str("IMAGESEARCH_MEDIA_ACCEL_PREFIX", default="/protected-media/")
+# Captionings at once in the web process when tasks run in-process (no broker): bounds memory.
+IMAGESEARCH_EMBEDDED_CAPTIONING = env.int("IMAGESEARCH_EMBEDDED_CAPTIONING", default=1)
+
+# Rate limits per client (user, else address), scope=N/period; over the limit: 429 + Retry-After.
+IMAGESEARCH_RATE_LIMITS = {
+    "search": "120/min",
+    "search_by_image": "10/min",
+    "upload": "120/min",
+    "login": "5/min",
+    **env.dict("IMAGESEARCH_RATE_LIMITS", default={}),
+}
+# The counters (and nothing else) live in the cache: set CACHE_URL=redis://... when several processes serve.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["knox.auth.TokenAuthentication", "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "gallery.api.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Proxies in front whose X-Forwarded-For is trusted for the client address of rate limits.
+    "NUM_PROXIES": env.int("IMAGESEARCH_PROXY_COUNT", default=0),
+}
+# API tokens: stored hashed (SHA-512), shown once, sent as "Authorization: Bearer <token>";
+# they last IMAGESEARCH_API_TOKEN_DAYS days (0: until revoked).
+_token_days = env.int("IMAGESEARCH_API_TOKEN_DAYS", default=0)
+REST_KNOX = {"AUTH_HEADER_PREFIX": "Bearer", "TOKEN_PREFIX": "imgs_", "TOKEN_TTL": timedelta(days=_token_days) if _token_days else None}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "imagesearch API",
+    "DESCRIPTION": "Search photos by words or by a photo, list, show and upload them (docs/api.md).",
+    "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api",
+}
 
 # Celery: Redis in production; with no broker configured tasks run in-process (eager).
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")

@@ -31,7 +31,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Sum
 
 from . import engine
-from .analysis import Field, analyze, analyze_with_positions, as_fields, highlight_terms, tokens, weighted_terms
+from .analysis import Field, analyze, analyze_with_positions, as_fields, highlight_terms, normalize_word, tokens, weighted_terms
 from .models import Document, IndexChange, IndexState, Posting, Term
 from .query import Interpretation, parse_fields, parse_query
 
@@ -48,6 +48,7 @@ __all__ = [
     "highlight_terms",
     "index_document",
     "index_stats",
+    "normalize_word",
     "rebuild",
     "search",
     "tokens",

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import struct
 import zlib
 
@@ -11,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
@@ -50,10 +52,65 @@ def photo():
 
 
 @pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Rate-limit counters (in the cache) start at zero in each test."""
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     """Each test writes uploads into its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+# ---------------------------------------------------------------------------- the API's schema
+@pytest.fixture(scope="session")
+def openapi_schema():
+    """The OpenAPI document served at /api/schema, as generated from the code."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
+def _operation_schema(schema, method: str, path: str, status: int, content_type: str):
+    """The JSON schema the document gives for this answer, or a reason why there is none."""
+    for template, operations in schema["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)), path):
+            operation = operations.get(method.lower())
+            if operation is None:
+                return f"{method} {template} is not documented"
+            responses = operation["responses"]
+            answer = responses.get(str(status))
+            if answer is None:
+                return f"{method} {template} does not document status {status} (has {sorted(responses)})"
+            media = answer.get("content", {}).get(content_type)
+            if media is None:
+                return f"{method} {template} {status} does not document {content_type}"
+            return {**media["schema"], "components": schema["components"]}
+    return f"{path} is not in the schema"
+
+
+@pytest.fixture
+def openapi_validated(monkeypatch, openapi_schema):
+    """Every API answer a test client gets is checked against the generated OpenAPI document."""
+    import jsonschema
+    from django.test import Client
+
+    request = Client.request
+
+    def checked(client, **environ):
+        response = request(client, **environ)
+        path = environ["PATH_INFO"]
+        if path.startswith("/api/") and path != "/api/schema" and response.status_code != 405:
+            found = _operation_schema(openapi_schema, environ["REQUEST_METHOD"], path, response.status_code, response["Content-Type"])
+            if found == f"{path} is not in the schema" and response.status_code == 404:  # an unknown endpoint
+                found = {"$ref": "#/components/schemas/Error", "components": openapi_schema["components"]}
+            assert not isinstance(found, str), found
+            jsonschema.validate(response.json(), found, cls=jsonschema.Draft202012Validator)
+        return response
+
+    monkeypatch.setattr(Client, "request", checked)
 
 
 # ---------------------------------------------------------------------------- people
@@ -118,7 +175,7 @@ def fake_captioner(monkeypatch):
 @pytest.fixture
 def no_queue(monkeypatch):
     """Stored images stay pending: for tests that place captions themselves."""
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
 
 
 def captioned(photo, seed, text, **kwargs):

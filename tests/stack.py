@@ -86,6 +86,8 @@ class Stack:
                 "MEDIA_ROOT": str(media_root),
                 "PYTHONUNBUFFERED": "1",
                 "TF_CPP_MIN_LOG_LEVEL": "2",
+                # Each test logs in again; the other rate limits stay as in production.
+                "IMAGESEARCH_RATE_LIMITS": "login=100/min",
             }
         )
         self.web_port = None

@@ -8,7 +8,7 @@ from gallery.querying import CaptioningBusy
 
 from .conftest import captioned, png_declaring
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("openapi_validated")]
 
 
 def error_of(response, status):
@@ -197,3 +197,121 @@ def test_private_site_api_needs_a_login(client, settings, user, photo, no_queue)
     error_of(client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", photo(2))}), 401)
     client.force_login(user)
     assert client.get("/api/search", {"q": "dog"}).json()["total"] == 1
+
+
+def test_the_schema_is_generated_and_served(client):
+    response = client.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["openapi"].startswith("3.1")
+    assert set(schema["paths"]) == {"/api/images", "/api/images/{id}", "/api/search", "/api/search/by-image"}
+
+
+def test_an_image_shows_its_tags_and_caption_alternatives(client, photo, no_queue):
+    image = captioned(
+        photo, 1, "a dog on the beach", alternatives=[["a dog on sand", -0.7]], concepts=[["dog", 0.93], ["sand", 0.01]]
+    )
+    item = client.get("/api/images").json()["results"][0]
+    assert item["tags"] == [{"kind": "concept", "word": "dog", "probability": 0.93}]  # below the floor: not shown
+    assert item["caption"]["alternatives"] == [{"text": "a dog on sand", "score": -0.7}]
+    assert client.get(f"/api/images/{image.pk}").json()["tags"][0]["word"] == "dog"
+
+
+def test_unknown_api_paths_and_refused_bodies_answer_json(client, photo, csrf_client, settings):
+    assert "no API endpoint" in error_of(client.get("/api/nothing/here"), 404)
+    error_of(client.post("/api/images/5/captions", {}), 404)
+    session, token = csrf_client
+    files = [SimpleUploadedFile(f"{i}.jpg", b"x") for i in range(settings.DATA_UPLOAD_MAX_NUMBER_FILES + 1)]
+    assert "refused" in error_of(session.post("/api/images", {"file": files}, HTTP_X_CSRFTOKEN=token), 400)
+    assert Image.objects.count() == 0
+
+
+def test_a_duplicate_of_a_hidden_photo_reveals_nothing(csrf_client, photo, no_queue):
+    hidden = captioned(photo, 1, "a secret garden party")
+    Image.objects.filter(pk=hidden.pk).update(hidden=True, original_name="secret-party.jpg")
+    client, token = csrf_client
+    response = upload(client, token, "mine.jpg", photo(1))
+    message = error_of(response, 409)
+    assert "secret" not in response.content.decode() and str(hidden.sha256[:12]) not in response.content.decode()
+    assert "not shown" in message and not response.has_header("Location")
+    assert Image.objects.count() == 1
+
+
+@pytest.fixture
+def api_token(client, user):
+    """A token made on the token page, as a person would (shown once, in that answer)."""
+    client.force_login(user)
+    response = client.post("/account/tokens/")
+    assert response.status_code == 201
+    client.logout()
+    return response.context["created"]
+
+
+def test_tokens_authenticate_scripts_without_csrf(photo, user, api_token, no_queue):
+    from knox.models import AuthToken
+
+    script = Client(enforce_csrf_checks=True)
+    response = script.post("/api/images", {"file": SimpleUploadedFile("a.jpg", photo(1))}, HTTP_AUTHORIZATION=f"Bearer {api_token}")
+    assert response.status_code == 201 and Image.objects.get().uploader == user
+    stored = AuthToken.objects.get()
+    assert api_token.startswith("imgs_") and api_token not in (stored.digest, stored.token_key)  # kept hashed
+    wrong = script.post("/api/images", {"file": SimpleUploadedFile("b.jpg", photo(2))}, HTTP_AUTHORIZATION="Bearer imgs_nope")
+    assert error_of(wrong, 401) and wrong["WWW-Authenticate"] == "Bearer"
+
+
+def test_tokens_are_listed_and_revoked_by_their_owner_only(client, photo, user, staff, api_token):
+    from knox.models import AuthToken
+
+    key = AuthToken.objects.get().token_key
+    client.force_login(staff)
+    page = client.get("/account/tokens/")
+    assert key not in page.content.decode()
+    client.post(f"/account/tokens/{key}/revoke")
+    assert AuthToken.objects.count() == 1  # not the staff member's token
+    client.force_login(user)
+    page = client.get("/account/tokens/").content.decode()
+    assert key in page and api_token not in page  # listed by its start; the token itself is never shown again
+    client.post(f"/account/tokens/{key}/revoke")
+    assert AuthToken.objects.count() == 0
+    response = Client().get("/api/images", HTTP_AUTHORIZATION=f"Bearer {api_token}")
+    error_of(response, 401)
+
+
+def test_search_by_image_is_rate_limited_per_client(client, photo, settings, fake_captioner, no_queue):
+    settings.IMAGESEARCH_RATE_LIMITS = {"search_by_image": "2/min"}
+    query = {"file": SimpleUploadedFile("q.jpg", photo(1))}
+    for _ in range(2):
+        query["file"].seek(0)
+        assert client.post("/api/search/by-image", query).status_code == 200
+    query["file"].seek(0)
+    response = client.post("/api/search/by-image", query)
+    assert "throttled" in error_of(response, 429)
+    assert int(response["Retry-After"]) > 0
+    other = Client(REMOTE_ADDR="192.0.2.7")  # another client has its own allowance
+    assert other.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", photo(1))}).status_code == 200
+
+
+def test_tokens_and_sessions_share_the_user_s_upload_limit(csrf_client, photo, user, api_token, settings, no_queue):
+    settings.IMAGESEARCH_RATE_LIMITS = {"upload": "2/min"}
+    session, csrf = csrf_client
+    assert upload(session, csrf, "a.jpg", photo(1)).status_code == 201
+    script = Client()
+    by_token = script.post("/api/images", {"file": SimpleUploadedFile("b.jpg", photo(2))}, HTTP_AUTHORIZATION=f"Bearer {api_token}")
+    assert by_token.status_code == 201
+    error_of(upload(session, csrf, "c.jpg", photo(3)), 429)
+    assert Image.objects.count() == 2
+
+
+def test_search_by_image_waits_for_a_captioning_slot_in_process(client, photo, settings, fake_captioner, no_queue):
+    from gallery.tasks import captioning_slots
+
+    settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT = 0.05
+    slots = captioning_slots()
+    taken = [slots.acquire(blocking=False) for _ in range(settings.IMAGESEARCH_EMBEDDED_CAPTIONING)]
+    try:
+        response = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", photo(1))})
+        assert "busy" in error_of(response, 503)
+    finally:
+        for _ in filter(None, taken):
+            slots.release()
+    assert client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", photo(1))}).status_code == 200

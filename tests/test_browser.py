@@ -69,6 +69,13 @@ def curator(transactional_db):
     return get_user_model().objects.create_superuser("curator", "curator@example.com", PASSWORD)
 
 
+def csp_violations(page) -> list[str]:
+    """What the Content-Security-Policy blocked on this page (Chromium reports each on the console)."""
+    blocked = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
+    return blocked
+
+
 def shot(page, name):
     page.evaluate("window.scrollTo(0, 0)")  # a sticky header is drawn where the page was scrolled to
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -120,6 +127,7 @@ def upload_two_photos(page, site, fake_captioner):
 def test_upload_search_view_and_curate(browser, site, curator, fake_captioner):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    blocked = csp_violations(page)
     page.goto(f"{site}/accounts/login/")
     shot(page, "01-login")
     upload_two_photos(page, site, fake_captioner)
@@ -168,6 +176,7 @@ def test_upload_search_view_and_curate(browser, site, curator, fake_captioner):
     expect(page.locator("#content")).to_contain_text("Most frequent terms")
     shot(page, "08-admin-index")
     context.close()
+    assert blocked == []  # the pages, the admin and the attention canvas work under the policy
 
 
 def search_by_photo(page, site, fake_captioner):
@@ -188,6 +197,7 @@ def search_by_photo(page, site, fake_captioner):
 def test_search_by_photo(browser, site, fake_captioner):
     ingest_bytes(fake_captioner.register(jpeg(skimage.data.chelsea()), CAT), "chelsea.jpg")  # captioned on commit
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    blocked = csp_violations(page)
     search_by_photo(page, site, fake_captioner)
     shot(page, "09-search-by-image")
     # Dropped on the zone, as on the upload page.
@@ -204,11 +214,13 @@ def test_search_by_photo(browser, site, fake_captioner):
     expect(page.locator(".described")).to_contain_text("a cat with green eyes")
     expect(page.get_by_role("img", name="Your photo")).to_be_visible()
     page.close()
+    assert blocked == []
 
 
 def test_phone_viewport(browser, site, curator, fake_captioner):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = context.new_page()
+    blocked = csp_violations(page)
     upload_two_photos(page, site, fake_captioner)
     shot(page, "10-phone-upload")
 
@@ -236,6 +248,7 @@ def test_phone_viewport(browser, site, curator, fake_captioner):
     assert fits()
     shot(page, "13-phone-image")
     context.close()
+    assert blocked == []  # the upload script and the attention canvas work under the policy
 
 
 XSS_NAME = "<script>alert(1)</script>.jpg"

@@ -113,7 +113,7 @@ def test_export_captions_csv_and_json(tmp_path):
 
 
 def test_seed_demo_fills_an_empty_gallery_once(monkeypatch):
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
     assert "Added 8 demo photos" in run("seed_demo")
     assert Image.objects.count() == 8
     assert "not empty" in run("seed_demo")

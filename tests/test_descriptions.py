@@ -92,7 +92,7 @@ def weighted(monkeypatch):
                             objects=2.0, object_min_probability=0.2, object_tag_min_probability=0.3)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.views.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
     return weights
 
 
@@ -133,7 +133,7 @@ def test_results_below_the_calibrated_relevance_come_after_a_weaker_matches_divi
     weights = SearchWeights(weak_match_below=0.5)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)
     monkeypatch.setattr("gallery.querying.search_weights", lambda: weights)
-    monkeypatch.setattr("gallery.ingest.enqueue_captioning", lambda ids: True)
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)
     strong = ingest_bytes(photo(3), "a.jpg").image
     weak = ingest_bytes(photo(4), "b.jpg").image
     add_model_caption(strong, "a dog", model_version="m1")

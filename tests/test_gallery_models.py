@@ -134,3 +134,24 @@ def test_migrations_match_the_models():
     out = StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+def test_a_large_jpeg_is_checked_and_thumbnailed_at_a_reduced_scale(photo, monkeypatch):
+    """Bounded decode memory: an upload's check and thumbnail decode a JPEG at a reduced DCT scale
+    (1/8 here: 2400 px -> 300 px wide), never at full size."""
+    from gallery import ingest
+
+    decoded = []
+    decode = ingest.open_upright_rgb
+
+    def spy(data, **kwargs):
+        image = decode(data, **kwargs)
+        decoded.append(image.size)
+        return image
+
+    monkeypatch.setattr(ingest, "open_upright_rgb", spy)
+    image = ingest_bytes(photo(1, size=(4800, 2400)), "wide.jpg").image
+    assert (image.width, image.height) == (4800, 2400)  # the true size is recorded
+    assert decoded and all(width <= 4800 // 4 for width, _ in decoded), decoded
+    with PIL.Image.open(image.thumbnail.path) as thumbnail:
+        assert max(thumbnail.size) == 320

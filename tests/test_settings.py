@@ -121,3 +121,46 @@ def test_bad_numbers_fail_clearly(tmp_path, value):
     proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_MAX_UPLOAD_BYTES=value)
     assert proc.returncode != 0
     assert "invalid literal" in proc.stderr or "ValueError" in proc.stderr
+
+
+# The README's production environment (section "Production"), on this machine's services.
+PRODUCTION = {
+    "SECRET_KEY": "a-long-random-production-key-" + "x" * 40,
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/imagesearch",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    "CACHE_URL": "redis://127.0.0.1:6379/1",
+    "ALLOWED_HOSTS": "photos.example.org",
+    "CSRF_TRUSTED_ORIGINS": "https://photos.example.org",
+    "IMAGESEARCH_HTTPS": "true",
+    "IMAGESEARCH_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+    "IMAGESEARCH_PROXY_COUNT": "1",
+    "IMAGESEARCH_MEDIA_ACCEL": "x-accel-redirect",
+}
+
+
+def test_the_production_environment_passes_the_deploy_checks(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "CELERY_", "IMAGESEARCH_", "DEBUG", "SECRET_KEY"))}
+    clean.update(PRODUCTION, DJANGO_SETTINGS_MODULE="imagesearch.settings", IMAGESEARCH_DATA_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no issues" in proc.stdout
+
+
+def test_one_switch_turns_on_https(tmp_path):
+    probe = (
+        "import json, django; from django.conf import settings as s; print(json.dumps([s.SESSION_COOKIE_SECURE, "
+        "s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SECURE_PROXY_SSL_HEADER]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESEARCH_", "DEBUG"))}
+    env.update(DJANGO_SETTINGS_MODULE="imagesearch.settings", IMAGESEARCH_DATA_DIR=str(tmp_path), SECRET_KEY="k")
+
+    def values(**extra):
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert values() == [False, False, False, 0, None]
+    on = values(IMAGESEARCH_HTTPS="true", IMAGESEARCH_PROXY_SSL_HEADER="X-Forwarded-Proto: https")
+    assert on == [True, True, True, 31536000, ["HTTP_X_FORWARDED_PROTO", "https"]]

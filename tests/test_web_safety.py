@@ -158,3 +158,78 @@ def test_exif_orientation_is_applied(client, user, no_queue, photo, media_root):
         assert thumb.height > thumb.width
     html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
     assert 'width="64" height="96"' in html
+
+
+def test_admin_adds_a_photo_only_through_ingest(client, staff, photo, no_queue):
+    client.force_login(staff)
+    response = client.post("/admin/gallery/image/add/", {"hidden": "on"})
+    assert response.status_code == 200 and "This field is required" in response.content.decode()
+    response = client.post("/admin/gallery/image/add/", {"file": SimpleUploadedFile("t.jpg", b"not a photo")})
+    assert "not an image" in response.content.decode()
+    assert Image.objects.count() == 0
+    response = client.post("/admin/gallery/image/add/", {"file": SimpleUploadedFile("beach.jpg", photo(1)), "hidden": "on"})
+    assert response.status_code == 302
+    image = Image.objects.get()
+    assert image.file and image.thumbnail and len(image.sha256) == 64 and image.hidden and image.original_name == "beach.jpg"
+    client.post("/admin/gallery/image/add/", {"file": SimpleUploadedFile("again.jpg", photo(1))})
+    assert Image.objects.count() == 1  # deduplicated like any upload
+    assert Client().get("/api/images").status_code == 200
+
+
+def test_an_image_without_a_file_does_not_break_the_api(client, no_queue):
+    """Rows like those the old admin form made (no file, no hash); migration 0003 removes them."""
+    broken = Image.objects.create(original_name="broken", sha256="")
+    assert client.get("/api/images").json()["results"][0]["file_url"] is None
+    assert client.get(f"/api/images/{broken.pk}").status_code == 200
+
+
+def test_files_of_hidden_photos_need_a_curator(client, staff, photo, no_queue):
+    image = captioned(photo, 1, "a hidden cat")
+    urls = [image.file.url, image.thumbnail.url]
+    assert [client.get(url).status_code for url in urls] == [200, 200]
+    Image.objects.filter(pk=image.pk).update(hidden=True)
+    assert [client.get(url).status_code for url in urls] == [404, 404]  # as for a file never uploaded
+    assert client.get("/media/images/00/" + "0" * 64 + ".jpg").status_code == 404
+    client.force_login(staff)
+    response = client.get(urls[0])
+    assert response.status_code == 200 and "private" in response["Cache-Control"]
+
+
+def test_files_of_a_private_site_need_a_login(client, user, photo, settings, no_queue):
+    settings.IMAGESEARCH_PUBLIC = False
+    image = captioned(photo, 1, "a private dog")
+    assert client.get(image.file.url).status_code == 404
+    client.force_login(user)
+    assert client.get(image.file.url).status_code == 200
+
+
+def test_the_front_server_can_send_the_checked_files(client, photo, settings, no_queue):
+    image = captioned(photo, 1, "a dog")
+    settings.IMAGESEARCH_MEDIA_ACCEL = "x-accel-redirect"
+    response = client.get(image.file.url)
+    assert response["X-Accel-Redirect"] == f"/protected-media/{image.file.name}" and response.content == b""
+    assert response["Content-Type"] == "image/jpeg"
+    settings.IMAGESEARCH_MEDIA_ACCEL = "x-sendfile"
+    assert client.get(image.thumbnail.url)["X-Sendfile"] == str(settings.MEDIA_ROOT / image.thumbnail.name)
+
+
+def test_login_attempts_are_rate_limited(client, user, settings):
+    settings.IMAGESEARCH_RATE_LIMITS = {"login": "5/min"}
+    codes = [client.post("/accounts/login/", {"username": "ada", "password": f"wrong-{i}"}).status_code for i in range(10)]
+    assert codes == [200] * 5 + [429] * 5
+    response = client.post("/admin/login/", {"username": "ada", "password": "wrong"})
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+
+
+def test_pages_are_rate_limited_like_the_api(client, settings):
+    settings.IMAGESEARCH_RATE_LIMITS = {"search": "2/min"}
+    assert [client.get("/search/", {"q": "dog"}).status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/api/search", {"q": "dog"}).status_code == 429  # one counter per client and scope
+    # Without a proxy in front (IMAGESEARCH_PROXY_COUNT=0), a forged X-Forwarded-For is no new client.
+    assert client.get("/api/search", {"q": "dog"}, HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 429
+
+
+def test_pages_carry_a_content_security_policy(client):
+    policy = client.get("/")["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "'unsafe-inline'" not in policy.split("style-src-attr")[0]
+    assert "frame-ancestors 'none'" in policy

@@ -4,7 +4,7 @@ import re
 from django import template
 from django.utils.html import format_html, format_html_join
 
-from searchindex.analysis import highlight_terms, normalize_word
+from searchindex.index import highlight_terms, normalize_word
 
 register = template.Library()
 

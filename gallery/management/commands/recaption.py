@@ -3,7 +3,7 @@ import re
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery.ingest import enqueue_captioning
+from gallery.tasks import enqueue_captioning
 from gallery.models import Caption, Image
 
 
