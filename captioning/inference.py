@@ -81,11 +81,14 @@ class Description:
 
     ``concepts``: the words people would likely use for the photo with calibrated probabilities,
     most probable first (at most CONCEPTS_KEPT, none below CONCEPT_FLOOR); empty for a model
-    without a concept head.
+    without a concept head. ``fingerprint``: the photo's visual fingerprint (captioning.fingerprints,
+    unit float16 vector of the projection ``ImageCaptioner.fingerprint.key``); None for a model
+    without a fingerprint projection.
     """
 
     caption: CaptionResult
     concepts: list[tuple[str, float]] = field(default_factory=list)
+    fingerprint: np.ndarray | None = None
 
 
 # Concept words kept per photo: enough for any indexing setting tuned with evaluate_search.
@@ -300,6 +303,7 @@ class ImageCaptioner:
         batch_size: int = 16,
         length_alpha: float = 1.0,
         concepts=None,
+        fingerprint=None,
         meta: dict | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
@@ -314,6 +318,7 @@ class ImageCaptioner:
         self.batch_size = max(1, int(batch_size))
         self.length_alpha = float(length_alpha)
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
+        self.fingerprint = fingerprint  # captioning.fingerprints.FingerprintProjection or None
         self.meta = meta or {}
 
     @classmethod
@@ -361,6 +366,7 @@ class ImageCaptioner:
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
             batch_size=batch_size,
             concepts=loaded.concepts,
+            fingerprint=loaded.fingerprint,
             meta=loaded.meta,
         )
 
@@ -372,13 +378,13 @@ class ImageCaptioner:
             captions = decode_features(
                 self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
             )
-            if self.concepts is None:
-                results += [Description(caption) for caption in captions]
-            else:
+            ranked = [[] for _ in captions]
+            if self.concepts is not None:
                 ranked = self.concepts.ranked(
                     self.concepts.probabilities(chunk), min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT
                 )
-                results += [Description(caption, words) for caption, words in zip(captions, ranked)]
+            prints = [None] * len(captions) if self.fingerprint is None else list(self.fingerprint.fingerprints(chunk))
+            results += [Description(*parts) for parts in zip(captions, ranked, prints)]
         return results
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:

@@ -11,6 +11,8 @@ Layout of ``captioning/models/<version>/``::
     concepts.npz           optional: the visual concept-word head (captioning.concepts), its
                            SHA-256 in meta.json ``concepts``; ``search`` in meta.json holds the
                            weights of each description source in the index, tuned on dev
+    fingerprint.npz        optional: the projection of visual fingerprints (captioning.fingerprints),
+                           its SHA-256 in meta.json ``fingerprint``
 
 :func:`load_model_dir` checks every file and raises :class:`ModelFileError` (the same class as
 ``captioning.files.ModelFileError``) with a message naming the file and the problem.
@@ -32,6 +34,7 @@ import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
 from .files import ModelFileError, sha256_file
+from .fingerprints import FINGERPRINT_NAME, FingerprintProjection, load_projection
 from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
 
@@ -53,6 +56,7 @@ class LoadedModel:
     meta: dict
     path: Path
     concepts: ConceptHead | None = None
+    fingerprint: FingerprintProjection | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -261,7 +265,10 @@ def load_model_dir(
         model.load_weights(str(weights))
     except Exception as exc:
         raise ModelFileError(f"{weights} could not be loaded ({exc})") from exc
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path, concepts=_load_concepts(path, meta))
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, meta=meta, path=path, concepts=_load_concepts(path, meta),
+        fingerprint=_load_fingerprint(path, meta),
+    )
 
 
 def _load_concepts(path: Path, meta: dict) -> ConceptHead | None:
@@ -272,3 +279,13 @@ def _load_concepts(path: Path, meta: dict) -> ConceptHead | None:
     if not isinstance(record, dict) or not record.get("sha256"):
         raise ModelFileError(f"{path / META_NAME}: 'concepts' must name a file and its sha256")
     return load_concept_head(path / record.get("file", CONCEPTS_NAME), expected_sha256=record["sha256"])
+
+
+def _load_fingerprint(path: Path, meta: dict) -> FingerprintProjection | None:
+    """The fingerprint projection that meta.json names (checksum checked), None for a model without one."""
+    record = meta.get("fingerprint")
+    if not record:
+        return None
+    if not isinstance(record, dict) or not record.get("sha256"):
+        raise ModelFileError(f"{path / META_NAME}: 'fingerprint' must name a file and its sha256")
+    return load_projection(path / record.get("file", FINGERPRINT_NAME), expected_sha256=record["sha256"])

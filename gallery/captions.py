@@ -10,11 +10,12 @@ transaction, with its whole description (gallery.descriptions).
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from captioning.fingerprints import to_bytes
 from captioning.services import model_meta
 from searchindex import index as search_index
 
 from .descriptions import SearchWeights, document_fields
-from .models import Caption, Image, Tag
+from .models import Caption, Fingerprint, Image, Tag
 
 
 def search_weights() -> SearchWeights:
@@ -53,6 +54,16 @@ def _replace_model_tags(image: Image, concepts, model_version: str) -> None:
     )
 
 
+def _replace_fingerprint(image: Image, fingerprint, projection: str, model_version: str) -> None:
+    """The image's fingerprint becomes this model version's (or none, for a model without fingerprints)."""
+    if fingerprint is None or not projection:
+        Fingerprint.objects.filter(image=image).delete()
+        return
+    Fingerprint.objects.update_or_create(
+        image=image, defaults={"projection": projection, "model_version": model_version, "vector": to_bytes(fingerprint)}
+    )
+
+
 def _activate(image: Image, caption: Caption) -> None:
     image.captions.filter(is_active=True).exclude(pk=caption.pk).update(is_active=False)
     if not caption.is_active:
@@ -62,9 +73,10 @@ def _activate(image: Image, caption: Caption) -> None:
 
 @transaction.atomic
 def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=()
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(),
+    fingerprint=None, fingerprint_projection: str = "",
 ) -> Caption:
-    """Store a model's description (caption, alternatives, concept tags) and mark the image done.
+    """Store a model's description (caption, alternatives, concept tags, fingerprint) and mark the image done.
 
     Idempotent per (image, model version): a second call with the same version changes nothing.
     """
@@ -83,6 +95,7 @@ def add_model_caption(
                     alternatives=[[t, s] for t, s in alternatives],
                 )
             _replace_model_tags(image, concepts, model_version)
+            _replace_fingerprint(image, fingerprint, fingerprint_projection, model_version)
         except IntegrityError:
             caption = image.captions.get(source=Caption.Source.MODEL, model_version=model_version)
     active = image.captions.filter(is_active=True).first()

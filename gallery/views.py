@@ -7,11 +7,13 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 
-from .captions import image_fields, search_weights
+from .captions import search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_file
 from .ingest import RejectedUpload
 from .models import Image
-from .querying import CaptioningBusy, describe_query_photo, search_images, split_by_relevance
+from .querying import (
+    CaptioningBusy, describe_query_photo, search_images, search_like_photo, similar_images, split_by_relevance,
+)
 
 MORE_LIKE_THIS = 8
 # Seconds a client should wait before asking again when no worker captioned a query photo.
@@ -45,13 +47,12 @@ def index(request):
 
 @public_or_login
 def image_detail(request, pk):
-    """One photo with its captions, tags, attention maps and similar photos (searched with its whole description)."""
+    """One photo with its captions, tags, attention maps and similar photos (its whole description and fingerprint)."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     caption = image.active_caption
     similar, weights = [], search_weights()
     if caption is not None:
-        fields = image_fields(image, caption, weights)
-        similar = search_images(fields, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
+        similar = similar_images(image, caption, per_page=MORE_LIKE_THIS)
     tags = image.tags.filter(removed=False, probability__gte=weights.tag_min_probability)
     return render(request, "gallery/detail.html", {"image": image, "caption": caption, "similar": similar, "tags": tags})
 
@@ -70,7 +71,7 @@ def search(request):
 
 @public_or_login
 def search_by_image(request):
-    """Describe a query photo with the captioning model, then search with that caption."""
+    """Describe a query photo with the captioning model, then search with its description and fingerprint."""
     form = QueryPhotoForm(request.POST, request.FILES) if request.method == "POST" else QueryPhotoForm()
     context, status = {"form": form}, 200
     if request.method == "POST":
@@ -83,7 +84,9 @@ def search_by_image(request):
             except CaptioningBusy as exc:
                 context["busy"], status = str(exc), 503
             else:
-                results, matches = search_images(described.fields())
+                results, matches = search_like_photo(
+                    described.fields(), described.fingerprint, described.fingerprint_projection
+                )
                 strong, weak = split_by_relevance(matches)
                 context.update(
                     described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption
