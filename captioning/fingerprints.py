@@ -2,10 +2,14 @@
 
 Words cannot tell a re-saved copy of a photo (smaller, cropped, recompressed) from the dozens of
 photos that share its caption; the InceptionV3 features the captioner already computes can. A
-fingerprint is the mean-pooled (2048-d) feature vector, L2-normalised, centred on the training
-photos' mean and projected onto their first principal components (PCA, fitted once on training
-features), L2-normalised again and stored as float16: 128 dimensions = 256 bytes per photo. The
-cosine of two fingerprints is near 1 for copies of one photo and near 0 for unrelated photos.
+photo's signature is the mean over the 64 locations of the square roots of its (64, 2048)
+features (power normalisation: a few strong activations no longer drown the rest), L2-normalised;
+its fingerprint is the signature centred on the training photos' mean, projected onto their first
+256 principal components and whitened (PCA fitted once on training photos), L2-normalised again
+and stored as float16: 512 bytes per photo. The cosine of two fingerprints is high for copies of
+one photo and near 0 for unrelated photos. On the dev split (the harness's re-saved copies: half
+size, 10 % cropped, JPEG 70, against 1,000 photos) the fingerprint alone ranks the original first
+for 97.6 % of the copies (plain mean pooling without whitening, 128 dimensions: 89.9 %).
 
 Fingerprints of different projections are not comparable: each projection is known by the
 SHA-256 of its file (``fingerprint.npz`` in the model directory, recorded in meta.json
@@ -23,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .concepts import pool
 from .files import ModelFileError, sha256_file, write_atomic
 
 FINGERPRINT_NAME = "fingerprint.npz"
-DEFAULT_DIMENSIONS = 128
+DEFAULT_DIMENSIONS = 256
 STORED_DTYPE = np.dtype("<f2")  # little-endian float16, the stored form
 
 
@@ -38,8 +41,8 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class FingerprintProjection:
-    mean: np.ndarray  # (2048,) mean of the training photos' normalised pooled features
-    components: np.ndarray  # (2048, d) principal directions, strongest first
+    mean: np.ndarray  # (2048,) mean of the training photos' signatures
+    components: np.ndarray  # (2048, d) principal directions, strongest first, each divided by its standard deviation
     key: str = ""  # SHA-256 of the file it was loaded from: fingerprints compare only within one key
 
     def __post_init__(self):
@@ -51,9 +54,8 @@ class FingerprintProjection:
         return int(self.components.shape[1])
 
     def fingerprints(self, features: np.ndarray) -> np.ndarray:
-        """Unit-length float16 fingerprints (n, d) of (n, 64, 2048) or pooled (n, 2048) features."""
-        centred = _unit(pool(features)) - self.mean
-        return _unit(centred @ self.components).astype(STORED_DTYPE)
+        """Unit-length float16 fingerprints (n, d) of (n, 64, 2048) features (or their (n, 2048) signatures)."""
+        return _unit((signatures(features) - self.mean) @ self.components).astype(STORED_DTYPE)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -63,14 +65,23 @@ class FingerprintProjection:
         return path
 
 
-def fit_projection(pooled: np.ndarray, dimensions: int = DEFAULT_DIMENSIONS) -> FingerprintProjection:
-    """PCA of the normalised pooled features (n, 2048) of training photos, keeping ``dimensions`` directions."""
-    x = _unit(np.asarray(pooled, dtype=np.float64))
+def signatures(features: np.ndarray) -> np.ndarray:
+    """Unit (n, 2048) signatures of (n, 64, 2048) features: mean of the square roots; (n, 2048) input is taken as signatures."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 3:
+        features = np.sqrt(np.maximum(features, 0.0)).mean(axis=1)
+    return _unit(features)
+
+
+def fit_projection(signature_rows: np.ndarray, dimensions: int = DEFAULT_DIMENSIONS) -> FingerprintProjection:
+    """Whitened PCA of training photos' signatures (n, 2048), keeping ``dimensions`` directions."""
+    x = signatures(np.asarray(signature_rows, dtype=np.float64)).astype(np.float64)
     if len(x) <= dimensions:
         raise ValueError(f"fitting {dimensions} dimensions needs more than {dimensions} photos, got {len(x)}")
     mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return FingerprintProjection(mean.astype(np.float32), vt[:dimensions].T.astype(np.float32))
+    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+    scale = np.maximum(singular[:dimensions] / np.sqrt(len(x)), 1e-9)
+    return FingerprintProjection(mean.astype(np.float32), (vt[:dimensions].T / scale).astype(np.float32))
 
 
 def load_projection(path: str | os.PathLike, *, expected_sha256: str | None = None) -> FingerprintProjection:

@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import concepts, fingerprints
+from . import features as feature_store
 from .files import sha256_file
 from .model import Captioner
 from .storage import resolve_model_dir, update_meta
@@ -513,11 +514,12 @@ def install_fingerprint_projection(
     """
     model_dir = resolve_model_dir(model_dir)
     names = list(train_names)
-    projection = fingerprints.fit_projection(concepts.pooled_from_cache(cache_dir, names), dimensions)
+    rows = np.stack([fingerprints.signatures(feature_store.load_feature(cache_dir, n)[None])[0] for n in names])
+    projection = fingerprints.fit_projection(rows, dimensions)
     path = projection.save(model_dir / fingerprints.FINGERPRINT_NAME)
     record = {
         "file": fingerprints.FINGERPRINT_NAME, "sha256": sha256_file(path), "dimensions": dimensions,
-        "fitted_on": f"{len(names)} training photos (mean-pooled InceptionV3 features, PCA)",
+        "fitted_on": f"{len(names)} training photos (square-root mean of the InceptionV3 features, whitened PCA)",
     }
     update_meta(model_dir, fingerprint=record)
     log(f"fingerprint projection saved: {path} ({dimensions} dimensions, fitted on {len(names)} photos)")

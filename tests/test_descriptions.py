@@ -206,3 +206,19 @@ def test_a_curator_removes_a_wrong_tag_in_admin(photo, weighted, admin_client):
     assert response.status_code == 302
     assert Tag.objects.get(pk=wrong.pk).removed
     assert search_index.search("dog").hits == [] and [h.doc_id for h in search_index.search("table").hits] == [image.pk]
+
+
+@pytest.mark.django_db
+def test_more_like_this_shows_a_stored_copy_first(photo, fake_captioner, no_queue, monkeypatch, client):
+    from gallery.tasks import caption_images
+
+    monkeypatch.setattr("gallery.querying.search_weights", lambda: SearchWeights(fingerprint=1.0, duplicate_above=0.9))
+    looks = np.random.default_rng(6).normal(size=(3, 16))
+    images = []
+    for seed, look in [(41, looks[0]), (42, looks[1]), (43, looks[0] + 0.1 * looks[2])]:
+        images.append(ingest_bytes(fake_captioner.register(photo(seed), "a red car on a street", look), f"{seed}.jpg").image)
+    caption_images([image.pk for image in images])
+    original, other, copy = images
+    page = client.get(reverse("gallery:image", args=[original.pk])).content.decode()
+    similar = page.split("More like this")[1]
+    assert similar.index(f"/images/{copy.pk}/") < similar.index(f"/images/{other.pk}/")
