@@ -46,7 +46,7 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict
     return names, {n: captions[n] for n in names}
 
 
-def caption_images(
+def caption_dataset_images(
     captioner: ImageCaptioner,
     names: Sequence[str],
     images_dir: str | os.PathLike,
@@ -172,7 +172,7 @@ def evaluate(
 ) -> tuple[dict, dict[str, CaptionResult]]:
     """Caption ``names`` and score them against ``references``; returns (report, results)."""
     start = time.perf_counter()
-    results = caption_images(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
+    results = caption_dataset_images(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
     caption_s = time.perf_counter() - start
     scored = score_captions({n: references[n] for n in names}, {n: r.text for n, r in results.items()}, meteor=meteor)
     degenerate = [n for n, r in results.items() if is_degenerate(r)]
