@@ -8,6 +8,7 @@ transaction, with its whole description (gallery.descriptions).
 """
 
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from captioning.fingerprints import to_bytes
@@ -26,9 +27,26 @@ def search_weights() -> SearchWeights:
 def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list:
     """The weighted fields of a photo's description: its active caption, the beam's alternatives
     (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
-    tags = image.tags.filter(removed=False).values_list("word", "probability")
+    return _description_fields(caption, list(image.tags.filter(removed=False).values_list("word", "probability")), weights)
+
+
+def _description_fields(caption: Caption, tags: list, weights: SearchWeights) -> list:
     alternatives = caption.alternatives if caption.source == Caption.Source.MODEL else ()
-    return document_fields(caption.text, alternatives=alternatives, concepts=list(tags), weights=weights)
+    return document_fields(caption.text, alternatives=alternatives, concepts=tags, weights=weights)
+
+
+def all_descriptions(weights: SearchWeights | None = None):
+    """(image id, weighted fields) of every visible image's active description, in id order (for rebuilding the index)."""
+    weights = weights or search_weights()
+    captions = (
+        Caption.objects.filter(is_active=True, image__hidden=False)
+        .select_related("image")
+        .prefetch_related(Prefetch("image__tags", queryset=Tag.objects.filter(removed=False), to_attr="kept_tags"))
+        .order_by("image_id")
+    )
+    for caption in captions.iterator(chunk_size=2_000):
+        tags = [(tag.word, tag.probability) for tag in caption.image.kept_tags]
+        yield caption.image_id, _description_fields(caption, tags, weights)
 
 
 def sync_index(image: Image) -> None:

@@ -222,3 +222,17 @@ def test_more_like_this_shows_a_stored_copy_first(photo, fake_captioner, no_queu
     page = client.get(reverse("gallery:image", args=[original.pk])).content.decode()
     similar = page.split("More like this")[1]
     assert similar.index(f"/images/{copy.pk}/") < similar.index(f"/images/{other.pk}/")
+
+
+@pytest.mark.django_db
+def test_rebuild_index_keeps_the_whole_description(photo, weighted):
+    from django.core.management import call_command
+
+    image = ingest_bytes(photo(7), "p.jpg").image
+    add_model_caption(image, "a man stands outside", model_version="m1", alternatives=[("a man on a beach", -1.2)],
+                      concepts=[("snow", 0.8), ("ski", 0.6)])
+    remove_tag(Tag.objects.get(image=image, word="ski"))
+    before = {q: [(h.doc_id, round(h.score, 9)) for h in search_index.search(q).hits] for q in ("snow", "beach", "man", "ski")}
+    call_command("rebuild_index")
+    after = {q: [(h.doc_id, round(h.score, 9)) for h in search_index.search(q).hits] for q in ("snow", "beach", "man", "ski")}
+    assert after == before and after["snow"] and not after["ski"]
