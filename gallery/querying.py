@@ -109,6 +109,13 @@ def search_like_photo(fields, fingerprint, projection: str, *, page: int = 1, pe
     return replace(first, hits=hits, page=page, per_page=per_page, num_pages=num_pages), _with_images(hits)
 
 
+def search_by_photo(described: QueryCaption, *, page: int = 1, per_page: int | None = None):
+    """Photos like a query photo: its whole description, then its fingerprint (copies of it first)."""
+    return search_like_photo(
+        described.fields(), described.fingerprint, described.fingerprint_projection, page=page, per_page=per_page
+    )
+
+
 def similar_images(image: Image, caption, *, per_page: int):
     """"More like this": photos like a stored one (its whole description and its fingerprint), itself excluded."""
     stored = Fingerprint.objects.filter(image=image).first()

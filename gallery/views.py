@@ -12,7 +12,7 @@ from .forms import QueryPhotoForm, SearchForm, UploadForm, read_upload, upload_f
 from .ingest import RejectedUpload
 from .models import Image
 from .querying import (
-    CaptioningBusy, describe_query_photo, search_images, search_like_photo, similar_images, split_by_relevance,
+    CaptioningBusy, describe_query_photo, search_by_photo, search_images, similar_images, split_by_relevance,
 )
 
 MORE_LIKE_THIS = 8
@@ -84,9 +84,7 @@ def search_by_image(request):
             except CaptioningBusy as exc:
                 context["busy"], status = str(exc), 503
             else:
-                results, matches = search_like_photo(
-                    described.fields(), described.fingerprint, described.fingerprint_projection
-                )
+                results, matches = search_by_photo(described)
                 strong, weak = split_by_relevance(matches)
                 context.update(
                     described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from gallery.ingest import RejectedUpload
-from gallery.querying import CaptioningBusy, describe_query_photo, search_images, search_like_photo
+from gallery.querying import CaptioningBusy, describe_query_photo, search_by_photo, search_images
 
 
 def result_rows(matches) -> list[dict]:
@@ -39,9 +39,7 @@ def run_photo_query(path: str, limit: int) -> dict:
         return {"file": path, "error": f"Cannot read {path}: {exc.strerror}."}
     except (RejectedUpload, CaptioningBusy) as exc:
         return {"file": path, "error": str(exc)}
-    _, matches = search_like_photo(
-        described.fields(), described.fingerprint, described.fingerprint_projection, per_page=limit
-    )
+    _, matches = search_by_photo(described, per_page=limit)
     return {
         "file": path,
         "caption": described.caption,
