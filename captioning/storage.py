@@ -249,26 +249,17 @@ def load_model_dir(
     except Exception as exc:
         raise ModelFileError(f"{weights} could not be loaded ({exc})") from exc
     return LoadedModel(
-        model=model, tokenizer=tokenizer, meta=meta, path=path, concepts=_load_concepts(path, meta),
-        fingerprint=_load_fingerprint(path, meta),
+        model=model, tokenizer=tokenizer, meta=meta, path=path,
+        concepts=_load_optional(path, meta, "concepts", CONCEPTS_NAME, load_concept_head),
+        fingerprint=_load_optional(path, meta, "fingerprint", FINGERPRINT_NAME, load_projection),
     )
 
 
-def _load_concepts(path: Path, meta: dict) -> ConceptHead | None:
-    """The concept head that meta.json names (checksum checked), None for a model without one."""
-    record = meta.get("concepts")
+def _load_optional(path: Path, meta: dict, key: str, default_name: str, load):
+    """The optional file that meta.json names under ``key`` (read by ``load``, checksum checked), None when absent."""
+    record = meta.get(key)
     if not record:
         return None
     if not isinstance(record, dict) or not record.get("sha256"):
-        raise ModelFileError(f"{path / META_NAME}: 'concepts' must name a file and its sha256")
-    return load_concept_head(path / record.get("file", CONCEPTS_NAME), expected_sha256=record["sha256"])
-
-
-def _load_fingerprint(path: Path, meta: dict) -> FingerprintProjection | None:
-    """The fingerprint projection that meta.json names (checksum checked), None for a model without one."""
-    record = meta.get("fingerprint")
-    if not record:
-        return None
-    if not isinstance(record, dict) or not record.get("sha256"):
-        raise ModelFileError(f"{path / META_NAME}: 'fingerprint' must name a file and its sha256")
-    return load_projection(path / record.get("file", FINGERPRINT_NAME), expected_sha256=record["sha256"])
+        raise ModelFileError(f"{path / META_NAME}: '{key}' must name a file and its sha256")
+    return load(path / record.get("file", default_name), expected_sha256=record["sha256"])
