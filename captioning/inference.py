@@ -91,9 +91,10 @@ class Description:
     fingerprint: np.ndarray | None = None
 
 
-# Concept words kept per photo: enough for any indexing setting tuned with evaluate_search.
-CONCEPTS_KEPT = 30
-CONCEPT_FLOOR = 0.02
+# Concept words kept per photo: enough for any indexing setting tuned with evaluate_search (on dev,
+# indexing the 100 most probable words beats the 30 most probable: sentence R@10 47.4 vs 44.9).
+CONCEPTS_KEPT = 100
+CONCEPT_FLOOR = 0.01
 
 
 def has_repeated_trigram(words: Sequence[str]) -> bool:

@@ -16,13 +16,13 @@ from gallery.descriptions import SearchWeights
 
 # The designs tried by --tune, on top of the model's recorded weights.
 TUNING_GRID = {
-    "alternatives": [0.0, 0.5],
-    "concepts": [4.0, 8.0, 16.0],
-    "concept_min_probability": [0.02, 0.05],
-    "concept_top_k": [30],
+    "alternatives": [0.25, 0.5],
+    "concepts": [8.0, 12.0, 16.0],
+    "concept_min_probability": [0.01],
+    "concept_top_k": [30, 100],
 }
 # The fingerprint weights tried by --tune for search by photo, on top of the best of the grid.
-FINGERPRINT_WEIGHTS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+FINGERPRINT_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 
 
 def format_report(report: dict) -> str:
