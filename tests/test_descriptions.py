@@ -236,3 +236,17 @@ def test_rebuild_index_keeps_the_whole_description(photo, weighted):
     call_command("rebuild_index")
     after = {q: [(h.doc_id, round(h.score, 9)) for h in search_index.search(q).hits] for q in ("snow", "beach", "man", "ski")}
     assert after == before and after["snow"] and not after["ski"]
+
+
+def test_the_harness_measures_copies_with_and_without_fingerprints_and_calibrates_the_copy_threshold():
+    from gallery import search_quality
+
+    looks = np.eye(4, dtype=np.float32)
+    originals = {f"p{i}": search_quality.PhotoDescription("a dog on grass", [], [], looks[i]) for i in range(4)}
+    copies = {n: search_quality.PhotoDescription("a dog on grass", [], [], 0.9 * d.fingerprint + 0.1) for n, d in originals.items()}
+    calibration = search_quality.duplicate_threshold(originals, copies)
+    assert calibration["copies_recognised"] == 100.0 and 0.1 < calibration["duplicate_above"] < 1
+    weights = SearchWeights(fingerprint=1.0, duplicate_above=calibration["duplicate_above"])
+    index, ids = search_quality.description_index(originals, weights)
+    assert search_quality.copy_metrics(index, ids, originals, copies, weights, fingerprints=True)["R@1"] == 100.0
+    assert search_quality.copy_metrics(index, ids, originals, copies, weights, fingerprints=False)["R@1"] == 25.0
