@@ -107,7 +107,10 @@ def caption_json(caption) -> dict:
         "text": caption.text,
         "source": caption.source,
         "model_version": caption.model_version,
-        "score": caption.score,
+        "score": caption.score,  # = log_prob, kept for existing clients
+        "log_prob": caption.score,
+        "confidence": caption.confidence,
+        "confidence_label": caption.confidence_label,
         "active": caption.is_active,
         "created_at": caption.created_at.isoformat(),
     }
@@ -177,7 +180,10 @@ def search_by_image(request):
     return JsonResponse(
         {
             "caption": described.caption,
-            "score": described.score,
+            "score": described.score,  # = log_prob, kept for existing clients
+            "log_prob": described.score,
+            "confidence": described.confidence,
+            "confidence_label": described.confidence_label,
             "model_version": described.model_version,
             **search_json(request, results, matches),
         }

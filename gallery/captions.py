@@ -62,7 +62,7 @@ def _activate(image: Image, caption: Caption) -> None:
 
 @transaction.atomic
 def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=()
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), confidence=None
 ) -> Caption:
     """Store a model's description (caption, alternatives, concept tags) and mark the image done.
 
@@ -79,6 +79,7 @@ def add_model_caption(
                     source=Caption.Source.MODEL,
                     model_version=model_version,
                     score=score,
+                    confidence=confidence,
                     attention=attention,
                     alternatives=[[t, s] for t, s in alternatives],
                 )

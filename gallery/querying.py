@@ -10,7 +10,7 @@ from searchindex import index as search_index
 from .captions import search_weights
 from .descriptions import document_fields
 from .ingest import inspect_upload
-from .models import Image
+from .models import Image, confidence_label
 
 
 class CaptioningBusy(RuntimeError):
@@ -26,12 +26,17 @@ class QueryCaption:
     model_version: str
     alternatives: list = field(default_factory=list)  # [[text, score], ...]
     concepts: list = field(default_factory=list)  # [[word, probability], ...]
+    confidence: float | None = None  # calibrated; None from a model without a calibration
+
+    @property
+    def confidence_label(self) -> str:
+        return confidence_label(self.confidence)
 
     @classmethod
     def from_answer(cls, answer: dict) -> "QueryCaption":
         return cls(
             answer["caption"], answer["score"], answer["model_version"],
-            answer.get("alternatives", []), answer.get("concepts", []),
+            answer.get("alternatives", []), answer.get("concepts", []), answer.get("confidence"),
         )
 
     def fields(self) -> list:

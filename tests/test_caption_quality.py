@@ -16,6 +16,8 @@ from captioning.inference import CaptionResult, ImageCaptioner
 from captioning.objects import ObjectVocabulary, chair, load_object_vocabulary
 from captioning.storage import update_meta
 
+from .conftest import captioned
+
 
 def caption(text, score):
     words = text.split()
@@ -188,3 +190,56 @@ def test_save_tuning_needs_tune(model_and_feature_dirs, tmp_path):
     model_dir, feature_dir = model_and_feature_dirs
     with pytest.raises(CommandError, match="needs --tune"):
         call_command("evaluate_captioner", "--model-dir", str(model_dir), "--feature-dir", str(feature_dir), "--save-tuning")
+
+
+# ---------------------------------------------------------------------------- the confidence in the product
+@pytest.mark.django_db
+def test_image_page_and_api_show_the_confidence_in_words_not_the_raw_score(client, photo, no_queue):
+    from django.urls import reverse
+
+    sure = captioned(photo, 1, "a dog runs on the beach", confidence=0.81)
+    unsure = captioned(photo, 2, "a man in a blue shirt", confidence=0.12)
+    html = client.get(reverse("gallery:image", args=[sure.pk])).content.decode()
+    assert ">confident</span>" in html and "score -0.500" not in html
+    assert ">unsure</span>" in client.get(reverse("gallery:image", args=[unsure.pk])).content.decode()
+    body = client.get(f"/api/images/{unsure.pk}").json()["caption"]
+    assert (body["confidence"], body["confidence_label"], body["log_prob"]) == (0.12, "unsure", -0.5)
+
+
+@pytest.mark.django_db
+def test_a_caption_without_a_confidence_shows_no_word(client, photo, no_queue):
+    from django.urls import reverse
+
+    image = captioned(photo, 1, "a dog runs on the beach")  # a model from before the calibration
+    html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
+    assert "confident" not in html and "unsure" not in html
+    assert client.get(f"/api/images/{image.pk}").json()["caption"]["confidence"] is None
+
+
+@pytest.mark.django_db
+def test_admin_needs_review_lists_unsure_model_captions_least_confident_first(client, photo, staff, user, no_queue):
+    from gallery.captions import set_human_caption
+
+    a = captioned(photo, 1, "a man in a blue shirt", confidence=0.4)
+    b = captioned(photo, 2, "a group of people", confidence=0.1)
+    captioned(photo, 3, "a dog on the grass", confidence=0.9)  # confident: no review
+    fixed = captioned(photo, 4, "a man with a cat", confidence=0.05)
+    set_human_caption(fixed, "a cat on a sofa", user=user)  # a person's caption is active: nothing to review
+    client.force_login(staff)
+    html = client.get("/admin/gallery/image/", {"review": "needed"}).content.decode()
+    assert "Needs review" in html
+    listed = [name for name in ("photo-1.jpg", "photo-2.jpg", "photo-3.jpg", "photo-4.jpg") if name in html]
+    assert listed == ["photo-1.jpg", "photo-2.jpg"]
+    assert html.index("photo-2.jpg") < html.index("photo-1.jpg")  # least confident first
+    assert "unsure (0.10)" in html
+    everything = client.get("/admin/gallery/image/").content.decode()
+    assert all(f"photo-{i}.jpg" in everything for i in range(1, 5))
+
+
+@pytest.mark.django_db
+def test_search_by_image_answers_with_the_confidence(client, photo, fake_captioner, no_queue):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    query = fake_captioner.register(photo(60), "two boats on the water")
+    body = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", query)}).json()
+    assert (body["log_prob"], body["confidence"], body["confidence_label"]) == (-0.42, 0.8, "confident")
