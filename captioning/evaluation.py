@@ -29,7 +29,7 @@ import numpy as np
 from . import features as feature_store
 from .concepts import reliability
 from .datasets import read_flickr8k, read_split
-from .evidence import EvidenceReranker, VisualEvidence
+from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
 from .objects import chair
@@ -286,8 +286,9 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------ tuning
-RERANK_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.4, 0.8)
-RERANK_FLOORS = (0.05, 0.1, 0.2, 0.4)
+RERANK_WEIGHTS = (0.0, 1.0, 2.0)
+RERANK_FLOORS = (0.3, 0.5)
+RERANK_COVERAGES = (0.0, 0.25, 0.5)
 # A caption is "good" when it names no invented object and its CIDEr-D reaches this (see calibrate_confidence).
 GOOD_CIDER_D = 0.5
 CONFIDENT_FROM = 0.5
@@ -300,26 +301,31 @@ def rerank_tries(
     *,
     weights: Sequence[float] = RERANK_WEIGHTS,
     floors: Sequence[float] = RERANK_FLOORS,
+    coverages: Sequence[float] = RERANK_COVERAGES,
 ) -> list[dict]:
-    """Score the caption each reranking setting picks from the same n-best lists (weight 0: the search's own)."""
+    """Score the caption each reranking setting picks from the same n-best lists (all 0: the search's own)."""
     rows = []
     for weight in weights:
         for floor in floors if weight else floors[:1]:
-            reranker = EvidenceReranker(evidence, weight, floor)
-            chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
-            scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
-            rows.append({
-                "weight": weight, "floor": floor, **scored["scores"],
-                "degenerate": sum(is_degenerate(c) for c in chosen.values()),
-                "mean_words": round(float(np.mean([len(c.words) for c in chosen.values()])), 2),
-            })
+            for coverage in coverages:
+                reranker = EvidenceReranker(evidence, weight, floor, coverage)
+                chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
+                scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
+                rows.append({
+                    "weight": weight, "floor": floor, "coverage": coverage, **scored["scores"],
+                    "degenerate": sum(is_degenerate(c) for c in chosen.values()),
+                    "mean_words": round(float(np.mean([len(c.words) for c in chosen.values()])), 2),
+                })
     return rows
 
 
 def best_try(rows: Sequence[dict]) -> dict:
-    """The setting with the highest CIDEr-D among those without degenerate captions; ties: fewer invented objects."""
+    """The setting with the highest CIDEr-D minus CHAIR-i among those without degenerate captions.
+
+    Both are percentages: one invented object per 100 named costs as much as one CIDEr-D point.
+    """
     clean = [r for r in rows if not r["degenerate"]] or list(rows)
-    return max(clean, key=lambda r: (r["CIDEr-D"], -r["CHAIR-i"]))
+    return max(clean, key=lambda r: (r["CIDEr-D"] - r["CHAIR-i"], r["CIDEr-D"]))
 
 
 def calibrate_confidence(
@@ -332,7 +338,7 @@ def calibrate_confidence(
     folds: int = 5,
     seed: int = 1234,
 ) -> dict:
-    """Fit P(good | score, weakest object's log-probability) by logistic regression; the record for meta.json.
+    """Fit P(good | score, weakest object's log-probability, coverage) by logistic regression; the record for meta.json.
 
     Good = the caption names no object that the photo's human captions do not, and its CIDEr-D is
     at least ``good_cider_d``. The reliability table and Brier score are of ``folds``-fold held-out
@@ -343,7 +349,8 @@ def calibrate_confidence(
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     names = list(chosen)
-    x = np.array([[chosen[n].score, evidence.weakest_log_probability(chosen[n].words, probabilities[n])] for n in names])
+    features = CaptionConfidence(evidence, (0.0, 0.0, 0.0), 0.0).features
+    x = np.array([features(chosen[n], probabilities[n]) for n in names])
     y = np.array([not per_image[n]["invented"] and per_image[n]["CIDEr-D"] >= good_cider_d for n in names], dtype=int)
     if len(set(y)) < 2 or min(np.bincount(y)) < folds:
         raise ValueError(f"cannot calibrate a confidence on {len(y)} captions of which {int(y.sum())} are good: too few of one kind")
@@ -352,7 +359,10 @@ def calibrate_confidence(
     model = LogisticRegression().fit(x, y)
     confident = held >= CONFIDENT_FROM
     return {
-        "features": ["length-normalised log-probability", "log-probability of the least supported object (0 if none)"],
+        "features": [
+            "length-normalised log-probability", "log-probability of the least supported object (0 if none)",
+            "sum of the concept probabilities of the words used",
+        ],
         "coefficients": [round(float(c), 5) for c in model.coef_[0]],
         "intercept": round(float(model.intercept_[0]), 5),
         "good": f"names no object absent from all human captions and CIDEr-D >= {good_cider_d}",
@@ -404,6 +414,7 @@ def tune(
     *,
     weights: Sequence[float] = RERANK_WEIGHTS,
     floors: Sequence[float] = RERANK_FLOORS,
+    coverages: Sequence[float] = RERANK_COVERAGES,
     good_cider_d: float = GOOD_CIDER_D,
 ) -> dict:
     """Reranking tries on one set of n-best lists, the best setting, and the confidence calibrated on its captions.
@@ -414,14 +425,15 @@ def tune(
     if captioner.concepts is None:
         raise ValueError(f"model {captioner.version} has no concept head: nothing to rerank or calibrate with")
     evidence = VisualEvidence(captioner.concepts)
-    rows = rerank_tries(found, references, evidence, weights=weights, floors=floors)
+    rows = rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages)
     best = best_try(rows)
-    reranker = EvidenceReranker(evidence, best["weight"], best["floor"])
+    reranker = EvidenceReranker(evidence, best["weight"], best["floor"], best["coverage"])
     chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
     scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
     probabilities = {n: p for n, (_, p) in found.items()}
     confidence = calibrate_confidence(chosen, probabilities, scored["per_image"], evidence, good_cider_d=good_cider_d)
-    return {"tries": rows, "reranking": {"weight": best["weight"], "floor": best["floor"]}, "confidence": confidence}
+    reranking = {"weight": best["weight"], "floor": best["floor"], "coverage": best["coverage"]}
+    return {"tries": rows, "reranking": reranking, "confidence": confidence}
 
 
 def format_table(report: dict) -> str:

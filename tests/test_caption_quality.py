@@ -123,6 +123,17 @@ def test_a_candidate_naming_an_object_the_photo_lacks_loses_the_rerank():
     assert evidence.shortfall("a man with a dog".split(), probabilities, 0.1) == pytest.approx(np.log(0.05 / 0.1))
 
 
+def test_coverage_prefers_the_candidate_using_words_people_would_use():
+    evidence = VisualEvidence(head_over(["dog", "grass", "run", "beach"]))
+    probabilities = np.array([0.9, 0.7, 0.6, 0.02])
+    search_order = [caption("a dog on the beach", -0.50), caption("two dogs run on the grass", -0.55)]
+    assert evidence.coverage("two dogs run on the grass".split(), probabilities) == pytest.approx(0.9 + 0.6 + 0.7)
+    assert EvidenceReranker(evidence, 0.0, 0.1, coverage=0.0).rank(search_order, probabilities)[0].text == "a dog on the beach"
+    assert EvidenceReranker(evidence, 0.0, 0.1, coverage=0.2).rank(search_order, probabilities)[0].text == "two dogs run on the grass"
+    record = {"weight": 1.0, "floor": 0.3, "coverage": 0.2}
+    assert EvidenceReranker.from_meta(record, evidence).coverage == 0.2
+
+
 def test_rerank_tries_report_one_row_per_setting():
     evidence = VisualEvidence(head_over(["dog", "cat", "grass", "beach", "man", "bike"]))
     found = {
@@ -130,8 +141,8 @@ def test_rerank_tries_report_one_row_per_setting():
         "b.jpg": ([caption("two children on a beach", -0.5)], np.array([0.1, 0.1, 0.1, 0.9, 0.1, 0.1])),
         "c.jpg": ([caption("a man rides a bike", -0.5)], np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.9])),
     }
-    rows = rerank_tries(found, REFS, evidence, weights=(0.0, 0.5), floors=(0.1, 0.3))
-    assert [(r["weight"], r["floor"]) for r in rows] == [(0.0, 0.1), (0.5, 0.1), (0.5, 0.3)]
+    rows = rerank_tries(found, REFS, evidence, weights=(0.0, 0.5), floors=(0.1, 0.3), coverages=(0.0,))
+    assert [(r["weight"], r["floor"], r["coverage"]) for r in rows] == [(0.0, 0.1, 0.0), (0.5, 0.1, 0.0), (0.5, 0.3, 0.0)]
     assert rows[0]["CHAIR-i"] > 0 and rows[1]["CHAIR-i"] == 0.0 and rows[1]["CIDEr-D"] > rows[0]["CIDEr-D"]
 
 
@@ -170,13 +181,15 @@ def test_a_model_with_reranking_and_confidence_uses_them(model_and_feature_dirs,
         model_dir,
         concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)},
         reranking={"weight": 0.3, "floor": 0.1},
-        confidence={"coefficients": [2.0, 1.0], "intercept": 1.0},
+        confidence={"coefficients": [2.0, 1.0, 0.5], "intercept": 1.0},
     )
     captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
     assert (captioner.reranker.weight, captioner.reranker.floor) == (0.3, 0.1)
-    for description in captioner.describe_features(features[:3]):
-        result = description.caption
-        assert result.confidence == pytest.approx(1 / (1 + np.exp(-(2.0 * result.score + 1.0))), abs=1e-6)
+    probabilities = captioner.concepts.probabilities(features[:3])
+    for description, p in zip(captioner.describe_features(features[:3]), probabilities):
+        result = description.caption  # names no object: the weakest object's log-probability is 0
+        covered = sum(p[i] for i, word in enumerate(["w1", "w2"]) if word in result.words)
+        assert result.confidence == pytest.approx(1 / (1 + np.exp(-(2.0 * result.score + 0.5 * covered + 1.0))), abs=1e-6)
 
 
 def test_reranking_settings_without_a_concept_head_are_refused(model_and_feature_dirs):

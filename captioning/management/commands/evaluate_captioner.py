@@ -132,11 +132,11 @@ class Command(BaseCommand):
         chosen_on = f"{data_dir.name}/{opts['split']} ({len(names)} images), beam {captioner.beam_width}"
         tuned["reranking"]["chosen_on"] = tuned["confidence"]["fitted_on"] = chosen_on
         tuned["reranking"]["tries"] = tuned["tries"]
-        columns = ["weight", "floor", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words"]
+        columns = ["weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words"]
         self.stdout.write(" | ".join(columns))
         for row in tuned["tries"]:
             self.stdout.write(" | ".join(str(row[c]) for c in columns))
-        self.stdout.write(f"best: {tuned['reranking']}")
+        self.stdout.write(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}")
         self.stdout.write(f"confidence: {json.dumps({k: v for k, v in tuned['confidence'].items() if k != 'held_out'})}")
         self.stdout.write(f"held out: {json.dumps(tuned['confidence']['held_out'])}")
         if opts["save_tuning"]:
