@@ -16,6 +16,7 @@ Plain Python, no Django (the ``evaluate_captioner`` command is the glue).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import os
 import shutil
@@ -380,6 +381,35 @@ def calibrate_confidence(
             "reliability": reliability(held, y),
         },
     }
+
+
+TRIES_COLUMNS = ("weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
+
+
+def format_tries(tuned: dict) -> str:
+    """The reranking tries, the chosen setting and the confidence's held-out figures, as text."""
+    lines = [" | ".join(TRIES_COLUMNS)]
+    lines += [" | ".join(str(row[c]) for c in TRIES_COLUMNS) for row in tuned["tries"]]
+    confidence = tuned["confidence"]
+    lines.append(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}")
+    lines.append(f"confidence: {json.dumps({k: v for k, v in confidence.items() if k != 'held_out'})}")
+    lines.append(f"held out: {json.dumps(confidence['held_out'])}")
+    return "\n".join(lines)
+
+
+def save_tuning(model_dir: str | os.PathLike, tuned: dict, *, version: str, chosen_on: str) -> Path:
+    """Record the chosen reranking (with every try) and the confidence in meta.json; the
+    reliability diagram beside it (``confidence_reliability.png``). Returns the diagram's path."""
+    from .storage import update_meta
+
+    reranking = {**tuned["reranking"], "chosen_on": chosen_on, "tries": tuned["tries"]}
+    confidence = {**tuned["confidence"], "fitted_on": chosen_on}
+    plot = plot_reliability(
+        confidence["held_out"]["reliability"], Path(model_dir) / "confidence_reliability.png",
+        title=f"{version}: caption confidence on {chosen_on} (5-fold held out)",
+    )
+    update_meta(model_dir, reranking=reranking, confidence=confidence)
+    return plot
 
 
 def plot_reliability(rows: Sequence[dict], out_path: str | os.PathLike, *, title: str) -> Path:

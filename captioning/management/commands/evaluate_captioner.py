@@ -121,7 +121,6 @@ class Command(BaseCommand):
         from tqdm import tqdm
 
         from captioning import evaluation
-        from captioning.storage import update_meta
 
         with tqdm(total=len(names), desc="n-best", unit="img", file=sys.stderr) as bar:
             found = evaluation.n_best(captioner, names, data_dir / "images", cache_dir=cache_dir, progress=bar.update)
@@ -129,21 +128,8 @@ class Command(BaseCommand):
             tuned = evaluation.tune(captioner, found, references)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        chosen_on = f"{data_dir.name}/{opts['split']} ({len(names)} images), beam {captioner.beam_width}"
-        tuned["reranking"]["chosen_on"] = tuned["confidence"]["fitted_on"] = chosen_on
-        tuned["reranking"]["tries"] = tuned["tries"]
-        columns = ["weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words"]
-        self.stdout.write(" | ".join(columns))
-        for row in tuned["tries"]:
-            self.stdout.write(" | ".join(str(row[c]) for c in columns))
-        self.stdout.write(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}")
-        self.stdout.write(f"confidence: {json.dumps({k: v for k, v in tuned['confidence'].items() if k != 'held_out'})}")
-        self.stdout.write(f"held out: {json.dumps(tuned['confidence']['held_out'])}")
+        self.stdout.write(evaluation.format_tries(tuned))
         if opts["save_tuning"]:
-            plot = evaluation.plot_reliability(
-                tuned["confidence"]["held_out"]["reliability"], Path(model_dir) / "confidence_reliability.png",
-                title=f"{captioner.version}: caption confidence on {chosen_on} (5-fold held out)",
-            )
-            update_meta(model_dir, reranking=tuned["reranking"], confidence=tuned["confidence"])
+            chosen_on = f"{data_dir.name}/{opts['split']} ({len(names)} images), beam {captioner.beam_width}"
+            plot = evaluation.save_tuning(model_dir, tuned, version=captioner.version, chosen_on=chosen_on)
             self.stdout.write(f"reranking and confidence saved in {model_dir}/meta.json; reliability diagram {plot}")
-
