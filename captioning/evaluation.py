@@ -423,7 +423,7 @@ def plot_reliability(rows: Sequence[dict], out_path: str | os.PathLike, *, title
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
     top.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", label="held-out dev photos")
     top.set_ylabel("share of good captions")
-    top.set_title(title, fontsize=10)
+    top.set_title(textwrap.fill(title, 60), fontsize=9)
     top.legend(loc="upper left")
     bottom.bar([(r["from"] + r["to"]) / 2 for r in rows], [r["count"] for r in rows], width=0.09)
     bottom.set_xlabel("confidence")
