@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test services venv prepare clean-venv
+.PHONY: run test test-fast services venv prepare clean-venv
 
 venv: $(INSTALLED)
 
@@ -35,6 +35,11 @@ services:
 test: venv services
 	$(PY) manage.py prepare_models --settings=tests.settings
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: everything but the end-to-end tests (worker processes, browser).
+test-fast: venv services
+	$(PY) manage.py prepare_models --settings=tests.settings
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -87,7 +87,7 @@ def n_best(
     return {n: results[n] for n in names}
 
 
-def caption_images(
+def caption_dataset_images(
     captioner: ImageCaptioner,
     names: Sequence[str],
     images_dir: str | os.PathLike,
@@ -260,7 +260,7 @@ def evaluate(
     ``reference`` in the report: the same metrics for a person (human_reference).
     """
     start = time.perf_counter()
-    results = caption_images(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
+    results = caption_dataset_images(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
     caption_s = time.perf_counter() - start
     scored = score_captions({n: references[n] for n in names}, {n: r.text for n, r in results.items()}, meteor=meteor)
     confidences = [r.confidence for r in results.values() if r.confidence is not None]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,3 +54,28 @@ def write_atomic(path: str | os.PathLike, write: Callable, mode: str = "wb") -> 
     with atomic_path(path) as tmp:
         with open(tmp, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
             write(fh)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` that takes its place, whole, when the block succeeds.
+
+    For a model directory or a checkpoint: readers see the old folder or the complete new one.
+    An existing folder is moved aside, replaced and then removed; an error removes the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .files import ModelFileError, atomic_path, sha256_file
-from .images import InvalidImageError, open_upright_rgb
+from .images import open_upright_rgb
 from .torchfile import read_torchscript_tensors_and_attrs
 
 __all__ = [

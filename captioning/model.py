@@ -25,7 +25,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 FEATURE_LOCATIONS = 64
@@ -231,6 +230,3 @@ def build_captioner(config: ModelConfig, seed: int | None = None) -> Captioner:
         keras.utils.set_random_seed(seed)
     return Captioner(config)
 
-
-def count_parameters(model: keras.Model) -> int:
-    return int(sum(np.prod(v.shape) for v in model.weights))

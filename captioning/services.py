@@ -13,6 +13,7 @@ from django.conf import settings
 
 from .files import ModelFileError
 from .inception import preprocess_image
+from .inference import ImageCaptioner
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,7 @@ def get_captioner():
     if _captioner is None:
         with _lock:
             if _captioner is None:
-                from .inference import ImageCaptioner as Captioner
-
-                _captioner = Captioner.from_dirs(
+                _captioner = ImageCaptioner.from_dirs(
                     settings.IMAGESEARCH_MODEL_DIR,
                     settings.IMAGESEARCH_FEATURE_DIR,
                     beam_width=settings.IMAGESEARCH_BEAM_WIDTH,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
-from .files import ModelFileError, sha256_file
+from .files import ModelFileError, atomic_directory, sha256_file, write_atomic
 from .model import Captioner, ModelConfig
 from .vocabulary import Tokenizer, VocabularyError
 
@@ -122,10 +120,7 @@ def save_model_dir(
         raise ValueError("save float32 weights (the bundled model must load on any CPU)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o755)
-    try:
+    with atomic_directory(path) as tmp:
         weights = tmp / WEIGHTS_NAME
         model.save_weights(str(weights))
         tokenizer.save(tmp / VOCAB_NAME)
@@ -147,16 +142,6 @@ def save_model_dir(
         if extra:
             meta.update(extra)
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -169,9 +154,7 @@ def update_meta(path: str | os.PathLike, **fields) -> dict:
             meta[key] = {**meta[key], **value}
         else:
             meta[key] = value
-    tmp = path / f".{META_NAME}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path / META_NAME)
+    write_atomic(path / META_NAME, lambda fh: fh.write(json.dumps(meta, indent=2) + "\n"), mode="w")
     return meta
 
 

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import concepts
-from .files import sha256_file
-from .model import Captioner
-from .storage import resolve_model_dir, update_meta
+from . import concepts, datasets
+from . import features as feature_store
+from .files import atomic_directory, atomic_path, sha256_file
+from .model import Captioner, ModelConfig, build_captioner
+from .storage import CARD_NAME, load_model_dir, resolve_model_dir, save_model_dir, update_meta
 from .vocabulary import PAD_ID, Tokenizer
 
 
@@ -318,21 +318,12 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """``work_dir/checkpoints/epoch-NNN/`` (weights, optimizer, state), written atomically."""
-        root = self.work_dir / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"epoch-{self.epoch:03d}"
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        try:
+        final = self.work_dir / "checkpoints" / f"epoch-{self.epoch:03d}"
+        with atomic_directory(final) as tmp:
             self.model.save_weights(str(tmp / "model.weights.h5"))
             np.savez(tmp / "optimizer.npz", *[np.asarray(v.numpy()) for v in self.optimizer.variables])
             (tmp / "state.json").write_text(json.dumps(self._state(), indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        kept = sorted(p for p in root.glob("epoch-*") if p.is_dir())
+        kept = sorted(p for p in final.parent.glob("epoch-*") if p.is_dir())
         for old in kept[: -max(1, self.config.keep_checkpoints)]:
             if old.name != f"epoch-{self.best_epoch:03d}":
                 shutil.rmtree(old, ignore_errors=True)
@@ -451,10 +442,186 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
+
+
+class TrainingError(ValueError):
+    """A training run cannot go on (nothing to export); the message says why."""
+
+
+@dataclass
+class TrainingRun:
+    """Everything one ``train_captioner`` run needs: data, output, model and training settings.
+
+    ``model.vocab_size`` is ignored: it comes from the vocabulary built (or loaded) by the run.
+    ``options`` are the command's options as given, recorded in ``run_config.json``.
+    """
+
+    captions: str
+    caption_format: str
+    images_dir: Path
+    train_split: str | None
+    dev_split: str | None
+    version: str
+    output: Path
+    work_dir: Path
+    feature_dir: Path
+    cache_dir: Path
+    model: ModelConfig
+    train: TrainConfig
+    vocab_min_count: int = 5
+    vocab_max_words: int | None = None
+    feature_batch: int = 16
+    max_images: int | None = None
+    flip_augment: bool = False
+    init_from: str | None = None
+    resume: bool = False
+    export_only: bool = False
+    set_current: bool = False
+    progress: bool = True
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+def _vocabulary(run: TrainingRun, captions, train_names, init, log) -> Tokenizer:
+    """The run's vocabulary: the initial model's, the one of the run being resumed, or a new one."""
+    vocab_path = run.work_dir / "vocabulary.json"
+    if init is not None:
+        tokenizer = init.tokenizer
+        tokenizer.save(vocab_path)
+        log(f"starting from {init.path} ({init.version}): {tokenizer.size} tokens")
+    elif (run.resume or run.export_only) and vocab_path.is_file():
+        tokenizer = Tokenizer.load(vocab_path)
+        log(f"vocabulary from {vocab_path}: {tokenizer.size} tokens")
+    else:
+        min_count = run.vocab_min_count or None
+        tokenizer = Tokenizer.build((c for n in train_names for c in captions[n]), min_count=min_count, max_words=run.vocab_max_words)
+        tokenizer.save(vocab_path)
+        log(f"vocabulary: {tokenizer.size} tokens (min count {min_count}, max words {run.vocab_max_words})")
+    return tokenizer
+
+
+def _cached_caption_sets(run: TrainingRun, captions, train_names, dev_names, tokenizer, max_length, log):
+    """Cache the features of the run's images (and their mirrors) and load the two caption sets."""
+    flipped_cache_dir = run.cache_dir.with_name(run.cache_dir.name + "-flipped")
+    failed = set()
+    caches = [(run.cache_dir, list(train_names) + list(dev_names), False)]
+    if run.flip_augment:
+        caches.append((flipped_cache_dir, list(train_names), True))
+    for directory, names, flip in caches:
+        log(f"caching {'mirrored ' if flip else ''}features of {len(names)} images in {directory} ...")
+        stats = feature_store.cache_features(
+            [(n, run.images_dir / n) for n in names], directory, feature_dir=run.feature_dir, flip=flip,
+            batch_size=run.feature_batch, progress=run.progress, log=log,
+        )
+        failed.update(stats["failed"])
+        log(f"features: {stats['written']} new, {stats['cached_before']} cached, {len(stats['failed'])} failed")
+    train_names = [n for n in train_names if n not in failed]
+    dev_names = [n for n in dev_names if n not in failed]
+    t0 = time.time()
+    mirrored = feature_store.load_features(flipped_cache_dir, train_names) if run.flip_augment else None
+    train_set = CaptionSet.build(
+        train_names, feature_store.load_features(run.cache_dir, train_names), captions, tokenizer, max_length, mirrored=mirrored
+    )
+    dev_set = CaptionSet.build(dev_names, feature_store.load_features(run.cache_dir, dev_names), captions, tokenizer, max_length)
+    log(f"loaded features in {time.time() - t0:.0f} s ({train_set.features.nbytes / 2**30:.2f} GiB train)")
+    return train_set, dev_set
+
+
+def run_training(run: TrainingRun, log: Callable[[str], None] = print) -> Path:
+    """Train (or resume, or only export) a captioner and write its model directory; returns it.
+
+    Raises ``datasets.DatasetError`` / ``ModelFileError`` for bad inputs and :class:`TrainingError`
+    when there is no checkpoint to export.
+    """
+    fx_id = feature_store.FEATURE_EXTRACTOR_ID
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    captions = datasets.read_captions(run.captions, run.caption_format)
+    train_names, dev_names = datasets.split_images(
+        captions, train_split=run.train_split, dev_split=run.dev_split, seed=run.train.seed
+    )
+    if run.max_images:
+        train_names, dev_names = train_names[: run.max_images], dev_names[: max(1, run.max_images // 4)]
+    log(f"data: {datasets.describe(captions, train_names)} train, {datasets.describe(captions, dev_names)} dev")
+    init = load_model_dir(run.init_from, expected_feature_extractor=fx_id) if run.init_from else None
+    tokenizer = _vocabulary(run, captions, train_names, init, log)
+    if init is not None:
+        config = dataclasses.replace(init.config, dropout=run.model.dropout)
+    else:
+        config = dataclasses.replace(run.model, vocab_size=tokenizer.size)
+    tcfg = dataclasses.replace(run.train, max_length=config.max_length)
+    (run.work_dir / "run_config.json").write_text(
+        json.dumps({"model": config.to_dict(), "train": tcfg.to_dict(), "args": run.options}, indent=1)
+    )
+    model = build_captioner(config, seed=tcfg.seed)
+    if init is not None:
+        model.set_weights(init.model.get_weights())
+    trainer = Trainer(model, tcfg, run.work_dir, log=log)
+    fx_meta = feature_store.read_feature_meta(run.feature_dir) or {}
+
+    if not run.export_only:
+        fx_meta = feature_store.ensure_feature_weights(run.feature_dir, log=log)
+        train_set, dev_set = _cached_caption_sets(run, captions, train_names, dev_names, tokenizer, config.max_length, log)
+        train_names, dev_names = train_set.names, dev_set.names
+        trainer.fit(train_set, dev_set, resume=run.resume, progress=run.progress)
+    else:
+        latest = trainer.latest_checkpoint()
+        if latest is None:
+            raise TrainingError(f"no checkpoint in {run.work_dir}")
+        trainer.restore(latest)
+
+    # ---- export the best epoch
+    best = trainer.best_checkpoint()
+    if best is None:
+        raise TrainingError("no checkpoint to export")
+    model.load_weights(str(best / "model.weights.h5"))
+    best_rec = next((h for h in trainer.history if h["epoch"] == trainer.best_epoch), {})
+    training_info = {
+        "data": {
+            "captions": os.path.abspath(run.captions),
+            "format": run.caption_format,
+            "train_split": run.train_split,
+            "dev_split": run.dev_split,
+            "train_images": len(train_names),
+            "dev_images": len(dev_names),
+        },
+        "flip_augment": bool(run.flip_augment),
+        "initialised_from": (
+            {"version": init.version, "weights_sha256": init.meta["weights"].get("sha256"), "epochs": init.meta.get("training", {}).get("epochs_run")}
+            if init is not None else None
+        ),
+        "epochs_run": trainer.epoch,
+        "best_epoch": trainer.best_epoch,
+        "train_seconds": round(trainer.train_seconds, 1),
+        "params": tcfg.to_dict(),
+        "history": trainer.history,
+    }
+    metrics = {"dev_loss": best_rec.get("val_loss"), "dev_perplexity": best_rec.get("val_perplexity"), "train_loss": best_rec.get("train_loss")}
+    fx_info = {
+        "id": fx_id,
+        "source_package": fx_meta.get("source_package"),
+        "source_sha256": fx_meta.get("source_sha256"),
+        "weights_sha256": fx_meta.get("sha256"),
+        "weights_file": feature_store.FEATURE_WEIGHTS_NAME,
+    }
+    output = run.output
+    card = output / CARD_NAME
+    card_text = card.read_text(encoding="utf-8") if card.is_file() else None
+    save_model_dir(output, model, tokenizer, version=run.version, feature_extractor=fx_info, training=training_info, metrics=metrics, overwrite=True)
+    if card_text is not None:
+        card.write_text(card_text, encoding="utf-8")
+    for name in ("loss_curve.png", "train_log.json"):
+        if (run.work_dir / name).is_file():
+            shutil.copy2(run.work_dir / name, output / name)
+    log(f"exported epoch {trainer.best_epoch} (val loss {metrics['dev_loss']}) to {output}")
+    if run.set_current:
+        current = output.parent / "current"
+        if current.is_symlink() or current.is_file():
+            current.unlink()
+        current.symlink_to(output.name)
+        log(f"{current} -> {output.name}")
+    return output
 
 
 def install_concept_head(

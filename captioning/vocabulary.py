@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+
+from .files import write_atomic
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -159,18 +160,12 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary as UTF-8 JSON, atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".vocab-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, ensure_ascii=False, indent=0)
-                fh.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        def write(fh):
+            json.dump(self.to_dict(), fh, ensure_ascii=False, indent=0)
+            fh.write("\n")
+
+        write_atomic(path, write, mode="w")
         return path
 
     @classmethod

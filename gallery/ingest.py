@@ -11,7 +11,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ import PIL.Image
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from PIL import ImageOps
+
+from captioning.files import write_atomic
+from captioning.images import open_upright_rgb
 
 from .models import Image, content_path
 
@@ -69,14 +70,6 @@ def _human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def open_oriented_rgb(data: bytes) -> PIL.Image.Image:
-    """Decode an image (first frame of a GIF) upright, as RGB: what thumbnails and the captioner see."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        img.seek(0)
-        upright = ImageOps.exif_transpose(img)
-        return upright.convert("RGB")
-
-
 def check_size(size: int) -> None:
     """Refuse a file by its size alone, before it is read into memory."""
     limit = settings.IMAGESEARCH_MAX_UPLOAD_BYTES
@@ -105,14 +98,14 @@ def inspect_upload(data: bytes) -> Inspection:
                 )
             img.verify()
         # verify() does not decode pixel data; a full decode catches truncated files.
-        open_oriented_rgb(data)
+        open_upright_rgb(data)
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
         raise RejectedUpload("The image has too many pixels to be processed safely.", 413) from None
     except PIL.UnidentifiedImageError:
         raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # InvalidImageError is a ValueError
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
     upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
     return Inspection(format=fmt, width=upright_width, height=upright_height)
@@ -126,7 +119,7 @@ def _is_rotated(data: bytes) -> bool:
 
 def make_thumbnail(data: bytes) -> bytes:
     """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, made once at upload."""
-    img = open_oriented_rgb(data)
+    img = open_upright_rgb(data)
     size = settings.IMAGESEARCH_THUMBNAIL_SIZE
     img.thumbnail((size, size), PIL.Image.Resampling.LANCZOS)
     out = io.BytesIO()
@@ -139,16 +132,7 @@ def _write_once(name: str, data: bytes) -> None:
     path = Path(default_storage.path(name))
     if path.exists():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: handle.write(data))
 
 
 def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult:

@@ -17,7 +17,7 @@ from celery.signals import worker_process_init
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from captioning import services as captioning
+from captioning import services as captioning_services
 
 from .captions import add_model_caption
 from .models import Image
@@ -46,7 +46,7 @@ TASK_OPTIONS = {
 def load_model_in_worker_process(**kwargs):
     """Load the captioner in each pool process right after the fork, before its first task."""
     try:
-        captioning.get_captioner()
+        captioning_services.get_captioner()
     except Exception:  # a broken model must not kill the pool; tasks report the error instead
         logger.exception("The captioning model could not be loaded")
 
@@ -58,7 +58,7 @@ def _mark(image_ids, status, error=""):
 @shared_task(**TASK_OPTIONS)
 def caption_images(image_ids: list[int]) -> dict:
     """Caption a batch of stored images in one model call and index their captions."""
-    captioner = captioning.get_captioner()
+    captioner = captioning_services.get_captioner()
     version = captioner.version
     images = [
         image
@@ -74,7 +74,7 @@ def caption_images(image_ids: list[int]) -> dict:
     for image in images:
         try:
             with image.file.open("rb") as handle:
-                readable.append((image, captioning.load_image(handle.read())))
+                readable.append((image, captioning_services.load_image(handle.read())))
         except (OSError, ValueError) as exc:
             failed += 1
             logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
@@ -92,8 +92,8 @@ def caption_images(image_ids: list[int]) -> dict:
 @shared_task(acks_late=False, max_retries=0)
 def caption_query_image(image_b64: str) -> dict:
     """Describe a search-by-image query photo exactly as a stored photo is described; it is not stored."""
-    captioner = captioning.get_captioner()
-    pixels = captioning.load_image(base64.b64decode(image_b64))
+    captioner = captioning_services.get_captioner()
+    pixels = captioning_services.load_image(base64.b64decode(image_b64))
     described = captioner.describe_arrays([pixels])[0]
     return {
         "caption": described.caption.text,

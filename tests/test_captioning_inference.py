@@ -353,14 +353,14 @@ def test_evaluate_captioner_saves_tuned_decoding_that_loading_then_uses(model_an
 
 def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tiny_dataset, tmp_path):
     from captioning import features as feature_store
-    from captioning.evaluation import caption_images
+    from captioning.evaluation import caption_dataset_images
 
     cache = tmp_path / "cache"
     cache.mkdir()
     feats = np.random.default_rng(5).standard_normal((1, 64, 2048)).astype(np.float16)
     np.save(feature_store.cache_path(cache, "0.jpg"), feats[0])
     (tiny_dataset / "images" / "0.jpg").unlink()  # only the cache can caption it now
-    results = caption_images(image_captioner, ["0.jpg", "1.jpg"], tiny_dataset / "images", cache_dir=cache)
+    results = caption_dataset_images(image_captioner, ["0.jpg", "1.jpg"], tiny_dataset / "images", cache_dir=cache)
     expected = decode_features(image_captioner.captioner, image_captioner.tokenizer, feats.astype(np.float32))[0]
     assert results["0.jpg"].text == expected.text and results["1.jpg"].words
 

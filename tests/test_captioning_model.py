@@ -16,7 +16,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from captioning import datasets, features  # noqa: E402
-from captioning.model import Captioner, ModelConfig, build_captioner  # noqa: E402
+from captioning.model import ModelConfig, build_captioner  # noqa: E402
 from captioning.storage import ModelFileError, load_model_dir, read_meta, save_model_dir  # noqa: E402
 from captioning.training import (  # noqa: E402
     CaptionSet,

@@ -1,8 +1,10 @@
 """The data model: one image per photo (SHA-256), and the active-caption rules."""
 import hashlib
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 from django.contrib import admin
 from django.core.management import call_command
@@ -16,6 +18,18 @@ from searchindex import index as search_index
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]
 
 
+
+
+def test_thumbnails_see_transparent_pixels_as_the_networks_do_on_white(media_root):
+    """One decoder for thumbnails and networks: transparency is composited on white, not dropped."""
+    pixels = np.zeros((64, 64, 4), np.uint8)  # black, fully transparent...
+    pixels[16:48, 16:48] = (200, 30, 30, 255)  # ...around an opaque red square
+    out = BytesIO()
+    PIL.Image.fromarray(pixels, "RGBA").save(out, format="PNG")
+    image = ingest_bytes(out.getvalue(), "logo.png").image
+    with PIL.Image.open(Path(media_root) / image.thumbnail.name) as thumb:
+        corner, centre = thumb.getpixel((1, 1)), thumb.getpixel((thumb.width // 2, thumb.height // 2))
+    assert min(corner) > 240 and centre[0] > 150 > centre[1]
 
 
 def found(query):

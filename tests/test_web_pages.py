@@ -12,7 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from gallery.captions import add_model_caption, set_human_caption
+from gallery.captions import set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
