@@ -33,7 +33,7 @@ from .datasets import read_flickr8k, read_split
 from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
-from .objects import chair
+from .chair import chair
 from .vocabulary import normalize_words
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s")

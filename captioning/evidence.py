@@ -15,7 +15,7 @@ people would use it for this photo. Two uses:
   weakest object's evidence and its coverage of likely words, fitted on dev against whether the caption was good (meta.json
   ``confidence``), so that 0.8 means about 8 in 10 such captions are good.
 
-Object groups come from captioning.objects (the CHAIR word list); a group's probability is the
+Object groups come from captioning.chair (the CHAIR word list); a group's probability is the
 highest probability the head gives any of its words ("person" from "man", "woman", "boy", ...).
 Groups the head has no word for give no evidence either way.
 
@@ -31,7 +31,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from .concepts import ConceptHead
-from .objects import ObjectVocabulary, load_object_vocabulary, plural
+from .chair import ObjectVocabulary, load_object_vocabulary, plural
 from .vocabulary import normalize_words
 
 class Candidate(Protocol):

@@ -13,7 +13,7 @@ from captioning.evaluation import calibrate_confidence, cider, human_reference, 
 from captioning.evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from captioning.files import ModelFileError
 from captioning.inference import CaptionResult, ImageCaptioner
-from captioning.objects import ObjectVocabulary, chair, load_object_vocabulary
+from captioning.chair import ObjectVocabulary, chair, load_object_vocabulary
 from captioning.storage import update_meta
 
 from .conftest import captioned
@@ -69,7 +69,7 @@ def test_object_vocabulary_refuses_a_word_in_two_groups_and_an_unknown_broader_g
 
 
 def test_the_shipped_word_list_says_where_it_comes_from():
-    from captioning.objects import OBJECTS_PATH
+    from captioning.chair import OBJECTS_PATH
 
     data = json.loads(OBJECTS_PATH.read_text())
     assert "COCO" in data["source"] and "Flickr8k" in data["source"] and "Rohrbach" in data["source"]
