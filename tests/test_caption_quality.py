@@ -1,5 +1,5 @@
 """Caption quality: the CHAIR object-hallucination rate, CIDEr / CIDEr-D, reranking the beam by
-visual evidence, and the calibrated confidence (captioning.objects, captioning.evidence,
+visual evidence, and the calibrated confidence (captioning.chair, captioning.evidence,
 captioning.evaluation)."""
 
 import json
