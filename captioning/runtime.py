@@ -77,7 +77,9 @@ class OnnxNetwork:
     """An ONNX file on ONNX Runtime's CPU provider.
 
     ``threads``: intra-op threads (0 = one per core, ONNX Runtime's default). Operators run one
-    after another (one inter-op thread): a batch keeps the cores busy within each operator.
+    after another (one inter-op thread): a batch keeps the cores busy within each operator. Idle
+    threads sleep instead of spinning (ONNX Runtime's default), because TensorFlow's caption
+    search and other workers need the same cores right after each call.
     Raises ``onnxruntime``'s exceptions for a file it cannot load.
     """
 
@@ -91,6 +93,7 @@ class OnnxNetwork:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         (spec,) = self.session.get_inputs()
