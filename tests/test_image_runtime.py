@@ -84,9 +84,12 @@ def feature_dir(tmp_path_factory):
 
 @pytest.fixture
 def damaged_dir(feature_dir, tmp_path):
-    """A copy of feature_dir whose files a test may damage."""
+    """A copy of feature_dir whose ONNX files a test may damage (the Keras weights are links)."""
     for path in feature_dir.iterdir():
-        shutil.copy(path, tmp_path / path.name)
+        if path.is_symlink():
+            (tmp_path / path.name).symlink_to(path.resolve())
+        else:
+            shutil.copy(path, tmp_path / path.name)
     return tmp_path
 
 
@@ -155,3 +158,18 @@ def test_auto_falls_back_when_onnxruntime_is_not_installed(damaged_dir, monkeypa
 def test_an_unknown_runtime_is_refused(damaged_dir):
     with pytest.raises(ValueError, match="unknown image runtime 'gpu'"):
         feature_store.load_extractor(damaged_dir, image_runtime="gpu")
+
+
+def test_prepare_models_exports_the_onnx_graph_once(damaged_dir, settings):
+    import io
+
+    from django.core.management import call_command
+
+    feature_store.onnx_path(damaged_dir).unlink()
+    settings.IMAGESEARCH_FEATURE_DIR = damaged_dir
+    out = io.StringIO()
+    call_command("prepare_models", "--skip-captioner", stdout=out)
+    assert f"feature extractor (ONNX Runtime): exported {feature_store.onnx_path(damaged_dir)}" in out.getvalue()
+    call_command("prepare_models", "--skip-captioner", stdout=out)
+    assert "feature extractor (ONNX Runtime): verified" in out.getvalue()
+    assert feature_store.load_extractor(damaged_dir).runtime == "onnxruntime"
