@@ -168,6 +168,9 @@ CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# One worker process per machine by default: it uses every core (ONNX Runtime and TensorFlow thread
+# pools) and captions whole batches; two processes on 2 cores were slower (docs/benchmarks.md).
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=1)
 # Each pool process loads TensorFlow and the model after the fork, which takes longer than the
 # default 4 s that the parent waits for a new child.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 180
