@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 from tqdm import tqdm
 
-from gallery.ingest import RejectedUpload, enqueue_captioning, ingest_bytes
+from gallery import ingest
+from gallery.ingest import RejectedUpload, ingest_bytes
 from gallery.models import Image
 
 
@@ -51,10 +52,10 @@ class Command(BaseCommand):
             if result.created:
                 imported.append(result.image.pk)
                 if len(imported) % batch == 0:
-                    enqueue_captioning(imported[-batch:])
+                    ingest.enqueue_captioning(imported[-batch:])
             else:
                 duplicates += 1
-        enqueue_captioning(imported[len(imported) - len(imported) % batch :])  # the last, partial batch
+        ingest.enqueue_captioning(imported[len(imported) - len(imported) % batch :])  # the last, partial batch
         self.stdout.write(f"Imported {len(imported)}, duplicates {duplicates}, rejected {len(rejected)}.")
         for path, reason in rejected:
             self.stdout.write(f"  rejected {path}: {reason}")
