@@ -246,7 +246,7 @@ def cache_features(
     ``images``: ``(name, path)`` pairs (name = cache key, e.g. the Flickr8k file name) or plain
     paths (name = file name).  ``flip=True`` featurises the horizontally mirrored image instead
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
-    thread while TensorFlow computes the previous batch.
+    thread while InceptionV3 computes the previous batch.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
