@@ -169,7 +169,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # One worker process per machine by default: it uses every core (ONNX Runtime and TensorFlow thread
-# pools) and captions whole batches; two processes on 2 cores were slower (docs/benchmarks.md).
+# pools) on whole batches; two on 2 cores were as fast within noise with twice the memory
+# (docs/benchmarks.md, "Pipeline").
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=1)
 # Each pool process loads TensorFlow and the model after the fork, which takes longer than the
 # default 4 s that the parent waits for a new child.
