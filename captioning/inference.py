@@ -286,9 +286,14 @@ def decode_features(
 
 # ------------------------------------------------------------------------------------ serving
 def _check_object_labels(model_path, recorded: dict, feature_dir) -> None:
-    """The classifier and words table a model's search weights were tuned with must be the installed ones."""
+    """The classifier and words table a model's search weights were tuned with must be the installed ones.
+
+    The classifier is named by its pinned source file: converting it again gives the same weights
+    but not the same bytes (HDF5 keeps creation details), so the converted file's hash would refuse
+    every fresh machine.
+    """
     installed = {
-        "weights_sha256": (feature_store.read_classifier_meta(feature_dir) or {}).get("sha256"),
+        "source_sha256": (feature_store.read_classifier_meta(feature_dir) or {}).get("source_sha256"),
         "words_sha256": sha256_file(WORDS_PATH),
     }
     for key, actual in installed.items():

@@ -440,13 +440,13 @@ def test_from_dirs_refuses_object_labels_other_than_the_model_was_tuned_with(mod
     from captioning.storage import update_meta
 
     model_dir, feature_dir = model_and_feature_dirs
-    (feature_dir / feature_store.CLASSIFIER_META_NAME).write_text(json.dumps({"sha256": "ef" * 32}))
+    (feature_dir / feature_store.CLASSIFIER_META_NAME).write_text(json.dumps({"source_sha256": "ef" * 32}))
     monkeypatch.setattr(feature_store, "load_classifier", lambda directory: tiny_object_classifier())
-    update_meta(model_dir, objects={"weights_sha256": "ef" * 32})
+    update_meta(model_dir, objects={"source_sha256": "ef" * 32})
     assert ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True).object_classifier is not None
-    update_meta(model_dir, objects={"weights_sha256": "01" * 32})
-    with pytest.raises(ModelMismatchError, match="object labels of weights_sha256 0101"):
+    update_meta(model_dir, objects={"source_sha256": "01" * 32})
+    with pytest.raises(ModelMismatchError, match="object labels of source_sha256 0101"):
         ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True)
-    update_meta(model_dir, objects={"weights_sha256": "ef" * 32, "words_sha256": "02" * 32})
+    update_meta(model_dir, objects={"source_sha256": "ef" * 32, "words_sha256": "02" * 32})
     with pytest.raises(ModelMismatchError, match="words_sha256"):
         ImageCaptioner.from_dirs(model_dir, feature_dir, object_labels=True)
