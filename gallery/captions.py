@@ -67,7 +67,8 @@ def _activate(image: Image, caption: Caption) -> None:
 
 @transaction.atomic
 def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=()
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=(),
+    confidence=None,
 ) -> Caption:
     """Store a model's description (caption, alternatives, concept and object tags) and mark the image done.
 
@@ -84,6 +85,7 @@ def add_model_caption(
                     source=Caption.Source.MODEL,
                     model_version=model_version,
                     score=score,
+                    confidence=confidence,
                     attention=attention,
                     alternatives=[[t, s] for t, s in alternatives],
                 )

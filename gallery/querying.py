@@ -10,7 +10,7 @@ from searchindex import index as search_index
 from .captions import search_weights
 from .descriptions import document_fields
 from .ingest import inspect_upload, make_thumbnail
-from .models import Image
+from .models import Image, confidence_label
 from .tasks import caption_query_image, captioning_slots
 
 # Seconds a client should wait before asking again when no worker captioned a query photo.
@@ -31,12 +31,18 @@ class QueryCaption:
     alternatives: list = field(default_factory=list)  # [[text, score], ...]
     concepts: list = field(default_factory=list)  # [[word, probability], ...]
     objects: list = field(default_factory=list)  # [[label, probability], ...]
+    confidence: float | None = None  # calibrated; None from a model without a calibration
+
+    @property
+    def confidence_label(self) -> str:
+        return confidence_label(self.confidence)
 
     @classmethod
     def from_answer(cls, answer: dict) -> "QueryCaption":
         return cls(
             answer["caption"], answer["score"], answer["model_version"],
             answer.get("alternatives", []), answer.get("concepts", []), answer.get("objects", []),
+            answer.get("confidence"),
         )
 
     def fields(self) -> list:

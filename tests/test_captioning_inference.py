@@ -308,7 +308,7 @@ def test_score_captions_rewards_a_human_caption_over_a_wrong_one():
     }
     good = score_captions(refs, {"a.jpg": "a dog runs through the grass", "b.jpg": "two children play on a beach"}, meteor=False)
     bad = score_captions(refs, {"a.jpg": "a red car", "b.jpg": "a man rides a bike"}, meteor=False)
-    assert set(good["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert set(good["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s"}
     assert good["scores"]["BLEU-4"] > 90 and bad["scores"]["BLEU-4"] < 1
     assert good["scores"]["CIDEr"] > bad["scores"]["CIDEr"]
 

@@ -1,6 +1,8 @@
-"""``manage.py evaluate_captioner``: BLEU/METEOR/ROUGE-L/CIDEr and degenerate share on a split.
+"""``manage.py evaluate_captioner``: BLEU/METEOR/ROUGE-L/CIDEr/CIDEr-D/CHAIR and degenerate share on a split.
 
 Prints a table, writes the full report as JSON (``--output``) and attention plots of a few images.
+``--tune`` tries the visual-evidence reranking settings and calibrates the confidence
+(captioning.evaluation.tune); ``--save-tuning`` records both in the model's meta.json.
 """
 
 import json
@@ -32,6 +34,11 @@ class Command(BaseCommand):
             "--save-decoding", action="store_true",
             help="record this beam width and length alpha in the model's meta.json as its tuned defaults",
         )
+        parser.add_argument("--tune", action="store_true", help="try reranking settings and calibrate the confidence")
+        parser.add_argument(
+            "--save-tuning", action="store_true",
+            help="with --tune: record the best reranking and the confidence in meta.json, the reliability diagram beside it",
+        )
 
     def handle(self, *args, **opts):
         from captioning import evaluation
@@ -41,6 +48,8 @@ class Command(BaseCommand):
         data_dir = Path(opts["data_dir"])
         if opts["beam"] is not None and opts["beam"] < 1:
             raise CommandError("--beam must be at least 1")
+        if opts["save_tuning"] and not opts["tune"]:
+            raise CommandError("--save-tuning needs --tune")
         try:
             names, references = evaluation.load_split(data_dir, opts["split"])
         except ValueError as exc:
@@ -66,6 +75,8 @@ class Command(BaseCommand):
 
         from tqdm import tqdm
 
+        if opts["tune"]:
+            return self._tune(captioner, names, references, data_dir, cache_dir, model_dir, opts)
         with tqdm(total=len(names), desc="captioning", unit="img", file=sys.stderr) as bar:
             report, results = evaluation.evaluate(
                 captioner,
@@ -105,3 +116,20 @@ class Command(BaseCommand):
             self.stdout.write(f"decoding defaults saved in {model_dir}/meta.json: beam {captioner.beam_width}, length alpha {captioner.length_alpha}")
         for plot in plots:
             self.stdout.write(f"attention plot: {plot}")
+
+    def _tune(self, captioner, names, references, data_dir, cache_dir, model_dir, opts):
+        from tqdm import tqdm
+
+        from captioning import evaluation
+
+        with tqdm(total=len(names), desc="n-best", unit="img", file=sys.stderr) as bar:
+            found = evaluation.n_best(captioner, names, data_dir / "images", cache_dir=cache_dir, progress=bar.update)
+        try:
+            tuned = evaluation.tune(captioner, found, references)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(evaluation.format_tries(tuned))
+        if opts["save_tuning"]:
+            chosen_on = f"{data_dir.name}/{opts['split']} ({len(names)} images), beam {captioner.beam_width}"
+            plot = evaluation.save_tuning(model_dir, tuned, version=captioner.version, chosen_on=chosen_on)
+            self.stdout.write(f"reranking and confidence saved in {model_dir}/meta.json; reliability diagram {plot}")
