@@ -10,7 +10,10 @@ inference guard should keep at 0.
 Features of images already in the training feature cache (``features.cache_features``) are read
 from it, so scoring the 1,000 dev images does not need 1,000 InceptionV3 passes.
 
-Plain Python, no Django (the ``evaluate_captioner`` command is the glue).
+:func:`run_evaluation` is what ``manage.py evaluate_captioner`` runs (the command only parses its
+arguments): score a split, or with ``tune`` try the reranking settings and calibrate the confidence.
+
+Plain Python, no Django.
 """
 
 from __future__ import annotations
@@ -20,20 +23,25 @@ import json
 import math
 import os
 import shutil
+import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from . import features as feature_store
+from .chair import chair
 from .concepts import reliability
 from .datasets import read_flickr8k, read_split
 from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
+from .images import open_upright_rgb
 from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
-from .chair import chair
+from .storage import update_meta
 from .vocabulary import normalize_words
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s")
@@ -400,8 +408,6 @@ def format_tries(tuned: dict) -> str:
 def save_tuning(model_dir: str | os.PathLike, tuned: dict, *, version: str, chosen_on: str) -> Path:
     """Record the chosen reranking (with every try) and the confidence in meta.json; the
     reliability diagram beside it (``confidence_reliability.png``). Returns the diagram's path."""
-    from .storage import update_meta
-
     reranking = {**tuned["reranking"], "chosen_on": chosen_on, "tries": tuned["tries"]}
     confidence = {**tuned["confidence"], "fitted_on": chosen_on}
     plot = plot_reliability(
@@ -490,10 +496,8 @@ def plot_attention(image_path: str | os.PathLike, result: CaptionResult, out_pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image, ImageOps
 
-    with Image.open(image_path) as image:
-        photo = np.asarray((ImageOps.exif_transpose(image) or image).convert("RGB"))
+    photo = np.asarray(open_upright_rgb(image_path))
     side = int(round(np.sqrt(result.attention.shape[1]))) if result.words else 8
     columns = 4
     rows = max(1, -(-len(result.words) // columns))
@@ -512,3 +516,100 @@ def plot_attention(image_path: str | os.PathLike, result: CaptionResult, out_pat
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
     return out_path
+
+
+# ------------------------------------------------------------------------------------ a whole run
+class EvaluationError(ValueError):
+    """A run that cannot be done as asked: a bad option, a missing split, a model that does not load."""
+
+
+@dataclass
+class EvaluationRun:
+    """One ``evaluate_captioner`` run: a split of a Flickr8k-layout data directory scored with a model."""
+
+    data_dir: Path  # captions.txt, <split>.txt, images/
+    split: str
+    model_dir: Path
+    feature_dir: Path  # the converted InceptionV3 weights
+    cache_dir: Path  # the feature cache that train_captioner fills
+    report_dir: Path  # where the JSON report goes unless ``output`` names it
+    output: Path | None = None
+    limit: int | None = None
+    beam_width: int | None = None  # None: the model's tuned width
+    length_alpha: float | None = None  # None: the model's tuned one
+    batch_size: int = 32
+    plots: int = 3
+    meteor: bool = True
+    save_decoding: bool = False  # record this beam width and length alpha in meta.json
+    tune: bool = False  # try the reranking settings and calibrate the confidence instead of scoring
+    save_tuning: bool = False  # with tune: record them in meta.json
+
+    def __post_init__(self):
+        if self.beam_width is not None and self.beam_width < 1:
+            raise EvaluationError("--beam must be at least 1")
+        if self.save_tuning and not self.tune:
+            raise EvaluationError("--save-tuning needs --tune")
+
+
+def run_evaluation(run: EvaluationRun, log: Callable[[str], None] = print) -> dict:
+    """Score (or with ``run.tune``, tune) the model on the split; ``log`` gets the tables and paths.
+
+    Returns the report (scoring) or the tuning record (tuning). Raises :class:`EvaluationError`.
+    """
+    try:
+        names, references = load_split(run.data_dir, run.split)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(str(exc)) from exc
+    names = names[: run.limit] if run.limit else names
+    try:
+        captioner = ImageCaptioner.from_dirs(
+            run.model_dir, run.feature_dir, beam_width=run.beam_width, length_alpha=run.length_alpha, batch_size=run.batch_size
+        )
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"cannot load the captioner: {exc}") from exc
+    cached = sum(feature_store.cache_path(run.cache_dir, n).is_file() for n in names)
+    log(f"{len(names)} {run.split} images, {cached} with cached features in {run.cache_dir}")
+    images_dir = run.data_dir / "images"
+    if run.tune:
+        return _tune_run(run, captioner, names, references, log)
+    with tqdm(total=len(names), desc="captioning", unit="img", file=sys.stderr) as bar:
+        report, results = evaluate(
+            captioner, names, references, images_dir, cache_dir=run.cache_dir, meteor=run.meteor, progress=bar.update
+        )
+    report.update(split=run.split, data_dir=str(run.data_dir), model_dir=str(run.model_dir))
+    output = run.output or run.report_dir / f"{captioner.version}-{run.split}-beam{captioner.beam_width}.json"
+    report["attention_plots"] = [
+        str(plot_attention(images_dir / name, results[name], output.with_name(f"{output.stem}-attention-{Path(name).stem}.png")))
+        for name in names[: max(0, run.plots)]
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(format_table(report))
+    log(f"report: {output}")
+    if run.save_decoding:
+        decoding = {
+            "beam_width": captioner.beam_width,
+            "length_alpha": captioner.length_alpha,
+            "chosen_on": f"{run.data_dir.name}/{run.split} ({len(names)} images)",
+            "scores": report["scores"],
+        }
+        update_meta(run.model_dir, decoding=decoding)
+        log(f"decoding defaults saved in {run.model_dir}/meta.json: beam {captioner.beam_width}, length alpha {captioner.length_alpha}")
+    for plot in report["attention_plots"]:
+        log(f"attention plot: {plot}")
+    return report
+
+
+def _tune_run(run: EvaluationRun, captioner: ImageCaptioner, names, references, log) -> dict:
+    with tqdm(total=len(names), desc="n-best", unit="img", file=sys.stderr) as bar:
+        found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
+    try:
+        tuned = tune(captioner, found, references)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
+    log(format_tries(tuned))
+    if run.save_tuning:
+        chosen_on = f"{run.data_dir.name}/{run.split} ({len(names)} images), beam {captioner.beam_width}"
+        plot = save_tuning(run.model_dir, tuned, version=captioner.version, chosen_on=chosen_on)
+        log(f"reranking and confidence saved in {run.model_dir}/meta.json; reliability diagram {plot}")
+    return tuned
