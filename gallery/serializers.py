@@ -33,7 +33,8 @@ CONFIDENCE_LABEL_HELP = 'The confidence in words: "confident" (at least 0.5), "u
 class CaptionSerializer(serializers.ModelSerializer):
     active = serializers.BooleanField(source="is_active")
     alternatives = AlternativeSerializer(many=True, help_text="The model's other captions, best first.")
-    log_prob = serializers.FloatField(source="score", allow_null=True, help_text=f"{LOG_PROB_HELP} (score is the same value, kept for existing clients)")
+    score = serializers.FloatField(allow_null=True, help_text="The same value as log_prob, kept for existing clients.")
+    log_prob = serializers.FloatField(source="score", allow_null=True, help_text=LOG_PROB_HELP)
     confidence = serializers.FloatField(allow_null=True, help_text=CONFIDENCE_HELP)
     confidence_label = serializers.CharField(help_text=CONFIDENCE_LABEL_HELP)
 
