@@ -27,8 +27,7 @@ def search_weights() -> SearchWeights:
 def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list:
     """The weighted fields of a photo's description: its active caption, the beam's alternatives
     (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
-    kept = image.tags.filter(removed=False).values_list("kind", "word", "probability")
-    return _description_fields(caption, [(kind, word, p) for kind, word, p in kept], weights)
+    return _description_fields(caption, list(image.tags.filter(removed=False).values_list("kind", "word", "probability")), weights)
 
 
 def _description_fields(caption: Caption, tags: list, weights: SearchWeights) -> list:
