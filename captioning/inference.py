@@ -89,16 +89,21 @@ class Description:
     most probable first (at most CONCEPTS_KEPT, none below CONCEPT_FLOOR); empty for a model
     without a concept head. ``objects``: the ImageNet object labels with their probabilities, most
     probable first (captioning.objects); empty when the captioner runs without the classifier.
+    ``fingerprint``: the photo's visual fingerprint (captioning.fingerprints, unit float16 vector of
+    the projection ``ImageCaptioner.fingerprint.key``); None for a model without a fingerprint
+    projection.
     """
 
     caption: CaptionResult
     concepts: list[tuple[str, float]] = field(default_factory=list)
     objects: list[tuple[str, float]] = field(default_factory=list)
+    fingerprint: np.ndarray | None = None
 
 
-# Concept words kept per photo: enough for any indexing setting tuned with evaluate_search.
-CONCEPTS_KEPT = 30
-CONCEPT_FLOOR = 0.02
+# Concept words kept per photo: enough for any indexing setting tuned with evaluate_search (on dev,
+# indexing the 100 most probable words beats the 30 most probable: sentence R@10 47.4 vs 44.9).
+CONCEPTS_KEPT = 100
+CONCEPT_FLOOR = 0.01
 
 
 def has_repeated_trigram(words: Sequence[str]) -> bool:
@@ -340,6 +345,7 @@ class ImageCaptioner:
         batch_size: int = 16,
         length_alpha: float = 1.0,
         concepts=None,
+        fingerprint=None,
         meta: dict | None = None,
         object_classifier=None,
         object_words: ObjectWords | None = None,
@@ -358,6 +364,7 @@ class ImageCaptioner:
         self.batch_size = max(1, int(batch_size))
         self.length_alpha = float(length_alpha)
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
+        self.fingerprint = fingerprint  # captioning.fingerprints.FingerprintProjection or None
         self.meta = meta or {}
         # The EfficientNet-Lite0 ImageNet classifier (captioning.efficientnet) or None: no object labels.
         self.object_classifier = object_classifier
@@ -430,6 +437,7 @@ class ImageCaptioner:
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
             batch_size=batch_size,
             concepts=loaded.concepts,
+            fingerprint=loaded.fingerprint,
             meta=loaded.meta,
             object_classifier=object_classifier,
             reranker=EvidenceReranker.from_meta(reranking, evidence) if reranking else None,
@@ -470,12 +478,15 @@ class ImageCaptioner:
         if class_probabilities is not None:
             objects = (self.object_words or default_words()).ranked(np.asarray(class_probabilities))
         results: list[Description] = []
-        for (candidates, probabilities), labels in zip(n_best, objects):
+        prints = [None] * len(n_best)
+        if self.fingerprint is not None:
+            prints = [p for chunk in _batches(features, self.batch_size) for p in self.fingerprint.fingerprints(chunk)]
+        for (candidates, probabilities), labels, fingerprint in zip(n_best, objects, prints):
             concepts = (
                 [] if probabilities is None
                 else self.concepts.ranked(probabilities, min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT)[0]
             )
-            results.append(Description(self.choose(candidates, probabilities), concepts, labels))
+            results.append(Description(self.choose(candidates, probabilities), concepts, labels, fingerprint))
         return results
 
     def classify_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray | None:

@@ -143,3 +143,20 @@ class Tag(models.Model):
 
     def __str__(self):
         return f"{self.word} ({self.probability:.2f})"
+
+
+class Fingerprint(models.Model):
+    """A photo's visual fingerprint (captioning.fingerprints): finds re-saved copies of it.
+
+    Computed by the captioning worker with the caption, from the same features; replaced with each
+    new model version. Fingerprints of different projections are not comparable, so each records
+    its projection's key and only fingerprints of the installed one take part in a search.
+    """
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, primary_key=True, related_name="fingerprint")
+    projection = models.CharField(max_length=64, db_index=True, help_text="SHA-256 of the projection file.")
+    model_version = models.CharField(max_length=64)
+    vector = models.BinaryField(help_text="Unit-length float16 vector, little-endian.")
+
+    def __str__(self):
+        return f"fingerprint of image {self.image_id} ({self.model_version})"

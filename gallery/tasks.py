@@ -95,12 +95,13 @@ def caption_images(image_ids: list[int]) -> dict:
                 logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
                 _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
         results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
+    projection = captioner.fingerprint.key if captioner.fingerprint is not None else ""
     for (image, _), described in zip(readable, results):
         result = described.caption
         add_model_caption(
             image, result.text, model_version=version, score=result.score, attention=result.attention_json(),
             alternatives=result.alternatives, concepts=described.concepts, objects=described.objects,
-            confidence=result.confidence,
+            fingerprint=described.fingerprint, fingerprint_projection=projection, confidence=result.confidence,
         )
     return {"captioned": len(readable), "failed": failed, "skipped": done_already}
 
@@ -119,6 +120,8 @@ def caption_query_image(image_b64: str) -> dict:
         "alternatives": [list(a) for a in described.caption.alternatives],
         "concepts": [list(c) for c in described.concepts],
         "objects": [list(o) for o in described.objects],
+        "fingerprint": None if described.fingerprint is None else [float(x) for x in described.fingerprint],
+        "fingerprint_projection": captioner.fingerprint.key if captioner.fingerprint is not None else "",
     }
 
 

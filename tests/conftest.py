@@ -144,23 +144,33 @@ class FakeResult:
         return attention_for(self.text)
 
 
+class FakeProjection:
+    """Stands in for the model's fingerprint projection: only its key matters to the gallery."""
+
+    key = "fake-projection"
+
+
 class FakeCaptioner:
-    """Captions each photo with the text registered for its bytes (else "a photo of something")."""
+    """Captions each photo with the text registered for its bytes (else "a photo of something"), and
+    gives it the fingerprint registered for it (else none, like a model without fingerprints)."""
 
     version = "fake-1"
+    fingerprint = FakeProjection()
 
     def __init__(self):
-        self.texts = {}
+        self.texts, self.prints = {}, {}
 
-    def register(self, data: bytes, text: str) -> bytes:
-        self.texts[hashlib.sha256(data).hexdigest()] = text
+    def register(self, data: bytes, text: str, fingerprint=None) -> bytes:
+        key = hashlib.sha256(data).hexdigest()
+        self.texts[key] = text
+        if fingerprint is not None:
+            vector = np.asarray(fingerprint, dtype=np.float32)
+            self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
         return data
 
     def describe_arrays(self, arrays):
-        return [
-            Description(FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")), [])
-            for a in arrays
-        ]
+        keys = [hashlib.sha256(a).hexdigest() for a in arrays]
+        return [Description(FakeResult(self.texts.get(k, "a photo of something")), fingerprint=self.prints.get(k)) for k in keys]
 
 
 @pytest.fixture

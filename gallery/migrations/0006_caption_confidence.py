@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gallery', '0004_remove_images_without_a_file'),
+        ('gallery', '0005_fingerprint'),
     ]
 
     operations = [
