@@ -11,7 +11,10 @@ extracted eagerly, then a per-step Python loop calling the decoder eagerly, gree
 * ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``);
 * ``objects``: the same bulk captioning with and without the EfficientNet-Lite0 object labels,
   alternated twice in this process (``--no-objects`` skips it): images/s, CPU-s/image and the
-  throughput lost to the labels.
+  throughput lost to the labels;
+* with ``--compare-model-dir``: ``compare_bulk_ratio``, bulk images/s of this model over that
+  model's, both captioning the same photos from their files in alternating rounds of this process
+  (how a new model version's decoding changes throughput, robust to the noisy shared CPU).
 
 Uses the bundled model (``captioning/models/current``) when present, else a randomly initialised
 model of the real size (vocabulary built from the Flickr8k training captions); a random model
@@ -88,7 +91,7 @@ def load_captioner(args) -> tuple[ImageCaptioner, str]:
     )
     model = build_captioner(ModelConfig(vocab_size=tokenizer.size), seed=0)
     captioner = ImageCaptioner(
-        model, tokenizer, feature_store.load_extractor(args.feature_dir), beam_width=args.beam, batch_size=args.batch
+        model, tokenizer, feature_store.load_extractor(args.feature_dir), beam_width=args.beam or 3, batch_size=args.batch
     )
     return captioner, f"randomly initialised model of the real size (vocabulary {tokenizer.size})"
 
@@ -170,6 +173,25 @@ def compare_object_labels(captioner: ImageCaptioner, paths, feature_dir) -> dict
     }
 
 
+def compare_models(captioner: ImageCaptioner, args, paths) -> dict:
+    """Bulk images/s of ``captioner`` and of the model in ``--compare-model-dir``, alternating rounds."""
+    other = ImageCaptioner.from_dirs(args.compare_model_dir, args.feature_dir, beam_width=None, batch_size=args.batch)
+    other.caption_sources(paths[: args.batch])  # warm up its graphs
+    seconds = {"this": [], "other": []}
+    for _ in range(max(1, args.compare_rounds)):
+        for key, model in (("this", captioner), ("other", other)):
+            start = time.perf_counter()
+            model.caption_sources(paths)
+            seconds[key].append(time.perf_counter() - start)
+    this_s, other_s = statistics.median(seconds["this"]), statistics.median(seconds["other"])
+    return {
+        "compare_model": f"{other.version} (beam {other.beam_width})",
+        "compare_this_images_per_s": round(len(paths) / this_s, 2),
+        "compare_other_images_per_s": round(len(paths) / other_s, 2),
+        "compare_bulk_ratio": round(other_s / this_s, 3),
+    }
+
+
 def make_test_jpeg(path: Path) -> Path:
     """A 640x480 JPEG (a Flickr8k dev photo resized), as a typical upload."""
     from PIL import Image
@@ -184,13 +206,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--feature-dir", default=os.environ.get("IMAGESEARCH_FEATURE_DIR", str(REPO / "var" / "models")))
-    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--beam", type=int, default=None, help="beam width (default: the model's tuned one, else 3)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=96, help="photos for the bulk measurement")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--model-dir", default=str(BUNDLED), help="model directory (default: the bundled model)")
     parser.add_argument("--random-model", action="store_true", help="a random model of the real size instead")
     parser.add_argument("--no-objects", action="store_true", help="skip the with/without object labels comparison")
+    parser.add_argument("--compare-model-dir", default=None, help="also time this model directory, same photos, same process")
+    parser.add_argument("--compare-rounds", type=int, default=2, help="alternating bulk rounds per model for the comparison")
     args = parser.parse_args(argv)
 
     rss = PeakRss()
@@ -213,6 +237,8 @@ def main(argv=None) -> dict:
         captioning_peak_mb = rss.peak_mb()
         objects = None if args.no_objects else compare_object_labels(captioner, paths, args.feature_dir)
 
+        comparison = compare_models(captioner, args, paths) if args.compare_model_dir else {}
+
         # The baseline last, so that the captioning figures above are of a captioning-only process.
         tutorial_evaluate(captioner, jpeg)
         baseline_ms, baseline_cpu_ms = timed(lambda: tutorial_evaluate(captioner, jpeg), args.repeats)
@@ -232,11 +258,12 @@ def main(argv=None) -> dict:
         "bulk_s_per_image_breakdown": breakdown,
         "mean_caption_words": round(float(np.mean([len(r.words) for r in results])), 1),
         "model": model_note,
-        "beam_width": args.beam,
+        "beam_width": captioner.beam_width,
         "batch_size": args.batch,
         "bulk_images": len(paths),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        **comparison,
     }
     if objects:
         report["objects"] = objects

@@ -176,7 +176,11 @@ class SearchByImageView(GalleryView):
         except CaptioningBusy as exc:
             raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
         results, matches = search_by_photo(described)
-        answer = {"caption": described.caption, "score": described.score, "model_version": described.model_version}
+        answer = {
+            "caption": described.caption, "score": described.score, "log_prob": described.score,
+            "confidence": described.confidence, "confidence_label": described.confidence_label,
+            "model_version": described.model_version,
+        }
         return Response(PhotoSearchSerializer({**answer, **search_page(results, matches)}, context={"request": request}).data)
 
 

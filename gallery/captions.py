@@ -99,7 +99,7 @@ def _activate(image: Image, caption: Caption) -> None:
 @transaction.atomic
 def add_model_caption(
     image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=(),
-    fingerprint=None, fingerprint_projection: str = "",
+    fingerprint=None, fingerprint_projection: str = "", confidence=None,
 ) -> Caption:
     """Store a model's description (caption, alternatives, concept and object tags, fingerprint) and mark the image done.
 
@@ -116,6 +116,7 @@ def add_model_caption(
                     source=Caption.Source.MODEL,
                     model_version=model_version,
                     score=score,
+                    confidence=confidence,
                     attention=attention,
                     alternatives=[[t, s] for t, s in alternatives],
                 )

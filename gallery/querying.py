@@ -14,7 +14,7 @@ from searchindex import index as search_index
 from .captions import image_fields, search_weights
 from .descriptions import document_fields
 from .ingest import inspect_upload, make_thumbnail
-from .models import Fingerprint, Image
+from .models import Fingerprint, Image, confidence_label
 from .similarity import RERANK_DEPTH, rerank, uses_fingerprints
 from .tasks import caption_query_image, captioning_slots
 
@@ -38,13 +38,18 @@ class QueryCaption:
     objects: list = field(default_factory=list)  # [[label, probability], ...]
     fingerprint: list | None = None  # the visual fingerprint's numbers (captioning.fingerprints)
     fingerprint_projection: str = ""  # the key of the projection that made it
+    confidence: float | None = None  # calibrated; None from a model without a calibration
+
+    @property
+    def confidence_label(self) -> str:
+        return confidence_label(self.confidence)
 
     @classmethod
     def from_answer(cls, answer: dict) -> "QueryCaption":
         return cls(
             answer["caption"], answer["score"], answer["model_version"],
             answer.get("alternatives", []), answer.get("concepts", []), answer.get("objects", []),
-            answer.get("fingerprint"), answer.get("fingerprint_projection", ""),
+            answer.get("fingerprint"), answer.get("fingerprint_projection", ""), answer.get("confidence"),
         )
 
     def fields(self) -> list:

@@ -101,7 +101,7 @@ def caption_images(image_ids: list[int]) -> dict:
         add_model_caption(
             image, result.text, model_version=version, score=result.score, attention=result.attention_json(),
             alternatives=result.alternatives, concepts=described.concepts, objects=described.objects,
-            fingerprint=described.fingerprint, fingerprint_projection=projection,
+            fingerprint=described.fingerprint, fingerprint_projection=projection, confidence=result.confidence,
         )
     return {"captioned": len(readable), "failed": failed, "skipped": done_already}
 
@@ -115,6 +115,7 @@ def caption_query_image(image_b64: str) -> dict:
     return {
         "caption": described.caption.text,
         "score": described.caption.score,
+        "confidence": described.caption.confidence,
         "model_version": captioner.version,
         "alternatives": [list(a) for a in described.caption.alternatives],
         "concepts": [list(c) for c in described.concepts],

@@ -138,7 +138,7 @@ def attention_for(text):
 
 class FakeResult:
     def __init__(self, text):
-        self.text, self.score, self.alternatives = text, -0.42, []
+        self.text, self.score, self.alternatives, self.confidence = text, -0.42, [], 0.8
 
     def attention_json(self):
         return attention_for(self.text)

@@ -59,7 +59,7 @@ def test_hidden_images_are_only_shown_to_staff(client, photo, staff, no_queue):
 
 
 def test_image_page_shows_captions_attention_and_more_like_this(client, photo, user, no_queue):
-    image = captioned(photo, 1, "a dog runs on the beach")
+    image = captioned(photo, 1, "a dog runs on the beach", confidence=0.3)
     neighbour = captioned(photo, 2, "a dog sleeps on a sofa")
     unrelated = captioned(photo, 3, "a red car in the street")
     set_human_caption(image, "our dog Rex on the beach", user=user)
@@ -68,8 +68,8 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
     assert response.status_code == 200
     assert '<h1 class="detail-caption">our dog Rex on the beach</h1>' in html
     assert "Caption written by a person" in html
-    # The older model caption and its version in the history; its raw log-probability only in admin.
-    assert "a dog runs on the beach" in html and "model v1" in html and "-0.500" not in html
+    # The older model caption, its version and confidence in words; its raw log-probability only in admin.
+    assert "a dog runs on the beach" in html and "model v1" in html and "unsure" in html and "-0.500" not in html
     assert image.file.url in html
     # More like this: searched with the active caption, the image itself excluded.
     similar = html.split('id="similar-heading"')[1]
@@ -78,9 +78,9 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
 
 
 def test_image_page_embeds_the_attention_of_a_model_caption(client, photo, no_queue):
-    image = captioned(photo, 1, "two birds on a wire")
+    image = captioned(photo, 1, "two birds on a wire", confidence=0.8)
     html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
-    assert "Caption by model <code>v1</code>" in html and "-0.500" not in html
+    assert "Caption by model <code>v1</code>" in html and ">confident</span>" in html and "-0.500" not in html
     data = re.search(r'<script id="attention-data" type="application/json">(.*?)</script>', html, re.S).group(1)
     # Maps of the content words only: "on" and "a" have none.
     assert '["two", [' in data and '["wire", [' in data and data.count("[") == 1 + 2 * 3
