@@ -14,6 +14,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from captioning.images import open_upright_rgb
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
 from gallery.captions import add_model_caption
@@ -150,9 +151,18 @@ class FakeProjection:
     key = "fake-projection"
 
 
+def _photo_key(source) -> str:
+    """Encoded bytes by their hash, a decoded photo by its pixels' hash."""
+    return hashlib.sha256(source.tobytes() if isinstance(source, PIL.Image.Image) else source).hexdigest()
+
+
 class FakeCaptioner:
-    """Captions each photo with the text registered for its bytes (else "a photo of something"), and
-    gives it the fingerprint registered for it (else none, like a model without fingerprints)."""
+    """Captions each photo with the text registered for it (else "a photo of something"), and
+    gives it the fingerprint registered for it (else none, like a model without fingerprints).
+
+    load_image hands its input through: the stored photo's bytes (stored photos), or the upload
+    check's decoded picture (query photos in-process); a registered photo is known either way.
+    """
 
     version = "fake-1"
     fingerprint = FakeProjection()
@@ -161,21 +171,21 @@ class FakeCaptioner:
         self.texts, self.prints = {}, {}
 
     def register(self, data: bytes, text: str, fingerprint=None) -> bytes:
-        key = hashlib.sha256(data).hexdigest()
-        self.texts[key] = text
-        if fingerprint is not None:
-            vector = np.asarray(fingerprint, dtype=np.float32)
-            self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
+        for key in (_photo_key(data), _photo_key(open_upright_rgb(data))):
+            self.texts[key] = text
+            if fingerprint is not None:
+                vector = np.asarray(fingerprint, dtype=np.float32)
+                self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
         return data
 
     def describe_arrays(self, arrays):
-        keys = [hashlib.sha256(a).hexdigest() for a in arrays]
+        keys = [_photo_key(a) for a in arrays]
         return [Description(FakeResult(self.texts.get(k, "a photo of something")), fingerprint=self.prints.get(k)) for k in keys]
 
 
 @pytest.fixture
 def fake_captioner(monkeypatch):
-    """In-process captioning by FakeCaptioner; load_image hands the raw bytes through."""
+    """In-process captioning by FakeCaptioner; load_image hands its input (bytes or a decoded photo) through."""
     captioner = FakeCaptioner()
     monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
     monkeypatch.setattr("captioning.services.load_image", lambda data: data)
