@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: photos made in code, the media directory of each test, users, a
 fake captioner for the web tests, and a tiny random captioner for the TensorFlow tests."""
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -190,6 +191,23 @@ def fake_captioner(monkeypatch):
     monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
     monkeypatch.setattr("captioning.services.load_image", lambda data: data)
     return captioner
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The size of each photo decoded from its encoded bytes by the upload check or the networks'
+    preprocessing (a decoded picture handed on is not counted: it is not decoded again)."""
+    decoded = []
+    for module in ("gallery.ingest", "captioning.inception"):
+
+        def spy(source, min_size=None, decode=getattr(importlib.import_module(module), "open_upright_rgb")):
+            image = decode(source, min_size=min_size)
+            if not isinstance(source, PIL.Image.Image):
+                decoded.append(image.size)
+            return image
+
+        monkeypatch.setattr(f"{module}.open_upright_rgb", spy)
+    return decoded
 
 
 @pytest.fixture

@@ -136,6 +136,14 @@ def test_migrations_match_the_models():
     assert "No changes detected" in out.getvalue()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_an_upload_is_decoded_once_for_its_check_and_thumbnail(photo, decodes, no_queue, fmt):
+    image = ingest_bytes(photo(2, size=(2400, 1600), fmt=fmt), "large").image
+    assert len(decodes) == 1 and min(decodes[0]) < 1600 // 2, decodes  # once, and reduced
+    with PIL.Image.open(image.thumbnail.path) as thumbnail:
+        assert thumbnail.size == (320, 213)
+
+
 def test_a_large_jpeg_is_checked_and_thumbnailed_at_a_reduced_scale(photo, monkeypatch):
     """Bounded decode memory: an upload's check and thumbnail decode a JPEG at a reduced DCT scale
     (1/8 here: 2400 px -> 300 px wide), never at full size."""
