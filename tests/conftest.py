@@ -15,6 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from captioning import efficientnet, inception
 from captioning.images import open_upright_rgb
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
@@ -285,3 +286,23 @@ def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
     (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
     monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
     return model_dir, feature_dir
+
+
+# ---------------------------------------------------------------------------- the converted image networks
+def _converted(network, file_name: str, tmp_path_factory) -> dict:
+    """A network's pinned source weights converted once per session; skipped where the source is not installed."""
+    try:
+        source = network.find_source_weights()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return network.convert_weights(source, tmp_path_factory.mktemp("converted") / file_name)
+
+
+@pytest.fixture(scope="session")
+def converted_inception(tmp_path_factory):
+    return _converted(inception, "inception.weights.h5", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def converted_efficientnet(tmp_path_factory):
+    return _converted(efficientnet, "lite0.weights.h5", tmp_path_factory)
