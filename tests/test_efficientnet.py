@@ -193,14 +193,6 @@ def test_feature_dir_without_a_conversion_record_says_how_to_make_one(tmp_path):
         feature_store.load_classifier(tmp_path)
 
 
-def test_convert_refuses_an_unknown_source(tmp_path):
-    bogus = tmp_path / "efficientnet-lite0.pth"
-    bogus.write_bytes(b"not the pinned file")
-    with pytest.raises(ValueError, match="SHA-256"):
-        efficientnet.convert_weights(bogus, tmp_path / "out.weights.h5")
-    assert not (tmp_path / "out.weights.h5").exists()
-
-
 def _png(array) -> bytes:
     from PIL import Image
 

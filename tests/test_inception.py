@@ -88,14 +88,6 @@ def test_extract_features_checks_its_input(model):
         inception.extract_features(model, np.zeros((1, 224, 224, 3), np.float32))
 
 
-def test_convert_refuses_an_unknown_source(tmp_path):
-    bogus = tmp_path / "default_1.pt"
-    bogus.write_bytes(b"not the pinned file")
-    with pytest.raises(ValueError, match="SHA-256"):
-        inception.convert_weights(bogus, tmp_path / "out.weights.h5")
-    assert not (tmp_path / "out.weights.h5").exists()
-
-
 def test_non_image_bytes_raise_invalid_image_error():
     with pytest.raises(InvalidImageError):
         inception.preprocess_image(b"this is not an image")

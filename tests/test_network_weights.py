@@ -1,6 +1,6 @@
-"""Both image networks load their converted weights through captioning.files.load_keras_weights: a
-file that is missing, truncated, not the recorded conversion or made for another model is refused
-with a ModelFileError that says how to make a good one."""
+"""Both image networks' weight files: converted only from the pinned source file, and loaded through
+captioning.files.load_keras_weights, which refuses a file that is missing, truncated, not the
+recorded conversion or made for another model with a ModelFileError that says how to make a good one."""
 
 import pytest
 
@@ -12,6 +12,17 @@ NETWORKS = {
     "InceptionV3": (inception.load_feature_extractor, "converted_inception", "convert_weights"),
     "EfficientNet-Lite0": (efficientnet.load_classifier, "converted_efficientnet", "prepare_models"),
 }
+SOURCES = {"InceptionV3": (inception, "default_1.pt"), "EfficientNet-Lite0": (efficientnet, "efficientnet-lite0.pth")}
+
+
+@pytest.mark.parametrize("network", SOURCES)
+def test_convert_refuses_an_unknown_source(network, tmp_path):
+    module, file_name = SOURCES[network]
+    bogus = tmp_path / file_name
+    bogus.write_bytes(b"not the pinned file")
+    with pytest.raises(ValueError, match="SHA-256"):
+        module.convert_weights(bogus, tmp_path / "out.weights.h5")
+    assert not (tmp_path / "out.weights.h5").exists()
 
 
 @pytest.mark.parametrize("network", NETWORKS)
