@@ -39,6 +39,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1 to 8; 1 upright) of encoded image data, read without decoding pixels.
+
+    Raises :class:`InvalidImageError` if the data is not an image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "PNG":  # Pillow's getexif would decode a PNG whole to look for it
+                exif = Image.Exif()
+                exif.load(reduced_png.exif_bytes(image, data) or b"")
+            else:
+                exif = image.getexif()
+            return exif.get(ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"not a readable image ({exc})") from exc
+
+
 def open_upright_rgb(source: str | os.PathLike | bytes | bytearray | memoryview | Image.Image, min_size: int | None = None) -> Image.Image:
     """One image (path, encoded bytes or PIL image) decoded, upright and RGB.
 

@@ -110,9 +110,18 @@ def decode_reduced(opened: Image.Image, data: bytes | memoryview, factor: int, t
         previous, y = raw[-row_bytes:], y + rows
     if y < height:
         raise OSError(f"image file is truncated ({height - y} of {height} rows missing)")
-    exif = [bytes(payload) for kind, payload in _chunks(data) if kind == b"eXIf"]
+    exif = exif_bytes(opened, data)
     if exif:
-        reduced.info["exif"] = b"Exif\x00\x00" + exif[0]
-    elif "Raw profile type exif" in opened.info:
-        reduced.info["Raw profile type exif"] = opened.info["Raw profile type exif"]
+        reduced.info["exif"] = exif
     return reduced
+
+
+def exif_bytes(opened: Image.Image, data: bytes | memoryview) -> bytes | None:
+    """An opened PNG's EXIF, found without decoding it: its eXIf chunk, which may follow the image
+    data (where Pillow's ``getexif`` looks only by decoding the whole image first), or the text
+    chunk ImageMagick writes (as Pillow reads it)."""
+    for kind, payload in _chunks(data):
+        if kind == b"eXIf":
+            return b"Exif\x00\x00" + bytes(payload)
+    text = opened.info.get("Raw profile type exif")
+    return bytes.fromhex("".join(text.split("\n")[3:])) if text else None

@@ -21,7 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from captioning.files import write_atomic
-from captioning.images import open_upright_rgb
+from captioning.images import exif_orientation, open_upright_rgb
 
 from . import tasks
 from .models import Image, content_path
@@ -113,6 +113,9 @@ def inspect_upload(data: bytes, min_size: int | None = None) -> Inspection:
         # verify() does not decode pixel data; a decode catches truncated files. A large JPEG or
         # PNG decodes reduced (its whole data, a fraction of the memory).
         picture = open_upright_rgb(data, min_size=min_size or settings.IMAGESEARCH_THUMBNAIL_SIZE)
+        # An EXIF orientation of 5 to 8 turns the picture by 90 degrees: width and height swap.
+        if exif_orientation(data) in (5, 6, 7, 8):
+            width, height = height, width
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
@@ -121,14 +124,7 @@ def inspect_upload(data: bytes, min_size: int | None = None) -> Inspection:
         raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
     except (OSError, SyntaxError, ValueError) as exc:  # captioning.images.InvalidImageError too
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
-    upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
-    return Inspection(format=fmt, width=upright_width, height=upright_height, picture=picture)
-
-
-def _is_rotated(data: bytes) -> bool:
-    """Whether the EXIF orientation turns the picture by 90 degrees (so width and height swap)."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    return Inspection(format=fmt, width=width, height=height, picture=picture)
 
 
 def make_thumbnail(picture: PIL.Image.Image) -> bytes:

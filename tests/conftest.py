@@ -212,6 +212,21 @@ def decodes(monkeypatch):
 
 
 @pytest.fixture
+def allocations(monkeypatch):
+    """The size of each Pillow image allocated from now on (decodes included): a memory bound
+    checked without timing or measuring the process."""
+    allocated = []
+    for name in ("new", "fill"):
+
+        def spy(mode, size, *args, allocate=getattr(PIL.Image.core, name)):
+            allocated.append(tuple(size))
+            return allocate(mode, size, *args)
+
+        monkeypatch.setattr(PIL.Image.core, name, spy)
+    return allocated
+
+
+@pytest.fixture
 def no_queue(monkeypatch):
     """Stored images stay pending: for tests that place captions themselves."""
     monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: True)

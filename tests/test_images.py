@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 from captioning import reduced_png
-from captioning.images import InvalidImageError, open_upright_rgb, to_rgb
+from captioning.images import InvalidImageError, exif_orientation, open_upright_rgb, to_rgb
 
 from .conftest import make_photo
 
@@ -61,18 +61,10 @@ def test_a_large_png_decodes_reduced_to_the_same_pixels_as_reducing_the_whole_im
     np.testing.assert_array_equal(np.asarray(reduced), np.asarray(to_rgb(whole).reduce(3)))
 
 
-def test_a_large_png_is_never_held_whole(monkeypatch, small_strips):
+def test_a_large_png_is_never_held_whole(request, small_strips):
     """Bounded memory: besides the reduced output, no image of more rows than a strip is allocated."""
     data = _png(_in_mode("RGB")[0])
-    allocated = []
-    for name in ("new", "fill"):
-        original = getattr(PIL.Image.core, name)
-
-        def spy(mode, size, *args, original=original):
-            allocated.append(tuple(size))
-            return original(mode, size, *args)
-
-        monkeypatch.setattr(PIL.Image.core, name, spy)
+    allocated = request.getfixturevalue("allocations")
     reduced = open_upright_rgb(data, min_size=300)
     assert reduced.size == (401, 302) and allocated
     strip_rows = reduced_png.STRIP_BYTES // (SIZE[0] * 3 + 1) + 1
@@ -95,6 +87,16 @@ def test_pngs_without_a_strip_decode_are_decoded_whole():
         assert reduced_png.decode_reduced(PIL.Image.open(io.BytesIO(data)), data, 3, to_rgb) is None
     whole = open_upright_rgb(_written_png(rgb, depth=16), min_size=300)
     np.testing.assert_array_equal(np.asarray(whole), rgb)
+
+
+def test_the_orientation_of_a_large_png_is_read_without_decoding_it(request):
+    """Pillow's own getexif decodes a PNG whole to look for EXIF after the image data."""
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 8
+    data, plain = _png(_in_mode("RGB")[0], exif=exif.tobytes()), _png(PIL.Image.new("RGB", (2, 2)))
+    allocated = request.getfixturevalue("allocations")
+    assert exif_orientation(data) == 8 and exif_orientation(plain) == 1
+    assert allocated == [], allocated
 
 
 @pytest.mark.parametrize("cut", [100, 0.3, 0.9])
