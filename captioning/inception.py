@@ -41,6 +41,7 @@ from .images import open_upright_rgb
 from .torchfile import read_torchscript_tensors_and_attrs
 
 __all__ = [
+    "DECODE_SIZE",
     "FEATURE_SHAPE",
     "IMAGE_SIZE",
     "SOURCE_PACKAGE",
@@ -60,6 +61,8 @@ SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 IMAGE_SIZE = 299
+# A photo is decoded (reduced: images.open_upright_rgb) at least this large a side before the resize.
+DECODE_SIZE = 2 * IMAGE_SIZE
 FEATURE_SHAPE = (64, 2048)
 WEIGHT_COUNT = 21_802_784
 BN_EPSILON = 1e-3
@@ -299,7 +302,7 @@ def preprocess_image(source: str | os.PathLike | bytes | bytearray | memoryview 
     InceptionV3 inputs) and scales to ``x / 128 - 1``. Raises :class:`InvalidImageError` if the
     data is not a decodable image; a missing path raises FileNotFoundError.
     """
-    image = open_upright_rgb(source, min_size=2 * IMAGE_SIZE).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    image = open_upright_rgb(source, min_size=DECODE_SIZE).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
     return array / np.float32(128.0) - np.float32(1.0)
 

@@ -9,6 +9,7 @@ import numpy as np
 from django.conf import settings
 
 from captioning.fingerprints import from_bytes
+from captioning.services import NETWORK_DECODE_SIZE
 from searchindex import index as search_index
 
 from .captions import image_fields, search_weights
@@ -16,7 +17,7 @@ from .descriptions import document_fields
 from .ingest import inspect_upload, make_thumbnail
 from .models import Fingerprint, Image, confidence_label
 from .similarity import RERANK_DEPTH, rerank, uses_fingerprints
-from .tasks import caption_query_image, captioning_slots
+from .tasks import caption_query_image, captioning_slots, describe_query_source
 
 # Seconds a client should wait before asking again when no worker captioned a query photo.
 RETRY_AFTER = 10
@@ -39,17 +40,19 @@ class QueryCaption:
     fingerprint: list | None = None  # the visual fingerprint's numbers (captioning.fingerprints)
     fingerprint_projection: str = ""  # the key of the projection that made it
     confidence: float | None = None  # calibrated; None from a model without a calibration
+    # The query photo as a small inline JPEG (data: URL), shown next to what the model sees; never stored.
+    preview: str = ""
 
     @property
     def confidence_label(self) -> str:
         return confidence_label(self.confidence)
 
     @classmethod
-    def from_answer(cls, answer: dict) -> "QueryCaption":
+    def from_answer(cls, answer: dict, preview: str = "") -> "QueryCaption":
         return cls(
             answer["caption"], answer["score"], answer["model_version"],
             answer.get("alternatives", []), answer.get("concepts", []), answer.get("objects", []),
-            answer.get("fingerprint"), answer.get("fingerprint_projection", ""), answer.get("confidence"),
+            answer.get("fingerprint"), answer.get("fingerprint_projection", ""), answer.get("confidence"), preview,
         )
 
     def fields(self) -> list:
@@ -72,11 +75,11 @@ class QueryCaption:
 def describe_query_photo(data: bytes) -> QueryCaption:
     """Caption a query photo without storing it; a worker does it when a broker is configured.
 
-    Raises RejectedUpload for a file that is not an acceptable image, CaptioningBusy when no
-    worker (or, in-process, no captioning slot: tasks.captioning_slots) is free within
-    IMAGESEARCH_QUERY_CAPTION_TIMEOUT seconds.
+    The photo is decoded once in this process (the upload check), and its preview made from that
+    decode; in-process, the network input too. Raises RejectedUpload for a file that is not an
+    acceptable image, CaptioningBusy when no worker (or, in-process, no captioning slot:
+    tasks.captioning_slots) is free within IMAGESEARCH_QUERY_CAPTION_TIMEOUT seconds.
     """
-    payload = base64.b64encode(data).decode("ascii")
     timeout = settings.IMAGESEARCH_QUERY_CAPTION_TIMEOUT
     if settings.CELERY_TASK_ALWAYS_EAGER:
         # In-process: a plain call. Going through Celery's eager machinery here would trip its
@@ -86,22 +89,22 @@ def describe_query_photo(data: bytes) -> QueryCaption:
         if not slots.acquire(timeout=timeout):
             raise CaptioningBusy("The captioning service is busy; please try again in a moment.")
         try:
-            inspect_upload(data)
-            return QueryCaption.from_answer(caption_query_image.run(payload))
+            picture = inspect_upload(data, min_size=max(settings.IMAGESEARCH_THUMBNAIL_SIZE, NETWORK_DECODE_SIZE)).picture
+            return QueryCaption.from_answer(describe_query_source(picture), _preview(picture))
         finally:
             slots.release()
-    inspect_upload(data)
+    preview = _preview(inspect_upload(data).picture)
+    payload = base64.b64encode(data).decode("ascii")
     try:
         result = caption_query_image.apply_async((payload,), expires=timeout)
         answer = result.get(timeout=timeout, propagate=True)
     except (celery.exceptions.TimeoutError, OSError) as exc:
         raise CaptioningBusy("The captioning service is busy; please try again in a moment.") from exc
-    return QueryCaption.from_answer(answer)
+    return QueryCaption.from_answer(answer, preview)
 
 
-def query_photo_preview(data: bytes) -> str:
-    """The query photo as a small inline JPEG (data: URL), shown next to what the model sees; it is never stored."""
-    return "data:image/jpeg;base64," + base64.b64encode(make_thumbnail(data)).decode("ascii")
+def _preview(picture) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(make_thumbnail(picture)).decode("ascii")
 
 
 def search_images(query, *, page: int = 1, per_page: int | None = None, exclude_ids=()):

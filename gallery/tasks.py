@@ -109,8 +109,14 @@ def caption_images(image_ids: list[int]) -> dict:
 @shared_task(acks_late=False, max_retries=0)
 def caption_query_image(image_b64: str) -> dict:
     """Describe a search-by-image query photo exactly as a stored photo is described; it is not stored."""
+    return describe_query_source(base64.b64decode(image_b64))
+
+
+def describe_query_source(source) -> dict:
+    """The answer of caption_query_image for encoded bytes or an already decoded photo
+    (at least captioning.services.NETWORK_DECODE_SIZE a side); in-process callers pass the latter."""
     captioner = captioning_services.get_captioner()
-    pixels = captioning_services.load_image(base64.b64decode(image_b64))
+    pixels = captioning_services.load_image(source)
     described = captioner.describe_arrays([pixels])[0]
     return {
         "caption": described.caption.text,

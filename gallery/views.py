@@ -15,8 +15,7 @@ from .forms import QueryPhotoForm, SearchForm, UploadForm
 from .ingest import RejectedUpload, read_upload, upload_file
 from .models import Image, Tag
 from .querying import (
-    RETRY_AFTER, CaptioningBusy, describe_query_photo, query_photo_preview, search_by_photo, search_images, similar_images,
-    split_by_relevance,
+    RETRY_AFTER, CaptioningBusy, describe_query_photo, search_by_photo, search_images, similar_images, split_by_relevance,
 )
 from .throttling import rate_limited
 
@@ -85,8 +84,7 @@ def search_by_image(request):
         status = 400
         if form.is_valid():
             try:
-                data = read_upload(form.cleaned_data["file"])
-                described = describe_query_photo(data)
+                described = describe_query_photo(read_upload(form.cleaned_data["file"]))
             except RejectedUpload as exc:
                 form.add_error("file", str(exc))
             except CaptioningBusy as exc:
@@ -96,7 +94,6 @@ def search_by_image(request):
                 strong, weak = split_by_relevance(matches)
                 context.update(
                     described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption,
-                    query_photo=query_photo_preview(data),
                 )
                 status = 200
     response = render(request, "gallery/search_by_image.html", context, status=status)

@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: photos made in code, the media directory of each test, users, a
 fake captioner for the web tests, and a tiny random captioner for the TensorFlow tests."""
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -14,6 +15,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from captioning import efficientnet, inception
+from captioning.images import open_upright_rgb
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
 from gallery.captions import add_model_caption
@@ -150,9 +153,18 @@ class FakeProjection:
     key = "fake-projection"
 
 
+def _photo_key(source) -> str:
+    """Encoded bytes by their hash, a decoded photo by its pixels' hash."""
+    return hashlib.sha256(source.tobytes() if isinstance(source, PIL.Image.Image) else source).hexdigest()
+
+
 class FakeCaptioner:
-    """Captions each photo with the text registered for its bytes (else "a photo of something"), and
-    gives it the fingerprint registered for it (else none, like a model without fingerprints)."""
+    """Captions each photo with the text registered for it (else "a photo of something"), and
+    gives it the fingerprint registered for it (else none, like a model without fingerprints).
+
+    load_image hands its input through: the stored photo's bytes (stored photos), or the upload
+    check's decoded picture (query photos in-process); a registered photo is known either way.
+    """
 
     version = "fake-1"
     fingerprint = FakeProjection()
@@ -161,25 +173,57 @@ class FakeCaptioner:
         self.texts, self.prints = {}, {}
 
     def register(self, data: bytes, text: str, fingerprint=None) -> bytes:
-        key = hashlib.sha256(data).hexdigest()
-        self.texts[key] = text
-        if fingerprint is not None:
-            vector = np.asarray(fingerprint, dtype=np.float32)
-            self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
+        for key in (_photo_key(data), _photo_key(open_upright_rgb(data))):
+            self.texts[key] = text
+            if fingerprint is not None:
+                vector = np.asarray(fingerprint, dtype=np.float32)
+                self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
         return data
 
     def describe_arrays(self, arrays):
-        keys = [hashlib.sha256(a).hexdigest() for a in arrays]
+        keys = [_photo_key(a) for a in arrays]
         return [Description(FakeResult(self.texts.get(k, "a photo of something")), fingerprint=self.prints.get(k)) for k in keys]
 
 
 @pytest.fixture
 def fake_captioner(monkeypatch):
-    """In-process captioning by FakeCaptioner; load_image hands the raw bytes through."""
+    """In-process captioning by FakeCaptioner; load_image hands its input (bytes or a decoded photo) through."""
     captioner = FakeCaptioner()
     monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
     monkeypatch.setattr("captioning.services.load_image", lambda data: data)
     return captioner
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The size of each photo decoded from its encoded bytes by the upload check or the networks'
+    preprocessing (a decoded picture handed on is not counted: it is not decoded again)."""
+    decoded = []
+    for module in ("gallery.ingest", "captioning.inception"):
+
+        def spy(source, min_size=None, decode=getattr(importlib.import_module(module), "open_upright_rgb")):
+            image = decode(source, min_size=min_size)
+            if not isinstance(source, PIL.Image.Image):
+                decoded.append(image.size)
+            return image
+
+        monkeypatch.setattr(f"{module}.open_upright_rgb", spy)
+    return decoded
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """The size of each Pillow image allocated from now on (decodes included): a memory bound
+    checked without timing or measuring the process."""
+    allocated = []
+    for name in ("new", "fill"):
+
+        def spy(mode, size, *args, allocate=getattr(PIL.Image.core, name)):
+            allocated.append(tuple(size))
+            return allocate(mode, size, *args)
+
+        monkeypatch.setattr(PIL.Image.core, name, spy)
+    return allocated
 
 
 @pytest.fixture
@@ -257,3 +301,23 @@ def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
     (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
     monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
     return model_dir, feature_dir
+
+
+# ---------------------------------------------------------------------------- the converted image networks
+def _converted(network, file_name: str, tmp_path_factory) -> dict:
+    """A network's pinned source weights converted once per session; skipped where the source is not installed."""
+    try:
+        source = network.find_source_weights()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return network.convert_weights(source, tmp_path_factory.mktemp("converted") / file_name)
+
+
+@pytest.fixture(scope="session")
+def converted_inception(tmp_path_factory):
+    return _converted(inception, "inception.weights.h5", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def converted_efficientnet(tmp_path_factory):
+    return _converted(efficientnet, "lite0.weights.h5", tmp_path_factory)

@@ -3,10 +3,13 @@
 Captioning is replaced by a deterministic fake here (these tests are about the web layer); the
 real model and workers are exercised by the pipeline tests.
 """
+import base64
+import io
 import re
 import threading
 
 import pytest
+from PIL import Image as PILImage
 from celery._state import _set_task_join_will_block
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.template.loader import render_to_string
@@ -18,7 +21,7 @@ from gallery.models import Image
 from gallery.querying import CaptioningBusy
 from gallery.tasks import caption_query_image
 
-from .conftest import captioned
+from .conftest import FakeCaptioner, captioned
 
 pytestmark = pytest.mark.django_db
 
@@ -191,6 +194,17 @@ def test_search_by_image_shows_the_caption_and_its_results(client, photo, fake_c
     assert "a sandy beach with waves" in html and "fake-1" in html
     assert f"/images/{beach.pk}/" in html and "<mark>sandy</mark>" in html
     assert Image.objects.count() == 1  # the query photo is not stored
+
+
+def test_the_search_by_image_page_decodes_the_photo_once_for_its_caption_and_preview(client, photo, decodes, monkeypatch):
+    monkeypatch.setattr("captioning.services.get_captioner", FakeCaptioner)
+    query = photo(51, size=(1600, 1200), fmt="PNG")
+    response = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.png", query)})
+    assert response.status_code == 200
+    preview = re.search(r'id="query-photo" src="data:image/jpeg;base64,([^"]+)"', response.content.decode())
+    with PILImage.open(io.BytesIO(base64.b64decode(preview.group(1)))) as shown:
+        assert shown.size == (320, 240)
+    assert len(decodes) == 1, decodes
 
 
 def test_search_by_image_when_no_worker_answers(client, photo, monkeypatch):
