@@ -5,6 +5,12 @@
   records the conversion (source SHA-256, file SHA-256) in ``<feature_dir>/inceptionv3.json``;
   later calls only verify. :func:`ensure_classifier_weights` does the same for the EfficientNet-Lite0
   ImageNet classifier (:mod:`captioning.efficientnet`) beside it.
+* :func:`ensure_onnx_model` exports the InceptionV3 weights once more as an ONNX graph,
+  ``<feature_dir>/inceptionv3.onnx`` (recorded in ``inceptionv3.onnx.json`` with its SHA-256, the
+  weights it was made from and its agreement with Keras), for the faster ONNX Runtime path.
+* :func:`load_extractor` loads InceptionV3 on ONNX Runtime or TensorFlow (see
+  :mod:`captioning.runtime`), falling back to TensorFlow when ONNX Runtime or its file is missing
+  or damaged, and logs which one runs.
 * :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
   features as a float16 ``.npy`` (written atomically, existing files skipped).
 * :func:`load_features` stacks (or memory-maps) cached features for training.
@@ -14,7 +20,9 @@ Plain Python + TensorFlow, no Django.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import queue
 import threading
@@ -25,8 +33,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import PIL.Image
 
-from . import efficientnet, inception
-from .files import ModelFileError, sha256_file, write_atomic
+from . import efficientnet, inception, runtime
+from .files import ModelFileError, atomic_path, sha256_file, write_atomic
 from .images import InvalidImageError, open_upright_rgb
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
@@ -36,6 +44,13 @@ FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
 CACHE_DTYPE = np.float16
 CLASSIFIER_WEIGHTS_NAME = "efficientnet-lite0.weights.h5"
 CLASSIFIER_META_NAME = "efficientnet-lite0.json"
+ONNX_NAME = "inceptionv3.onnx"
+ONNX_META_NAME = "inceptionv3.onnx.json"
+# The ONNX graph must reproduce the Keras features on the check images to within this fraction of
+# the largest feature (float32 arithmetic in another order: measured 2e-6 at conversion).
+ONNX_TOLERANCE = 1e-4
+
+logger = logging.getLogger(__name__)
 
 
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -47,10 +62,8 @@ def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -99,10 +112,111 @@ def ensure_feature_weights(
                              "InceptionV3", force=force, log=log)
 
 
-def load_extractor(feature_dir: str | os.PathLike):
-    """The Keras InceptionV3 feature extractor from ``feature_dir`` (checksum-verified if recorded)."""
+def onnx_path(feature_dir: str | os.PathLike) -> Path:
+    return Path(feature_dir) / ONNX_NAME
+
+
+def _check_images() -> np.ndarray:
+    """Two fixed network inputs (noise and a gradient) on which the ONNX graph must match Keras."""
+    noise = np.random.default_rng(0).uniform(-1, 1, (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3))
+    ramp = np.linspace(-1, 1, inception.IMAGE_SIZE)
+    gradient = np.stack([ramp[None, :] + 0 * ramp[:, None], ramp[:, None] + 0 * ramp[None, :], -ramp[None, :] * ramp[:, None]], -1)
+    return np.stack([noise, gradient]).astype(np.float32)
+
+
+def ensure_onnx_model(feature_dir: str | os.PathLike, *, force: bool = False, log: Callable[[str], None] = print) -> dict | None:
+    """Export ``<feature_dir>/inceptionv3.onnx`` from the installed Keras weights once; later calls verify.
+
+    The export is checked against Keras on fixed inputs (relative difference at most
+    ``ONNX_TOLERANCE``) before it is installed. Exported again when missing, when its checksum or
+    the weights it came from no longer match the record, or when ``force``. Returns the record
+    plus ``"action"``, or None (logged) when ``onnx``/``onnxruntime`` are not installed: the app
+    then runs InceptionV3 on TensorFlow.
+    """
+    feature_dir = Path(feature_dir)
+    if not runtime.onnxruntime_available() or importlib.util.find_spec("onnx") is None:
+        log("onnx/onnxruntime not installed: InceptionV3 will run on TensorFlow")
+        return None
+    weights = read_feature_meta(feature_dir) or {}
+    dest, record = onnx_path(feature_dir), _read_json(feature_dir / ONNX_META_NAME)
+    if not force and dest.is_file() and record and record.get("weights_sha256") == weights.get("sha256"):
+        actual = sha256_file(dest)
+        if actual == record.get("sha256"):
+            log(f"InceptionV3 ONNX graph OK: {dest} (sha256 {actual[:12]}...)")
+            return {**record, "action": "verified"}
+        log(f"InceptionV3 ONNX graph {dest} does not match its record (sha256 {actual[:12]}...); exporting again")
+    import onnxruntime
+
+    t0 = time.time()
+    model = load_extractor(feature_dir, image_runtime="tensorflow")
+    with atomic_path(dest, suffix=".onnx") as candidate:
+        runtime.export_onnx(model.model, candidate, doc=f"InceptionV3 ({FEATURE_EXTRACTOR_ID}) from {feature_weights_path(feature_dir).name} sha256 {weights.get('sha256')}")
+        images = _check_images()
+        reference = model.run(images)
+        difference = float(np.abs(runtime.OnnxNetwork(candidate).run(images) - reference).max() / np.abs(reference).max())
+        if difference > ONNX_TOLERANCE:
+            raise ValueError(f"the ONNX export differs from Keras by {difference:.2e} of the largest feature (> {ONNX_TOLERANCE})")
+    record = {
+        "architecture": FEATURE_EXTRACTOR_ID,
+        "path": str(dest),
+        "sha256": sha256_file(dest),
+        "weights_sha256": weights.get("sha256"),
+        "max_relative_difference": difference,
+        "onnx_opset": runtime.ONNX_OPSET,
+        "onnxruntime_version": onnxruntime.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write_json_atomic(feature_dir / ONNX_META_NAME, record)
+    log(f"Exported in {time.time() - t0:.1f} s: {dest} (sha256 {record['sha256'][:12]}..., differs from Keras by {difference:.1e})")
+    return {**record, "action": "exported"}
+
+
+def _load_onnx(feature_dir: Path, threads: int) -> runtime.OnnxNetwork:
+    """The ONNX InceptionV3 if ONNX Runtime, the file and its record are all sound; else ModelFileError."""
+    hint = "run `python manage.py prepare_models`"
+    if not runtime.onnxruntime_available():
+        raise ModelFileError("onnxruntime is not installed")
+    path, record = onnx_path(feature_dir), _read_json(feature_dir / ONNX_META_NAME)
+    if not path.is_file() or record is None:
+        raise ModelFileError(f"no InceptionV3 ONNX graph (or its record) in {feature_dir}; {hint}")
+    if sha256_file(path) != record.get("sha256"):
+        raise ModelFileError(f"InceptionV3 ONNX graph {path} does not match its recorded SHA-256; {hint}")
+    if record.get("weights_sha256") != (read_feature_meta(feature_dir) or {}).get("sha256"):
+        raise ModelFileError(f"InceptionV3 ONNX graph {path} was exported from other weights than those installed; {hint}")
+    try:
+        network = runtime.OnnxNetwork(path, threads=threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelFileError(f"InceptionV3 ONNX graph {path} could not be loaded ({exc}); {hint}") from exc
+    if network.input_shape[1:] != (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3):
+        raise ModelFileError(f"InceptionV3 ONNX graph {path} takes {network.input_shape}, not 299x299x3 images; {hint}")
+    return network
+
+
+def load_extractor(feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0) -> runtime.ImageNetwork:
+    """InceptionV3 from ``feature_dir`` on ``image_runtime`` (one of :data:`runtime.RUNTIMES`), files checksum-verified.
+
+    ``"auto"`` takes ONNX Runtime when it and the exported graph are installed and sound, else
+    TensorFlow (a warning says why); ``"onnx"`` raises ModelFileError instead of falling back;
+    ``"tensorflow"`` is the reference path. ``threads``: ONNX Runtime's intra-op threads (0: one
+    per core). The choice is logged.
+    """
+    feature_dir = Path(feature_dir)
+    if image_runtime not in runtime.RUNTIMES:
+        raise ValueError(f"unknown image runtime {image_runtime!r}; choose one of {', '.join(runtime.RUNTIMES)}")
+    if image_runtime != "tensorflow":
+        try:
+            network = _load_onnx(feature_dir, threads)
+        except ModelFileError as exc:
+            if image_runtime == "onnx":
+                raise
+            logger.warning("InceptionV3 falls back to TensorFlow: %s", exc)
+        else:
+            logger.info("InceptionV3 runs on ONNX Runtime (%s)", network.path)
+            return network
     meta = read_feature_meta(feature_dir) or {}
-    return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+    model = inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+    logger.info("InceptionV3 runs on TensorFlow (%s)", feature_weights_path(feature_dir))
+    return runtime.KerasNetwork(model)
 
 
 def classifier_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -177,7 +291,7 @@ def cache_features(
     ``images``: ``(name, path)`` pairs (name = cache key, e.g. the Flickr8k file name) or plain
     paths (name = file name).  ``flip=True`` featurises the horizontally mirrored image instead
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
-    thread while TensorFlow computes the previous batch.
+    thread while InceptionV3 computes the previous batch.
     """
     def extractor_of():
         if extractor is not None:

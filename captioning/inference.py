@@ -33,6 +33,7 @@ from .efficientnet import classify_inception_inputs
 from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
 from .objects import WORDS_PATH, ObjectWords, default_words
+from .runtime import as_image_network
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -310,7 +311,11 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 class ImageCaptioner:
-    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches."""
+    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches.
+
+    ``feature_model``: InceptionV3 as a :class:`~captioning.runtime.ImageNetwork` (ONNX Runtime or
+    TensorFlow), or a Keras model (run on TensorFlow).
+    """
 
     def __init__(
         self,
@@ -333,7 +338,7 @@ class ImageCaptioner:
             )
         self.captioner = captioner
         self.tokenizer = tokenizer
-        self.feature_model = feature_model
+        self.image_network = as_image_network(feature_model)
         self.version = version
         self.beam_width = int(beam_width)
         self.batch_size = max(1, int(batch_size))
@@ -354,10 +359,13 @@ class ImageCaptioner:
         length_alpha: float | None = None,
         batch_size: int = 16,
         object_labels: bool = False,
+        image_runtime: str = "auto",
+        image_threads: int = 0,
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
-        ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
+        ``image_runtime`` / ``image_threads``: where InceptionV3 runs (see
+        :func:`captioning.features.load_extractor`). ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
 
         ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
@@ -397,7 +405,8 @@ class ImageCaptioner:
         return cls(
             loaded.model,
             loaded.tokenizer,
-            feature_store.load_extractor(feature_dir),  # also verifies the file against its record
+            # Also verifies the files against their records.
+            feature_store.load_extractor(feature_dir, image_runtime=image_runtime, threads=image_threads),
             version=loaded.version,
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
@@ -455,7 +464,7 @@ class ImageCaptioner:
         results: list[Description] = []
         for chunk in _batches(list(arrays), self.batch_size):
             features = np.concatenate(
-                [extract_features(self.feature_model, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
+                [extract_features(self.image_network, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
             )
             probabilities = self.classify_arrays(chunk)
             results += self.describe_features(features, beam_width=beam_width, class_probabilities=probabilities)
