@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
-from .efficientnet import classify_inception_inputs
+from .efficientnet import as_classifier_network
 from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
 from .objects import WORDS_PATH, ObjectWords, default_words
@@ -345,8 +345,9 @@ class ImageCaptioner:
         self.length_alpha = float(length_alpha)
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
         self.meta = meta or {}
-        # The EfficientNet-Lite0 ImageNet classifier (captioning.efficientnet) or None: no object labels.
-        self.object_classifier = object_classifier
+        # The EfficientNet-Lite0 ImageNet classifier or None (no object labels): an ImageNetwork from
+        # InceptionV3 inputs to probabilities, or the Keras network (run on TensorFlow).
+        self.object_classifier = None if object_classifier is None else as_classifier_network(object_classifier)
         self.object_words = object_words or (default_words() if object_classifier is not None else None)
 
     @classmethod
@@ -364,9 +365,10 @@ class ImageCaptioner:
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
-        ``image_runtime`` / ``image_threads``: where InceptionV3 runs (see
-        :func:`captioning.features.load_extractor`). ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
+        ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
+        ``image_runtime`` / ``image_threads``: where the image networks run (see
+        :func:`captioning.features.load_extractor`).
 
         ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
         by ``prepare_models``, so that each description carries object labels.
@@ -400,7 +402,9 @@ class ImageCaptioner:
         tuned = loaded.meta.get("decoding") or {}
         object_classifier = None
         if object_labels:
-            object_classifier = feature_store.load_classifier(feature_dir)  # verified against its record
+            object_classifier = feature_store.load_classifier_network(  # verified against its record
+                feature_dir, image_runtime=image_runtime, threads=image_threads
+            )
             _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         return cls(
             loaded.model,
@@ -448,7 +452,7 @@ class ImageCaptioner:
         if self.object_classifier is None:
             return None
         return np.concatenate(
-            [classify_inception_inputs(self.object_classifier, np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
+            [self.object_classifier.run(np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
         )
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:

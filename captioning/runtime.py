@@ -181,6 +181,97 @@ def _concatenate(layer, name, inputs, add, helper):
     return [helper.make_node("Concat", inputs, [name], name=name, axis=1)]
 
 
+def _depthwise_conv(layer, name, inputs, add, helper):
+    kernel = layer.get_weights()[0]  # (kh, kw, channels, multiplier) -> (channels * multiplier, 1, kh, kw)
+    kh, kw, channels, multiplier = kernel.shape
+    names = [inputs[0], add(f"{name}.kernel", kernel.transpose(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw))]
+    if layer.use_bias:
+        names.append(add(f"{name}.bias", layer.get_weights()[1]))
+    if tuple(layer.dilation_rate) != (1, 1):
+        raise ValueError(f"{layer.name}: dilated convolutions are not exported")
+    activation = layer.activation.__name__
+    conv_output = name if activation == "linear" else f"{name}.linear"
+    nodes = [helper.make_node("Conv", names, [conv_output], name=conv_output, kernel_shape=[kh, kw], group=channels,
+                              strides=list(layer.strides), **_pads(layer))]
+    if activation != "linear":
+        nodes += _activation(activation, conv_output, name, helper)
+    return nodes
+
+
+def _relu(layer, name, inputs, add, helper):
+    """Keras ``ReLU`` (ReLU6 when ``max_value`` is 6): Relu, or Clip for a capped one."""
+    if float(layer.negative_slope) != 0 or float(layer.threshold) != 0:
+        raise ValueError(f"{layer.name}: leaky or thresholded ReLU is not exported")
+    if layer.max_value is None:
+        return [helper.make_node("Relu", inputs, [name], name=name)]
+    low, high = add(f"{name}.min", np.float32(0)), add(f"{name}.max", np.float32(layer.max_value))
+    return [helper.make_node("Clip", [inputs[0], low, high], [name], name=name)]
+
+
+def _add(layer, name, inputs, add, helper):
+    return [helper.make_node("Sum", inputs, [name], name=name)]
+
+
+def _global_average_pool(layer, name, inputs, add, helper):
+    if layer.keepdims:
+        raise ValueError(f"{layer.name}: only pooling to (batch, channels) is exported")
+    return [helper.make_node("GlobalAveragePool", inputs, [f"{name}.nc11"], name=f"{name}.nc11"),
+            helper.make_node("Flatten", [f"{name}.nc11"], [name], name=name, axis=1)]
+
+
+def _dense(layer, name, inputs, add, helper):
+    """Dense on (batch, features) only: on an image tensor Keras works on the channels (NHWC), not NCHW's last axis."""
+    if len(layer.input.shape) != 2:
+        raise ValueError(f"{layer.name}: only Dense layers on (batch, features) are exported")
+    weights = layer.get_weights()
+    bias = weights[1] if layer.use_bias else np.zeros(weights[0].shape[1], np.float32)
+    activation = layer.activation.__name__
+    output = name if activation == "linear" else f"{name}.linear"
+    nodes = [helper.make_node("Gemm", [inputs[0], add(f"{name}.kernel", weights[0]), add(f"{name}.bias", bias)], [output], name=output)]
+    if activation != "linear":
+        nodes += _activation(activation, output, name, helper)
+    return nodes
+
+
+def _softmax(layer, name, inputs, add, helper):
+    if len(layer.input.shape) != 2 or layer.axis not in (-1, 1):
+        raise ValueError(f"{layer.name}: only a softmax over the features of (batch, features) is exported")
+    return [helper.make_node("Softmax", inputs, [name], name=name, axis=-1)]
+
+
+def _rescaling(layer, name, inputs, add, helper):
+    scale, offset = np.asarray(layer.scale, np.float32), np.asarray(layer.offset, np.float32)
+    if scale.size != 1 or offset.size != 1:
+        raise ValueError(f"{layer.name}: only scalar scale and offset are exported")
+    return [helper.make_node("Mul", [inputs[0], add(f"{name}.scale", scale.reshape(()))], [f"{name}.scaled"], name=f"{name}.scaled"),
+            helper.make_node("Add", [f"{name}.scaled", add(f"{name}.offset", offset.reshape(()))], [name], name=name)]
+
+
+def resize_matrix(size_in: int, size_out: int, interpolation: str, antialias: bool) -> np.ndarray:
+    """The (size_out, size_in) matrix of Keras's resize along one axis: ``resized = matrix @ column``.
+
+    Computed by resizing the identity with the backend itself, so the ONNX graph resizes exactly
+    as TensorFlow does (``antialias`` included, which ONNX Runtime's own Resize does differently).
+    Valid for the separable linear interpolations (bilinear, bicubic...).
+    """
+    from keras import ops
+
+    identity = np.eye(size_in, dtype=np.float32)[None, :, None, :]  # (1, height = size_in, 1, channels = size_in)
+    resized = ops.image.resize(identity, (size_out, 1), interpolation=interpolation, antialias=antialias)
+    return np.asarray(ops.convert_to_numpy(resized))[0, :, 0, :]
+
+
+def _resizing(layer, name, inputs, add, helper):
+    """Keras ``Resizing`` (whole image, separable linear interpolation) as two matrix products in NCHW."""
+    if layer.crop_to_aspect_ratio or layer.pad_to_aspect_ratio or layer.interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"{layer.name}: only plain bilinear or bicubic resizing is exported")
+    _, height, width, _ = layer.input.shape
+    rows = resize_matrix(height, layer.height, layer.interpolation, layer.antialias)
+    columns = resize_matrix(width, layer.width, layer.interpolation, layer.antialias)
+    return [helper.make_node("MatMul", [inputs[0], add(f"{name}.columns", columns.T)], [f"{name}.width"], name=f"{name}.width"),
+            helper.make_node("MatMul", [add(f"{name}.rows", rows), f"{name}.width"], [name], name=name)]
+
+
 # Keras layer class -> exporter(layer, output name, input names, add_initializer, onnx.helper) -> nodes.
 # Add a layer kind here when a network needs it; anything else is refused with its name.
 _EXPORTERS: dict[str, Callable] = {
@@ -191,15 +282,54 @@ _EXPORTERS: dict[str, Callable] = {
     # TensorFlow's "same" average pooling divides by the pixels inside the image only.
     "AveragePooling2D": _pool("AveragePool", count_include_pad=0),
     "Concatenate": _concatenate,
+    "DepthwiseConv2D": _depthwise_conv,
+    "ReLU": _relu,
+    "Add": _add,
+    "GlobalAveragePooling2D": _global_average_pool,
+    "Dense": _dense,
+    "Softmax": _softmax,
+    "Rescaling": _rescaling,
+    "Resizing": _resizing,
 }
 
 
-def export_onnx(model: Any, path: str | os.PathLike, *, doc: str = "") -> None:
-    """Write the Keras functional ``model`` (one 4-D input, one output) as an ONNX graph at ``path``.
+def _export_functional(model, input_names: list[str], prefix: str, add, helper) -> tuple[list, list[str]]:
+    """ONNX nodes of a Keras functional ``model`` whose inputs are the ONNX tensors ``input_names``.
 
-    The ONNX graph takes and returns the same NHWC float32 tensors as the Keras model, with a
-    free batch dimension. Layers of a kind not in ``_EXPORTERS`` raise ValueError. ONNX Runtime
-    fuses the batch norms and activations into the convolutions when it loads the graph.
+    A nested functional model (a network called on a preprocessing layer's output) is exported in
+    place, its layer names prefixed with its own name.
+    """
+    names = {id(tensor): name for tensor, name in zip(model.inputs, input_names)}
+    nodes: list = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "InputLayer":
+            continue
+        # The call of this layer inside this graph (a nested model may be called from other graphs too).
+        calls = [n for n in layer._inbound_nodes if all(id(t) in names for t in n.input_tensors)]
+        if len(calls) != 1:
+            raise ValueError(f"{model.name}: layer {layer.name} is called {len(calls)} times; only plain graphs are exported")
+        (call,) = calls
+        inputs = [names[id(t)] for t in call.input_tensors]
+        name = prefix + layer.name
+        if kind == "Functional":
+            layer_nodes, outputs = _export_functional(layer, inputs, f"{name}/", add, helper)
+        elif kind in _EXPORTERS:
+            layer_nodes, outputs = _EXPORTERS[kind](layer, name, inputs, add, helper), [name]
+        else:
+            raise ValueError(f"{model.name}: layer {layer.name} ({kind}) cannot be exported to ONNX")
+        nodes += layer_nodes
+        names.update((id(t), output) for t, output in zip(call.output_tensors, outputs))
+    return nodes, [names[id(t)] for t in model.outputs]
+
+
+def export_onnx(model: Any, path: str | os.PathLike, *, doc: str = "") -> None:
+    """Write the Keras functional ``model`` (one NHWC image input, one output) as an ONNX graph at ``path``.
+
+    The ONNX graph takes and returns the same float32 tensors as the Keras model (NHWC images;
+    an image output is transposed back to NHWC, a (batch, features) output is returned as is),
+    with a free batch dimension. Layers of a kind not in ``_EXPORTERS`` raise ValueError. ONNX
+    Runtime fuses the batch norms and activations into the convolutions when it loads the graph.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -213,21 +343,13 @@ def export_onnx(model: Any, path: str | os.PathLike, *, doc: str = "") -> None:
         initializers.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
         return name
 
-    def tensor_name(keras_tensor) -> str:
-        return keras_tensor._keras_history.operation.name
-
-    input_name = tensor_name(model_input)
-    nodes = [helper.make_node("Transpose", [GRAPH_INPUT], [input_name], name="to_nchw", perm=_TO_NCHW)]
-    for layer in model.layers:
-        kind = type(layer).__name__
-        if kind == "InputLayer":
-            continue
-        if kind not in _EXPORTERS:
-            raise ValueError(f"{model.name}: layer {layer.name} ({kind}) cannot be exported to ONNX")
-        (node,) = layer._inbound_nodes
-        inputs = [tensor_name(t) for t in node.input_tensors]
-        nodes += _EXPORTERS[kind](layer, layer.name, inputs, add, helper)
-    nodes.append(helper.make_node("Transpose", [tensor_name(model_output)], [GRAPH_OUTPUT], name="to_nhwc", perm=_TO_NHWC))
+    nodes = [helper.make_node("Transpose", [GRAPH_INPUT], ["nchw_input"], name="to_nchw", perm=_TO_NCHW)]
+    graph_nodes, (output,) = _export_functional(model, ["nchw_input"], "", add, helper)
+    nodes += graph_nodes
+    if len(model_output.shape) == 4:
+        nodes.append(helper.make_node("Transpose", [output], [GRAPH_OUTPUT], name="to_nhwc", perm=_TO_NHWC))
+    else:
+        nodes.append(helper.make_node("Identity", [output], [GRAPH_OUTPUT], name="output"))
 
     shape_in = ["batch", *model_input.shape[1:]]
     shape_out = ["batch", *model_output.shape[1:]]

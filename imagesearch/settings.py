@@ -179,8 +179,9 @@ IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
 # Object labels from the EfficientNet-Lite0 ImageNet classifier (converted by prepare_models).
 IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
-# Where InceptionV3 runs: auto = ONNX Runtime when installed and its graph is sound (faster), else
-# TensorFlow; onnx = ONNX Runtime or fail; tensorflow = the reference path. Logged at start.
+# Where the image networks (InceptionV3, EfficientNet-Lite0) run: auto = ONNX Runtime when installed
+# and each exported graph is sound (faster), else TensorFlow; onnx = ONNX Runtime or fail;
+# tensorflow = the reference path. Each network's choice is logged when the model loads.
 IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto")
 # ONNX Runtime threads per process (0 = one per core).
 IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
