@@ -1,17 +1,22 @@
 """Captioning speed and memory benchmark (not a timed test): `python bench/caption_bench.py [--json]`.
 
-Measures, in one process, against the tutorial-style eager ``evaluate()`` loop (one image, features
-extracted eagerly, then a per-step Python loop calling the decoder eagerly, greedy):
+Measures, in one process, both runtimes of InceptionV3 (ONNX Runtime first, the app's default,
+then the TensorFlow reference) against the tutorial-style eager ``evaluate()`` loop (one image,
+features extracted eagerly, then a per-step Python loop calling the decoder eagerly, greedy):
 
 * ``single_ms``: one 640x480 JPEG captioned from its file (decode + InceptionV3 + beam search),
   median after warm-up; ``baseline_single_ms``: the same file through the eager loop;
 * ``bulk_images_per_s``: Flickr8k photos captioned from their files in batches (after one warm-up
   batch, as in a long-running worker), plus where the
   time goes (image decoding, InceptionV3, search) so a miss of the target can be explained;
-* ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``);
-* ``objects``: the same bulk captioning with and without the EfficientNet-Lite0 object labels,
-  alternated twice in this process (``--no-objects`` skips it): images/s, CPU-s/image and the
-  throughput lost to the labels;
+* ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``), after
+  the ONNX Runtime path, labels included (before TensorFlow's networks are loaded too);
+* same-run ratios per path: ``single_vs_eager`` (time of one photo / the eager loop's) and
+  ``bulk_vs_eager`` (bulk images/s x the eager loop's seconds per photo);
+* ``objects`` per path: the same bulk captioning with and without the EfficientNet-Lite0 object
+  labels (the classifier on the same runtime as InceptionV3), alternated twice in this process
+  (``--no-objects`` skips it): images/s, CPU-s/image, the throughput lost to the labels, and one
+  photo with labels (the app's default);
 * with ``--compare-model-dir``: ``compare_bulk_ratio``, bulk images/s of this model over that
   model's, both captioning the same photos from their files in alternating rounds of this process
   (how a new model version's decoding changes throughput, robust to the noisy shared CPU).
@@ -75,11 +80,17 @@ class PeakRss:
 
 
 def load_captioner(args) -> tuple[ImageCaptioner, str]:
-    """The bundled model if installed, else a random one of the real size; says which."""
-    feature_store.ensure_feature_weights(args.feature_dir, log=lambda message: print(message, file=sys.stderr))
+    """The bundled model if installed, else a random one of the real size, InceptionV3 on ONNX Runtime; says which."""
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    feature_store.ensure_feature_weights(args.feature_dir, log=log)
+    feature_store.ensure_classifier_weights(args.feature_dir, log=log)
+    for network in feature_store.ONNX_EXPORTS:
+        feature_store.ensure_onnx_model(args.feature_dir, network, log=log)
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not args.random_model:
-        captioner = ImageCaptioner.from_dirs(model_dir, args.feature_dir, beam_width=args.beam, batch_size=args.batch)
+        captioner = ImageCaptioner.from_dirs(
+            model_dir, args.feature_dir, beam_width=args.beam, batch_size=args.batch, image_runtime="onnx"
+        )
         return captioner, f"trained model {captioner.version} ({model_dir})"
     from captioning.model import ModelConfig, build_captioner
     from captioning.vocabulary import Tokenizer
@@ -91,18 +102,22 @@ def load_captioner(args) -> tuple[ImageCaptioner, str]:
     )
     model = build_captioner(ModelConfig(vocab_size=tokenizer.size), seed=0)
     captioner = ImageCaptioner(
-        model, tokenizer, feature_store.load_extractor(args.feature_dir), beam_width=args.beam or 3, batch_size=args.batch
+        model,
+        tokenizer,
+        feature_store.load_extractor(args.feature_dir, image_runtime="onnx"),
+        beam_width=args.beam or 3,
+        batch_size=args.batch,
     )
     return captioner, f"randomly initialised model of the real size (vocabulary {tokenizer.size})"
 
 
-def tutorial_evaluate(captioner: ImageCaptioner, path) -> list[int]:
+def tutorial_evaluate(captioner: ImageCaptioner, keras_inception, path) -> list[int]:
     """The TensorFlow tutorial's ``evaluate()``: eager features, eager per-step decoder, greedy."""
     import tensorflow as tf
 
     model = captioner.captioner
     image = preprocess_image(path)[None]
-    features = captioner.feature_model(image)  # eager call, as the tutorial does
+    features = keras_inception(image)  # eager call, as the tutorial does
     features = tf.reshape(features, (1, -1, features.shape[-1]))
     enc, keys = model.encode(features)
     state = model.initial_state(enc)
@@ -137,7 +152,7 @@ def bulk_breakdown(captioner: ImageCaptioner, paths, batch: int) -> dict:
         arrays = np.stack([preprocess_image(p) for p in paths[i : i + batch]])
         spent["image_decode"] += time.perf_counter() - start
         start = time.perf_counter()
-        feats = np.concatenate([extract_features(captioner.feature_model, arrays[j : j + FEATURE_BATCH]) for j in range(0, len(arrays), FEATURE_BATCH)])
+        feats = np.concatenate([extract_features(captioner.image_network, arrays[j : j + FEATURE_BATCH]) for j in range(0, len(arrays), FEATURE_BATCH)])
         spent["inception"] += time.perf_counter() - start
         start = time.perf_counter()
         captioner.caption_features(feats)
@@ -145,11 +160,12 @@ def bulk_breakdown(captioner: ImageCaptioner, paths, batch: int) -> dict:
     return {k: round(v / len(paths), 4) for k, v in spent.items()}
 
 
-def compare_object_labels(captioner: ImageCaptioner, paths, feature_dir) -> dict:
-    """Bulk captioning of ``paths`` without and with the object classifier, alternated twice (A B A B)."""
-    classifier = feature_store.load_classifier(feature_dir)
+def compare_object_labels(captioner: ImageCaptioner, classifier, jpeg: Path, paths, repeats: int) -> dict:
+    """Bulk captioning of ``paths`` without and with the object ``classifier`` (an ImageNetwork),
+    alternated twice (A B A B), and one photo with labels."""
     captioner.object_classifier = classifier
     captioner.describe_sources(paths[: captioner.batch_size])  # trace the classifier's graph
+    single_ms, _ = timed(lambda: captioner.describe_sources([jpeg]), repeats)
     spent = {False: [0.0, 0.0], True: [0.0, 0.0]}
     labelled = 0
     for with_labels in (False, True, False, True):
@@ -170,6 +186,7 @@ def compare_object_labels(captioner: ImageCaptioner, paths, feature_dir) -> dict
         "with_cpu_s_per_image": round(spent[True][1] / count, 4),
         "cpu_added_pct": round(100 * (spent[True][1] / spent[False][1] - 1), 1),
         "photos_with_labels_pct": round(100 * labelled / count, 1),
+        "single_with_labels_ms": round(single_ms, 1),
     }
 
 
@@ -202,6 +219,34 @@ def make_test_jpeg(path: Path) -> Path:
     return path
 
 
+def measure_path(captioner: ImageCaptioner, image_network, classifier, jpeg: Path, warm_up: list[Path], bulk_paths: list[Path], args) -> dict:
+    """Single-photo and bulk figures of the captioner with InceptionV3 as ``image_network``, and
+    (unless ``--no-objects``) with and without ``classifier``'s object labels (same runtime)."""
+    captioner.image_network, captioner.object_classifier = image_network, None
+    # Warm-up: trace the compiled graphs and touch every kernel once.
+    captioner.caption_sources([jpeg])
+    captioner.caption_sources([jpeg], beam_width=1)
+    single_ms, single_cpu_ms = timed(lambda: captioner.caption_sources([jpeg]), args.repeats)
+    greedy_ms, _ = timed(lambda: captioner.caption_sources([jpeg], beam_width=1), args.repeats)
+    captioner.caption_sources(warm_up)  # full batches
+    cpu_start, start = time.process_time(), time.perf_counter()
+    results = captioner.caption_sources(bulk_paths)
+    bulk_s, bulk_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    figures = {
+        "single_ms": round(single_ms, 1),
+        "greedy_single_ms": round(greedy_ms, 1),
+        "bulk_images_per_s": round(len(bulk_paths) / bulk_s, 2),
+        # CPU time used by this process: robust to other processes sharing the two cores.
+        "single_cpu_ms": round(single_cpu_ms, 1),
+        "bulk_cpu_s_per_image": round(bulk_cpu_s / len(bulk_paths), 4),
+        "bulk_s_per_image_breakdown": bulk_breakdown(captioner, bulk_paths, args.batch),
+        "mean_caption_words": round(float(np.mean([len(r.words) for r in results])), 1),
+    }
+    if not args.no_objects:
+        figures["objects"] = compare_object_labels(captioner, classifier, jpeg, bulk_paths, args.repeats)
+    return figures
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -219,59 +264,55 @@ def main(argv=None) -> dict:
 
     rss = PeakRss()
     captioner, model_note = load_captioner(args)
+    paths: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         jpeg = make_test_jpeg(Path(tmp) / "photo-640x480.jpg")
-        # Warm-up: trace the compiled graphs and touch every kernel once.
-        captioner.caption_sources([jpeg])
-        captioner.caption_sources([jpeg], beam_width=1)
-        single_ms, single_cpu_ms = timed(lambda: captioner.caption_sources([jpeg]), args.repeats)
-        greedy_ms, _ = timed(lambda: captioner.caption_sources([jpeg], beam_width=1), args.repeats)
-
         names = (FLICKR / "dev.txt").read_text().split()[: args.images + args.batch]
-        paths = [FLICKR / "images" / n for n in names[args.batch :]]
-        captioner.caption_sources([FLICKR / "images" / n for n in names[: args.batch]])  # warm up full batches
-        cpu_start, start = time.process_time(), time.perf_counter()
-        results = captioner.caption_sources(paths)
-        bulk_s, bulk_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-        breakdown = bulk_breakdown(captioner, paths, args.batch)
-        captioning_peak_mb = rss.peak_mb()
-        objects = None if args.no_objects else compare_object_labels(captioner, paths, args.feature_dir)
+        warm_up = [FLICKR / "images" / n for n in names[: args.batch]]
+        bulk_paths = [FLICKR / "images" / n for n in names[args.batch :]]
+        for image_runtime in ("onnx", "tensorflow"):
+            # The captioner was loaded with InceptionV3 on ONNX Runtime (load_captioner).
+            network = captioner.image_network if image_runtime == "onnx" else feature_store.load_extractor(args.feature_dir, image_runtime=image_runtime)
+            classifier = None if args.no_objects else feature_store.load_classifier_network(args.feature_dir, image_runtime=image_runtime)
+            paths[network.runtime] = measure_path(captioner, network, classifier, jpeg, warm_up, bulk_paths, args)
+            if image_runtime == "onnx":
+                onnx_peak_mb = rss.peak_mb()
+        reference = captioner.image_network
 
-        comparison = compare_models(captioner, args, paths) if args.compare_model_dir else {}
+        comparison = compare_models(captioner, args, bulk_paths) if args.compare_model_dir else {}
 
         # The baseline last, so that the captioning figures above are of a captioning-only process.
-        tutorial_evaluate(captioner, jpeg)
-        baseline_ms, baseline_cpu_ms = timed(lambda: tutorial_evaluate(captioner, jpeg), args.repeats)
+        tutorial_evaluate(captioner, reference.model, jpeg)
+        baseline_ms, baseline_cpu_ms = timed(lambda: tutorial_evaluate(captioner, reference.model, jpeg), args.repeats)
 
+    for figures in paths.values():
+        figures["single_vs_eager"] = round(figures["single_ms"] / baseline_ms, 3)
+        figures["bulk_vs_eager"] = round(figures["bulk_images_per_s"] * baseline_ms / 1000, 2)
     report = {
-        "single_ms": round(single_ms, 1),
-        "bulk_images_per_s": round(len(paths) / bulk_s, 2),
+        "onnxruntime": paths["onnxruntime"],
+        "tensorflow": paths["tensorflow"],
         "baseline_single_ms": round(baseline_ms, 1),
-        "peak_rss_mb": round(captioning_peak_mb, 1),
-        "peak_rss_with_baseline_mb": round(rss.stop(), 1),
-        "speedup_single": round(baseline_ms / single_ms, 2),
-        "greedy_single_ms": round(greedy_ms, 1),
-        # CPU time used by this process: robust to other processes sharing the two cores.
-        "single_cpu_ms": round(single_cpu_ms, 1),
         "baseline_single_cpu_ms": round(baseline_cpu_ms, 1),
-        "bulk_cpu_s_per_image": round(bulk_cpu_s / len(paths), 4),
-        "bulk_s_per_image_breakdown": breakdown,
-        "mean_caption_words": round(float(np.mean([len(r.words) for r in results])), 1),
+        "onnx_vs_tensorflow_bulk": round(paths["onnxruntime"]["bulk_images_per_s"] / paths["tensorflow"]["bulk_images_per_s"], 2),
+        "onnx_vs_tensorflow_inception": round(
+            paths["tensorflow"]["bulk_s_per_image_breakdown"]["inception"]
+            / paths["onnxruntime"]["bulk_s_per_image_breakdown"]["inception"], 2
+        ),
+        "peak_rss_mb": round(onnx_peak_mb, 1),
+        "peak_rss_with_tensorflow_and_baseline_mb": round(rss.stop(), 1),
         "model": model_note,
         "beam_width": captioner.beam_width,
         "batch_size": args.batch,
-        "bulk_images": len(paths),
+        "bulk_images": len(bulk_paths),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
         **comparison,
     }
-    if objects:
-        report["objects"] = objects
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
-            print(f"{key:28s} {value}")
+            print(f"{key:42s} {value}")
     return report
 
 

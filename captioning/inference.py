@@ -29,11 +29,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
-from .efficientnet import classify_inception_inputs
+from .efficientnet import as_classifier_network
 from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
 from .objects import WORDS_PATH, ObjectWords, default_words
+from .runtime import as_image_network
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -332,7 +333,11 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 class ImageCaptioner:
-    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches."""
+    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches.
+
+    ``feature_model``: InceptionV3 as a :class:`~captioning.runtime.ImageNetwork` (ONNX Runtime or
+    TensorFlow), or a Keras model (run on TensorFlow).
+    """
 
     def __init__(
         self,
@@ -358,7 +363,7 @@ class ImageCaptioner:
             )
         self.captioner = captioner
         self.tokenizer = tokenizer
-        self.feature_model = feature_model
+        self.image_network = as_image_network(feature_model)
         self.version = version
         self.beam_width = int(beam_width)
         self.batch_size = max(1, int(batch_size))
@@ -366,8 +371,9 @@ class ImageCaptioner:
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
         self.fingerprint = fingerprint  # captioning.fingerprints.FingerprintProjection or None
         self.meta = meta or {}
-        # The EfficientNet-Lite0 ImageNet classifier (captioning.efficientnet) or None: no object labels.
-        self.object_classifier = object_classifier
+        # The EfficientNet-Lite0 ImageNet classifier or None (no object labels): an ImageNetwork from
+        # InceptionV3 inputs to probabilities, or the Keras network (run on TensorFlow).
+        self.object_classifier = None if object_classifier is None else as_classifier_network(object_classifier)
         self.object_words = object_words or (default_words() if object_classifier is not None else None)
         if (reranker or confidence) and concepts is None:
             raise ValueError("reranking and confidence need the concept head's evidence")
@@ -384,11 +390,15 @@ class ImageCaptioner:
         length_alpha: float | None = None,
         batch_size: int = 16,
         object_labels: bool = False,
+        image_runtime: str = "auto",
+        image_threads: int = 0,
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
         ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
+        ``image_runtime`` / ``image_threads``: where the image networks run (see
+        :func:`captioning.features.load_extractor`).
 
         ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
         by ``prepare_models``, so that each description carries object labels.
@@ -422,7 +432,9 @@ class ImageCaptioner:
         tuned = loaded.meta.get("decoding") or {}
         object_classifier = None
         if object_labels:
-            object_classifier = feature_store.load_classifier(feature_dir)  # verified against its record
+            object_classifier = feature_store.load_classifier_network(  # verified against its record
+                feature_dir, image_runtime=image_runtime, threads=image_threads
+            )
             _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         reranking, calibration = loaded.meta.get("reranking"), loaded.meta.get("confidence")
         evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and (reranking or calibration) else None
@@ -431,7 +443,8 @@ class ImageCaptioner:
         return cls(
             loaded.model,
             loaded.tokenizer,
-            feature_store.load_extractor(feature_dir),  # also verifies the file against its record
+            # Also verifies the files against their records.
+            feature_store.load_extractor(feature_dir, image_runtime=image_runtime, threads=image_threads),
             version=loaded.version,
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
@@ -494,7 +507,7 @@ class ImageCaptioner:
         if self.object_classifier is None:
             return None
         return np.concatenate(
-            [classify_inception_inputs(self.object_classifier, np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
+            [self.object_classifier.run(np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
         )
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:
@@ -503,7 +516,7 @@ class ImageCaptioner:
 
     def features_of_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """InceptionV3 features (n, 64, 2048) of preprocessed images, FEATURE_BATCH at a time."""
-        return np.concatenate([extract_features(self.feature_model, np.stack(part)) for part in _batches(arrays, FEATURE_BATCH)])
+        return np.concatenate([extract_features(self.image_network, np.stack(part)) for part in _batches(arrays, FEATURE_BATCH)])
 
     def describe_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[Description]:
         """Describe preprocessed images ((299, 299, 3) arrays from ``preprocess_image``).

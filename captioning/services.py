@@ -45,6 +45,8 @@ def get_captioner():
                         length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
                         batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
                         object_labels=settings.IMAGESEARCH_OBJECT_LABELS,
+                        image_runtime=settings.IMAGESEARCH_IMAGE_RUNTIME,
+                        image_threads=settings.IMAGESEARCH_IMAGE_THREADS,
                     )
     return _captioner
 

@@ -146,8 +146,12 @@ def _write_once(name: str, data: bytes) -> None:
     write_atomic(path, lambda handle: handle.write(data))
 
 
-def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult:
-    """Store a photo and enqueue its captioning; the same bytes twice give the same image."""
+def ingest_bytes(data: bytes, original_name: str, uploader=None, *, enqueue: bool = True) -> IngestResult:
+    """Store a photo and enqueue its captioning; the same bytes twice give the same image.
+
+    ``enqueue=False`` leaves a new image pending for the caller to enqueue together with others
+    (a bulk import: one model call per batch of photos instead of one per photo).
+    """
     sha256 = hashlib.sha256(data).hexdigest()
     existing = Image.objects.filter(sha256=sha256).first()
     if existing is not None:
@@ -169,7 +173,8 @@ def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult
                 format=info.format,
                 uploader=uploader if uploader is not None and uploader.is_authenticated else None,
             )
-            transaction.on_commit(lambda: tasks.enqueue_captioning([image.pk]))
+            if enqueue:
+                transaction.on_commit(lambda: tasks.enqueue_captioning([image.pk]))
     except IntegrityError:
         # A concurrent upload of the same photo won the race: one image.
         return IngestResult(Image.objects.get(sha256=sha256), created=False)

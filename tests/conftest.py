@@ -299,7 +299,7 @@ def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
     feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
     record = {"source_sha256": source_sha, "sha256": weights_sha}
     (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
-    monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
+    monkeypatch.setattr(feature_store, "load_extractor", lambda directory, **runtime: tiny_feature_model())
     return model_dir, feature_dir
 
 

@@ -53,6 +53,17 @@ def test_import_images_reports_imported_duplicates_and_rejections(folder):
         assert image.active_caption.source == "model"
 
 
+def test_import_images_queues_captioning_in_batches(folder, settings, monkeypatch):
+    """One task per IMAGESEARCH_CAPTION_BATCH photos, not one per photo (workers caption batches faster)."""
+    queued = []
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: queued.append(list(ids)))
+    settings.IMAGESEARCH_CAPTION_BATCH = 2
+    run("import_images", str(folder), "--recursive")
+    ids = sorted(Image.objects.values_list("pk", flat=True))
+    assert len(ids) == 3
+    assert sorted(queued[0] + queued[1]) == ids and [len(q) for q in queued] == [2, 1]
+
+
 def test_import_images_without_recursion_skips_subfolders(folder):
     out = run("import_images", str(folder))
     assert "Imported 2, duplicates 0, rejected 1." in out
