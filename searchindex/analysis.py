@@ -49,22 +49,6 @@ def _term(word: str) -> str:
     return term
 
 
-def _words(text: str) -> list[str]:
-    """WORD_RE.findall(text), quicker for the common shapes: one word, or words between spaces.
-
-    WORD_RE's word characters are exactly those for which str.isalnum() holds (re's \\w is
-    them and "_"), so a text made only of them is one word, and whitespace-separated pieces
-    that all are such texts are the regex's words. Bulk indexing spends most of its analysis
-    here (a richly described photo has ~30 short fields).
-    """
-    if text.isalnum():
-        return [text]
-    words = text.split()
-    if all(map(str.isalnum, words)):
-        return words
-    return WORD_RE.findall(text)
-
-
 def normalize_word(word: str) -> str | None:
     """The index term of one word: NFKC, case-folded, stemmed; None for a stop word."""
     return _term(word) or None
@@ -83,7 +67,7 @@ def tokens(text: str) -> list[tuple[str, str | None, int, int]]:
 def analyze_with_positions(text: str) -> list[tuple[str, int]]:
     """Index terms with their word positions (stop words keep their slot but are not returned)."""
     out = []
-    for position, word in enumerate(_words(_nfc(text))):
+    for position, word in enumerate(WORD_RE.findall(_nfc(text))):
         term = _term(word)
         if term:
             out.append((term, position))
@@ -122,31 +106,21 @@ def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
     starts FIELD_GAP positions past the end of the one before. Fields of weight <= 0 and
     non-finite weights are ignored.
     """
-    # The hot loop of bulk indexing (tens of words per photo): one dict per quantity, the cached
-    # term looked up inline, and the weights summed in the order of the occurrences as before.
-    weights: dict[str, float] = {}
-    positions: dict[str, list[int]] = {}
-    terms_get = _TERMS.get
+    grouped: dict[str, tuple[float, list[int]]] = {}
     offset = 0
     for item in as_fields(document):
         weight = float(item.weight)
         if not (weight > 0 and math.isfinite(weight)):
             continue
-        words = _words(_nfc(item.text))
+        words = WORD_RE.findall(_nfc(item.text))
         for position, word in enumerate(words, start=offset):
-            term = terms_get(word)
-            if term is None:
-                term = _term(word)
-            if not term:
-                continue
-            if term in weights:
-                weights[term] += weight
-                positions[term].append(position)
-            else:
-                weights[term] = weight
-                positions[term] = [position]
+            term = _term(word)
+            if term:
+                tf, positions = grouped.get(term, (0.0, []))
+                positions.append(position)
+                grouped[term] = (tf + weight, positions)
         offset += len(words) + FIELD_GAP
-    return {term: (tf, positions[term]) for term, tf in weights.items()}
+    return grouped
 
 
 def analyze(text: str) -> list[str]:

@@ -3,7 +3,6 @@ import pytest
 from django.db import connection
 from psycopg2 import DataError
 
-from searchindex import analysis
 from searchindex import index as si
 from searchindex.models import Document, IndexState, Posting, Term
 
@@ -37,14 +36,6 @@ def test_analyzer_lowercases_drops_stop_words_and_stems():
 def test_analyzer_is_unicode_aware():
     assert si.analyze("Ein Mädchen in Zürich ＤＯＧＳ") == ["ein", "mädchen", "zürich", "dog"]
     assert si.analyze("café") == si.analyze("cafe\u0301")  # NFC and NFD spellings are one term
-
-
-@pytest.mark.parametrize("text", [
-    "", "   ", "dog", "red shirt", "a dog .", "man's dog", "snake_case", "t-shirt", "²½ ٣", "x\u00a0y", "e\u0301",
-    "tab\tand\nnew line", "‘quoted’", "dog\u200bcat", "ß İ", "'", "’ a",
-])
-def test_word_shortcuts_split_as_the_regex(text):
-    assert analysis._words(text) == analysis.WORD_RE.findall(text)
 
 
 def test_positions_count_stop_words():
