@@ -9,9 +9,14 @@ extracted eagerly, then a per-step Python loop calling the decoder eagerly, gree
   batch, as in a long-running worker), plus where the
   time goes (image decoding, InceptionV3, search) so a miss of the target can be explained;
 * ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``);
-* ``objects``: the same bulk captioning with and without the EfficientNet-Lite0 object labels,
-  alternated twice in this process (``--no-objects`` skips it): images/s, CPU-s/image and the
-  throughput lost to the labels.
+* ``sources``: the same bulk captioning as the caption alone and with the other sources of a
+  photo's description, alternated twice in this process (A B A B): images/s, CPU-s/image, the
+  throughput lost to the sources and the peak RSS with all of them loaded. ``--sources`` names
+  which are switched on in the B rounds (default all: ``concepts`` (the concept head),
+  ``objects`` (the EfficientNet-Lite0 object labels), ``fingerprint`` (the visual fingerprint));
+  the A rounds run the captioner with none of them. The beam's alternative captions are not a
+  switch: they are read from the lanes of the same beam search that makes the caption, so both
+  rounds have them. ``--sources none`` skips the comparison.
 
 Uses the bundled model (``captioning/models/current``) when present, else a randomly initialised
 model of the real size (vocabulary built from the Flickr8k training captions); a random model
@@ -41,6 +46,7 @@ sys.path.insert(0, str(REPO))
 from captioning import features as feature_store  # noqa: E402
 from captioning.inception import extract_features, preprocess_image  # noqa: E402
 from captioning.inference import FEATURE_BATCH, ImageCaptioner  # noqa: E402
+from captioning.objects import default_words  # noqa: E402
 from captioning.vocabulary import END_ID, START_ID  # noqa: E402
 
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
@@ -142,31 +148,51 @@ def bulk_breakdown(captioner: ImageCaptioner, paths, batch: int) -> dict:
     return {k: round(v / len(paths), 4) for k, v in spent.items()}
 
 
-def compare_object_labels(captioner: ImageCaptioner, paths, feature_dir) -> dict:
-    """Bulk captioning of ``paths`` without and with the object classifier, alternated twice (A B A B)."""
-    classifier = feature_store.load_classifier(feature_dir)
-    captioner.object_classifier = classifier
+SOURCES = ("concepts", "objects", "fingerprint")
+
+
+def compare_sources(captioner: ImageCaptioner, paths, feature_dir, sources, rss: PeakRss) -> dict:
+    """Bulk captioning of ``paths`` as the caption alone (A) and with ``sources`` (B), alternated twice (A B A B)."""
+    loaded = {
+        "concepts": captioner.concepts,
+        "fingerprint": captioner.fingerprint,
+        "objects": feature_store.load_classifier(feature_dir) if "objects" in sources else None,
+    }
+
+    def switch(on: bool) -> None:
+        captioner.concepts = loaded["concepts"] if on and "concepts" in sources else None
+        captioner.fingerprint = loaded["fingerprint"] if on and "fingerprint" in sources else None
+        captioner.object_classifier = loaded["objects"] if on and "objects" in sources else None
+        captioner.object_words = default_words() if captioner.object_classifier is not None else None
+
+    switch(True)
     captioner.describe_sources(paths[: captioner.batch_size])  # trace the classifier's graph
     spent = {False: [0.0, 0.0], True: [0.0, 0.0]}
-    labelled = 0
-    for with_labels in (False, True, False, True):
-        captioner.object_classifier = classifier if with_labels else None
+    described = dict.fromkeys(sources, 0)
+    for with_sources in (False, True, False, True):
+        switch(with_sources)
         cpu_start, start = time.process_time(), time.perf_counter()
-        described = captioner.describe_sources(paths)
-        spent[with_labels][0] += time.perf_counter() - start
-        spent[with_labels][1] += time.process_time() - cpu_start
-        labelled += with_labels * sum(bool(d.objects) for d in described)
-    captioner.object_classifier = None
+        results = captioner.describe_sources(paths)
+        spent[with_sources][0] += time.perf_counter() - start
+        spent[with_sources][1] += time.process_time() - cpu_start
+        for source in sources:
+            described[source] += sum(bool(d.concepts) if source == "concepts" else bool(d.objects) if source == "objects"
+                                     else d.fingerprint is not None for d in results)
+    switch(False)
+    captioner.concepts, captioner.fingerprint = loaded["concepts"], loaded["fingerprint"]  # as loaded
     count = 2 * len(paths)
     without, with_ = count / spent[False][0], count / spent[True][0]
     return {
-        "without_images_per_s": round(without, 2),
-        "with_images_per_s": round(with_, 2),
+        "switched_on": list(sources),
+        "caption_only_images_per_s": round(without, 2),
+        "with_sources_images_per_s": round(with_, 2),
         "throughput_lost_pct": round(100 * (1 - with_ / without), 1),
-        "without_cpu_s_per_image": round(spent[False][1] / count, 4),
-        "with_cpu_s_per_image": round(spent[True][1] / count, 4),
+        "caption_only_cpu_s_per_image": round(spent[False][1] / count, 4),
+        "with_sources_cpu_s_per_image": round(spent[True][1] / count, 4),
         "cpu_added_pct": round(100 * (spent[True][1] / spent[False][1] - 1), 1),
-        "photos_with_labels_pct": round(100 * labelled / count, 1),
+        # Share of the B rounds' photos that got each source (a source that silently gave nothing would show 0).
+        "photos_described_pct": {source: round(100 * n / count, 1) for source, n in described.items()},
+        "peak_rss_mb_with_sources": round(rss.peak_mb(), 1),
     }
 
 
@@ -190,8 +216,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--model-dir", default=str(BUNDLED), help="model directory (default: the bundled model)")
     parser.add_argument("--random-model", action="store_true", help="a random model of the real size instead")
-    parser.add_argument("--no-objects", action="store_true", help="skip the with/without object labels comparison")
+    parser.add_argument(
+        "--sources", default=",".join(SOURCES),
+        help=f"sources switched on against the caption alone, comma-separated from {','.join(SOURCES)}; 'none' skips the comparison",
+    )
     args = parser.parse_args(argv)
+    switched = [] if args.sources == "none" else [s.strip() for s in args.sources.split(",") if s.strip()]
+    if unknown := set(switched) - set(SOURCES):
+        parser.error(f"--sources: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SOURCES)} or 'none'")
 
     rss = PeakRss()
     captioner, model_note = load_captioner(args)
@@ -211,7 +243,7 @@ def main(argv=None) -> dict:
         bulk_s, bulk_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         breakdown = bulk_breakdown(captioner, paths, args.batch)
         captioning_peak_mb = rss.peak_mb()
-        objects = None if args.no_objects else compare_object_labels(captioner, paths, args.feature_dir)
+        sources = None if not switched else compare_sources(captioner, paths, args.feature_dir, switched, rss)
 
         # The baseline last, so that the captioning figures above are of a captioning-only process.
         tutorial_evaluate(captioner, jpeg)
@@ -238,8 +270,8 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    if objects:
-        report["objects"] = objects
+    if sources:
+        report["sources"] = sources
     if args.json:
         print(json.dumps(report))
     else:
