@@ -13,10 +13,13 @@ features extracted eagerly, then a per-step Python loop calling the decoder eage
   the ONNX Runtime path, labels included (before TensorFlow's networks are loaded too);
 * same-run ratios per path: ``single_vs_eager`` (time of one photo / the eager loop's) and
   ``bulk_vs_eager`` (bulk images/s x the eager loop's seconds per photo);
-* ``objects`` per path: the same bulk captioning with and without the EfficientNet-Lite0 object
-  labels (the classifier on the same runtime as InceptionV3), alternated twice in this process
-  (``--no-objects`` skips it): images/s, CPU-s/image, the throughput lost to the labels, and one
-  photo with labels (the app's default);
+* ``sources`` per path: the same bulk captioning as the caption alone and with the other sources
+  of a photo's description, alternated twice in this process (A B A B): images/s, CPU-s/image,
+  the throughput lost to the sources, one photo with them and the peak RSS with all of them
+  loaded. ``--sources`` names which are switched on in the B rounds (default all: ``concepts``
+  (the concept head), ``objects`` (the EfficientNet-Lite0 object labels, on the same runtime as
+  InceptionV3), ``fingerprint`` (the visual fingerprint)); ``--sources objects`` is issue 13's
+  labels-only figure; ``--sources none`` skips the comparison;
 * with ``--compare-model-dir``: ``compare_bulk_ratio``, bulk images/s of this model over that
   model's, both captioning the same photos from their files in alternating rounds of this process
   (how a new model version's decoding changes throughput, robust to the noisy shared CPU).
@@ -49,6 +52,7 @@ sys.path.insert(0, str(REPO))
 from captioning import features as feature_store  # noqa: E402
 from captioning.inception import extract_features, preprocess_image  # noqa: E402
 from captioning.inference import FEATURE_BATCH, ImageCaptioner  # noqa: E402
+from captioning.objects import default_words  # noqa: E402
 from captioning.vocabulary import END_ID, START_ID  # noqa: E402
 
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
@@ -160,33 +164,54 @@ def bulk_breakdown(captioner: ImageCaptioner, paths, batch: int) -> dict:
     return {k: round(v / len(paths), 4) for k, v in spent.items()}
 
 
-def compare_object_labels(captioner: ImageCaptioner, classifier, jpeg: Path, paths, repeats: int) -> dict:
-    """Bulk captioning of ``paths`` without and with the object ``classifier`` (an ImageNetwork),
-    alternated twice (A B A B), and one photo with labels."""
-    captioner.object_classifier = classifier
-    captioner.describe_sources(paths[: captioner.batch_size])  # trace the classifier's graph
+SOURCES = ("concepts", "objects", "fingerprint")
+
+
+def compare_sources(captioner: ImageCaptioner, classifier, jpeg: Path, paths, repeats: int, sources, rss: PeakRss) -> dict:
+    """Bulk captioning of ``paths`` as the caption alone (A) and with ``sources`` (B), alternated
+    twice (A B A B), and one photo with them. ``classifier``: the object-label network (an
+    ImageNetwork on this path's runtime). The beam's alternatives come from the same search as the
+    caption, so both rounds have them."""
+    loaded = {"concepts": captioner.concepts, "fingerprint": captioner.fingerprint, "objects": classifier}
+
+    def switch(on: bool) -> None:
+        captioner.concepts = loaded["concepts"] if on and "concepts" in sources else None
+        captioner.fingerprint = loaded["fingerprint"] if on and "fingerprint" in sources else None
+        captioner.object_classifier = loaded["objects"] if on and "objects" in sources else None
+        captioner.object_words = default_words() if captioner.object_classifier is not None else None
+
+    switch(True)
+    captioner.describe_sources(paths[: captioner.batch_size])  # trace the sources' graphs
     single_ms, _ = timed(lambda: captioner.describe_sources([jpeg]), repeats)
     spent = {False: [0.0, 0.0], True: [0.0, 0.0]}
-    labelled = 0
-    for with_labels in (False, True, False, True):
-        captioner.object_classifier = classifier if with_labels else None
+    described = dict.fromkeys(sources, 0)
+    for with_sources in (False, True, False, True):
+        switch(with_sources)
         cpu_start, start = time.process_time(), time.perf_counter()
-        described = captioner.describe_sources(paths)
-        spent[with_labels][0] += time.perf_counter() - start
-        spent[with_labels][1] += time.process_time() - cpu_start
-        labelled += with_labels * sum(bool(d.objects) for d in described)
-    captioner.object_classifier = None
+        results = captioner.describe_sources(paths)
+        spent[with_sources][0] += time.perf_counter() - start
+        spent[with_sources][1] += time.process_time() - cpu_start
+        if with_sources:
+            for source in sources:
+                described[source] += sum(bool(d.concepts) if source == "concepts" else bool(d.objects) if source == "objects"
+                                         else d.fingerprint is not None for d in results)
+    peak_mb = rss.peak_mb()
+    switch(False)
+    captioner.concepts, captioner.fingerprint = loaded["concepts"], loaded["fingerprint"]  # as loaded
     count = 2 * len(paths)
     without, with_ = count / spent[False][0], count / spent[True][0]
     return {
-        "without_images_per_s": round(without, 2),
-        "with_images_per_s": round(with_, 2),
+        "switched_on": list(sources),
+        "caption_only_images_per_s": round(without, 2),
+        "with_sources_images_per_s": round(with_, 2),
         "throughput_lost_pct": round(100 * (1 - with_ / without), 1),
-        "without_cpu_s_per_image": round(spent[False][1] / count, 4),
-        "with_cpu_s_per_image": round(spent[True][1] / count, 4),
+        "caption_only_cpu_s_per_image": round(spent[False][1] / count, 4),
+        "with_sources_cpu_s_per_image": round(spent[True][1] / count, 4),
         "cpu_added_pct": round(100 * (spent[True][1] / spent[False][1] - 1), 1),
-        "photos_with_labels_pct": round(100 * labelled / count, 1),
-        "single_with_labels_ms": round(single_ms, 1),
+        # Share of the B rounds' photos that got each source (a source that silently gave nothing would show 0).
+        "photos_described_pct": {source: round(100 * n / count * 2, 1) for source, n in described.items()},
+        "single_with_sources_ms": round(single_ms, 1),
+        "peak_rss_mb_with_sources": round(peak_mb, 1),
     }
 
 
@@ -219,10 +244,14 @@ def make_test_jpeg(path: Path) -> Path:
     return path
 
 
-def measure_path(captioner: ImageCaptioner, image_network, classifier, jpeg: Path, warm_up: list[Path], bulk_paths: list[Path], args) -> dict:
-    """Single-photo and bulk figures of the captioner with InceptionV3 as ``image_network``, and
-    (unless ``--no-objects``) with and without ``classifier``'s object labels (same runtime)."""
+def measure_path(captioner: ImageCaptioner, image_network, classifier, jpeg: Path, warm_up: list[Path], bulk_paths: list[Path], args,
+                 rss: PeakRss) -> dict:
+    """Single-photo and bulk figures of the captioner with InceptionV3 as ``image_network`` (caption
+    only), and with and without the ``--sources`` (``classifier``: the object labels' network on
+    the same runtime)."""
     captioner.image_network, captioner.object_classifier = image_network, None
+    concepts, fingerprint = captioner.concepts, captioner.fingerprint
+    captioner.concepts = captioner.fingerprint = None  # the caption alone
     # Warm-up: trace the compiled graphs and touch every kernel once.
     captioner.caption_sources([jpeg])
     captioner.caption_sources([jpeg], beam_width=1)
@@ -242,8 +271,9 @@ def measure_path(captioner: ImageCaptioner, image_network, classifier, jpeg: Pat
         "bulk_s_per_image_breakdown": bulk_breakdown(captioner, bulk_paths, args.batch),
         "mean_caption_words": round(float(np.mean([len(r.words) for r in results])), 1),
     }
-    if not args.no_objects:
-        figures["objects"] = compare_object_labels(captioner, classifier, jpeg, bulk_paths, args.repeats)
+    captioner.concepts, captioner.fingerprint = concepts, fingerprint
+    if args.switched:
+        figures["sources"] = compare_sources(captioner, classifier, jpeg, bulk_paths, args.repeats, args.switched, rss)
     return figures
 
 
@@ -257,10 +287,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--model-dir", default=str(BUNDLED), help="model directory (default: the bundled model)")
     parser.add_argument("--random-model", action="store_true", help="a random model of the real size instead")
-    parser.add_argument("--no-objects", action="store_true", help="skip the with/without object labels comparison")
+    parser.add_argument(
+        "--sources", default=",".join(SOURCES),
+        help=f"sources switched on against the caption alone, comma-separated from {','.join(SOURCES)}; 'none' skips the comparison",
+    )
     parser.add_argument("--compare-model-dir", default=None, help="also time this model directory, same photos, same process")
     parser.add_argument("--compare-rounds", type=int, default=2, help="alternating bulk rounds per model for the comparison")
     args = parser.parse_args(argv)
+    args.switched = [] if args.sources == "none" else [s.strip() for s in args.sources.split(",") if s.strip()]
+    if unknown := set(args.switched) - set(SOURCES):
+        parser.error(f"--sources: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SOURCES)} or 'none'")
 
     rss = PeakRss()
     captioner, model_note = load_captioner(args)
@@ -273,8 +309,8 @@ def main(argv=None) -> dict:
         for image_runtime in ("onnx", "tensorflow"):
             # The captioner was loaded with InceptionV3 on ONNX Runtime (load_captioner).
             network = captioner.image_network if image_runtime == "onnx" else feature_store.load_extractor(args.feature_dir, image_runtime=image_runtime)
-            classifier = None if args.no_objects else feature_store.load_classifier_network(args.feature_dir, image_runtime=image_runtime)
-            paths[network.runtime] = measure_path(captioner, network, classifier, jpeg, warm_up, bulk_paths, args)
+            classifier = None if "objects" not in args.switched else feature_store.load_classifier_network(args.feature_dir, image_runtime=image_runtime)
+            paths[network.runtime] = measure_path(captioner, network, classifier, jpeg, warm_up, bulk_paths, args, rss)
             if image_runtime == "onnx":
                 onnx_peak_mb = rss.peak_mb()
         reference = captioner.image_network

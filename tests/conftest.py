@@ -140,8 +140,8 @@ def attention_for(text):
 
 
 class FakeResult:
-    def __init__(self, text):
-        self.text, self.score, self.alternatives, self.confidence = text, -0.42, [], 0.8
+    def __init__(self, text, alternatives=()):
+        self.text, self.score, self.alternatives, self.confidence = text, -0.42, list(alternatives), 0.8
 
     def attention_json(self):
         return attention_for(self.text)
@@ -159,8 +159,9 @@ def _photo_key(source) -> str:
 
 
 class FakeCaptioner:
-    """Captions each photo with the text registered for it (else "a photo of something"), and
-    gives it the fingerprint registered for it (else none, like a model without fingerprints).
+    """Describes each photo as registered for it: the caption (else "a photo of something"), the
+    beam alternatives, concept words and object labels given (else none), and the fingerprint given
+    (else none, like a model without fingerprints).
 
     load_image hands its input through: the stored photo's bytes (stored photos), or the upload
     check's decoded picture (query photos in-process); a registered photo is known either way.
@@ -170,19 +171,24 @@ class FakeCaptioner:
     fingerprint = FakeProjection()
 
     def __init__(self):
-        self.texts, self.prints = {}, {}
+        self.texts, self.prints, self.sources = {}, {}, {}
 
-    def register(self, data: bytes, text: str, fingerprint=None) -> bytes:
+    def register(self, data: bytes, text: str, fingerprint=None, *, alternatives=(), concepts=(), objects=()) -> bytes:
         for key in (_photo_key(data), _photo_key(open_upright_rgb(data))):
             self.texts[key] = text
+            self.sources[key] = (list(alternatives), list(concepts), list(objects))
             if fingerprint is not None:
                 vector = np.asarray(fingerprint, dtype=np.float32)
                 self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
         return data
 
     def describe_arrays(self, arrays):
-        keys = [_photo_key(a) for a in arrays]
-        return [Description(FakeResult(self.texts.get(k, "a photo of something")), fingerprint=self.prints.get(k)) for k in keys]
+        out = []
+        for key in (_photo_key(a) for a in arrays):
+            alternatives, concepts, objects = self.sources.get(key, ([], [], []))
+            caption = FakeResult(self.texts.get(key, "a photo of something"), alternatives)
+            out.append(Description(caption, concepts=concepts, objects=objects, fingerprint=self.prints.get(key)))
+        return out
 
 
 @pytest.fixture

@@ -143,6 +143,7 @@ def test_recaption_wait_gives_up_clearly_when_no_worker_makes_progress(installed
     monkeypatch.setattr("gallery.management.commands.recaption.enqueue_captioning", lambda ids: True)
     with pytest.raises(CommandError, match="No progress for 0.2 s \\(0 of 1 described\\)"):
         run("recaption", "--all", "--wait", "--stall-timeout", "0.2", "--poll", "0.05")
+    assert [h.doc_id for h in search_index.search("old caption").hits] == [image.pk]  # searchable while it waits
 
 
 def test_export_captions_csv_and_json(tmp_path):

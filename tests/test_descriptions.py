@@ -79,6 +79,13 @@ def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_
     path.unlink()
     with pytest.raises(ModelFileError, match="concept head file .* is missing"):
         load_model_dir(model_dir)
+    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    with pytest.raises(ModelFileError, match="concept head file .* cannot be read"):
+        load_model_dir(model_dir)
+    update_meta(model_dir, concepts=concepts.CONCEPTS_NAME)  # no checksum recorded
+    with pytest.raises(ModelFileError, match="'concepts' must name a file and its sha256"):
+        load_model_dir(model_dir)
 
 
 def test_fingerprints_tell_a_copy_from_other_photos():
@@ -115,6 +122,10 @@ def test_the_captioner_fingerprints_each_photo_with_the_model_directorys_project
         load_model_dir(model_dir)
     path.unlink()
     with pytest.raises(ModelFileError, match="fingerprint projection file .* is missing"):
+        load_model_dir(model_dir)
+    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
+    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": fingerprints.sha256_file(path)})
+    with pytest.raises(ModelFileError, match="fingerprint projection file .* cannot be read"):
         load_model_dir(model_dir)
 
 

@@ -4,7 +4,9 @@ from io import StringIO
 
 import numpy as np
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from gallery.descriptions import SearchWeights
 from gallery.ingest import ingest_bytes
@@ -112,9 +114,9 @@ def test_search_by_image_prints_one_json_line_per_photo(gallery, fake_captioner,
     assert Image.objects.count() == 5  # query photos are described, never stored
 
 
-def described(fake_captioner, data: bytes, name: str, text: str, fingerprint=None) -> Image:
-    """A gallery photo described by the (fake) captioning worker, with the fingerprint given, or none."""
-    image = ingest_bytes(fake_captioner.register(data, text, fingerprint), name).image
+def described(fake_captioner, data: bytes, name: str, text: str, fingerprint=None, **sources) -> Image:
+    """A gallery photo described by the (fake) captioning worker, with the fingerprint and other sources given, or none."""
+    image = ingest_bytes(fake_captioner.register(data, text, fingerprint, **sources), name).image
     caption_images([image.pk])
     return image
 
@@ -143,3 +145,22 @@ def test_a_resaved_copy_outranks_photos_with_the_same_caption(fake_captioner, no
     ranked = found(weights)
     assert ranked[0] == "original.jpg"
     assert sorted(ranked) == ["older-model.jpg", "original.jpg", "same-caption.jpg"]  # no fingerprint: still found
+
+
+def test_search_by_photo_searches_with_the_query_photos_whole_description(fake_captioner, no_queue, photo, tmp_path, monkeypatch, client):
+    """The query photo's alternatives, concept words and object labels count, weighted as a stored photo's."""
+    weights = SearchWeights(alternatives=0.5, concepts=2.0, concept_min_probability=0.1, objects=2.0, object_min_probability=0.2)
+    for module in ("gallery.captions", "gallery.querying"):
+        monkeypatch.setattr(f"{module}.search_weights", lambda: weights)
+    snowy = described(fake_captioner, photo(31), "snowy.jpg", "a man on a mountain", concepts=[("snow", 0.9), ("ski", 0.8)])
+    indoor = described(fake_captioner, photo(32), "indoor.jpg", "a man in a room with a lamp")
+    query = fake_captioner.register(photo(33), "a man in a room", alternatives=[("a skier in the snow", -1.1)],
+                                    concepts=[("snow", 0.9), ("ski", 0.05)], objects=[("ski", 0.7)])
+    (tmp_path / "query.jpg").write_bytes(query)
+    assert search_index.search("a man in a room").hits[0].doc_id == indoor.pk  # what the caption alone finds
+
+    assert [row["file"] for row in json.loads(run("--image", str(tmp_path / "query.jpg")))["results"]] == ["snowy.jpg", "indoor.jpg"]
+    page = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.jpg", query)}).content.decode()
+    assert page.index(f"/images/{snowy.pk}/") < page.index(f"/images/{indoor.pk}/")
+    body = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", query)}).json()
+    assert [r["image"]["id"] for r in body["results"]] == [snowy.pk, indoor.pk]
