@@ -9,10 +9,16 @@ queries (common words such as "man" and "dog" included) through searchindex.inde
 indexes the same rows as a tsvector column with a GIN index and answers the same queries (any
 word, as ours) ranked by ts_rank, top 20.
 
---documents plain: one caption per photo. --documents rich: what the search-quality work indexes
-per photo, synthetic: 5 captions (the first at weight 1, the alternatives at 0.5), 20 concept
-words (weight 8 x p) and 5 two-word object labels (weight 2 x p), p drawn in [0.02, 0.95]; the
-baseline gets the same text, every field once.
+--documents plain: one caption per photo. --documents rich: what the product indexes per photo
+with the bundled model (captioning/models/current, e.g. flickr8k-v5), turned into fields by
+gallery.descriptions.document_fields with the model's own weights (meta.json ``search``): a
+caption and the model's number of beam alternatives (new trigram sentences), plus the concept
+words and object labels of a real Flickr8k dev photo drawn at random: the bundled concept head's
+words with their probabilities, computed from the dev photos' cached InceptionV3 features, and
+the object labels from the cached classifier outputs (both caches are filled by `manage.py
+evaluate_search --split dev`). So the number of concept words per photo (flickr8k-v5: up to 100,
+p >= 0.01), how often each word occurs across photos and its weight are the product's, which is
+what decides the length of the postings lists. The baseline gets the same text, every field once.
 
     python bench/search_bench.py --documents rich --sizes 10000,100000 [--json] [--plot FILE.png]
 
@@ -39,9 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +58,9 @@ CAPTIONS = ROOT.parent / "shared" / "datasets" / "flickr8k" / "captions.txt"
 QUERIES_PER_LENGTH = 60
 COMMON = ["man", "dog", "man dog", "a man and a dog", "people", "red shirt", "two dogs playing", "woman in a red dress"]
 TOP = 20
-# Rich descriptions: the weights of gallery.descriptions (flickr8k-v3) for captions and concept words.
-ALTERNATIVES, CONCEPTS, LABELS = 4, 20, 5
-ALTERNATIVE_WEIGHT, CONCEPT_WEIGHT, LABEL_WEIGHT = 0.5, 8.0, 2.0
+MODEL_DIR = ROOT / "captioning" / "models" / "current"
+FLICKR_IMAGES = CAPTIONS.parent / "images"
+VAR = Path(os.environ.get("IMAGESEARCH_DATA_DIR", ROOT / "var"))  # read before tests.settings points it at a scratch folder
 
 
 def admin(sql: str) -> None:
@@ -87,39 +94,47 @@ class CaptionModel:
 
 
 class RichDescriptions:
-    """Photos described as the search-quality work describes them: n-best captions, concept words, labels.
+    """Photos described as the product describes them with the bundled model (see the module's docstring).
 
-    Concept words come half from the photo's own captions (what a concept head mostly predicts)
-    and half from the 1,100 commonest caption words; labels are two-word phrases, 1,000 of them
-    (the commonest pairs of adjacent content words), as object labels of ImageNet's kind.
+    The captions are new trigram sentences; the concept words and object labels are those of a
+    real dev photo, so that their number per photo and their spread over the photos are real.
     """
 
-    def __init__(self, model: CaptionModel, seed: int = 0):
-        from searchindex.analysis import STOP_WORDS
+    def __init__(self, model: CaptionModel, seed: int = 0, model_dir: Path = MODEL_DIR):
+        from captioning import features as feature_store
+        from captioning.concepts import load_concept_head
+        from captioning.inference import CONCEPT_FLOOR, CONCEPTS_KEPT
+        from captioning.objects import default_words
+        from captioning.storage import read_meta
+        from gallery.descriptions import SearchWeights
 
-        self.model, self.rng, self.stop = model, random.Random(seed), STOP_WORDS
-        words, pairs = Counter(), Counter()
-        for _ in range(20_000):
-            content = [w for w in model.sentence().split() if w.isalpha() and w not in STOP_WORDS]
-            words.update(content)
-            pairs.update(zip(content, content[1:]))
-        self.concepts = [w for w, _ in words.most_common(1_100)]
-        self.labels = [f"{a} {b}" for (a, b), _ in pairs.most_common(1_000)]
-
-    def probability(self) -> float:
-        return round(self.rng.uniform(0.02, 0.95), 3)
+        self.model, self.rng = model, random.Random(seed)
+        meta = read_meta(model_dir)
+        self.weights = SearchWeights.from_meta(meta)
+        names = (CAPTIONS.parent / "dev.txt").read_text().split()
+        feature_dir = feature_store.default_cache_dir(VAR, FLICKR_IMAGES)
+        class_dir = feature_store.default_class_cache_dir(VAR, FLICKR_IMAGES)
+        missing = [d for d in (feature_dir, class_dir) if not all(feature_store.cache_path(d, n).is_file() for n in names)]
+        if missing:
+            raise SystemExit(f"--documents rich needs the dev photos' cached features in {', '.join(map(str, missing))}; "
+                             "run `python manage.py evaluate_search --split dev` once to fill them")
+        head = load_concept_head(model_dir / meta["concepts"]["file"], expected_sha256=meta["concepts"]["sha256"])
+        self.concepts = []
+        for start in range(0, len(names), 100):
+            chunk = feature_store.load_features(feature_dir, names[start : start + 100]).astype(np.float32)
+            self.concepts += head.ranked(head.probabilities(chunk), min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT)
+        self.objects = default_words().ranked(feature_store.load_class_probabilities(class_dir, names))
+        log(f"rich documents: {model_dir.resolve().name}'s weights {self.weights.to_dict()}; concept words and "
+            f"object labels of {len(names)} dev photos")
 
     def fields(self):
-        from searchindex.analysis import Field
+        from gallery.descriptions import document_fields
 
-        captions = [self.model.sentence() for _ in range(1 + ALTERNATIVES)]
-        own = list(dict.fromkeys(w for c in captions for w in c.split() if w.isalpha() and w not in self.stop))
-        concepts = list(dict.fromkeys(own[: CONCEPTS // 2] + self.rng.sample(self.concepts, CONCEPTS)))[:CONCEPTS]
-        return (
-            [Field(captions[0], 1.0)]
-            + [Field(c, ALTERNATIVE_WEIGHT) for c in captions[1:]]
-            + [Field(w, CONCEPT_WEIGHT * self.probability()) for w in concepts]
-            + [Field(label, LABEL_WEIGHT * self.probability()) for label in self.rng.sample(self.labels, LABELS)]
+        captions = [self.model.sentence() for _ in range(1 + self.weights.max_alternatives)]
+        photo = self.rng.randrange(len(self.concepts))
+        return document_fields(
+            captions[0], alternatives=[(c, 0.0) for c in captions[1:]], concepts=self.concepts[photo],
+            objects=self.objects[photo], weights=self.weights,
         )
 
 

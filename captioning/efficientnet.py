@@ -17,7 +17,9 @@ model card shows ImageNet mean/std scaling gives worse, less confident labels).
 Interface (shared with any other runtime of the image networks): :func:`build_classifier`,
 :func:`convert_weights`, :func:`load_classifier` (the serving graph, batch norms folded), :func:`classify` (network inputs) and
 :func:`classify_inception_inputs` (the InceptionV3 inputs of the same photos, resized in the graph,
-so that one decoded image serves both networks). TensorFlow is imported only inside functions.
+so that one decoded image serves both networks). :func:`inception_input_graph` is that serving
+graph as one Keras model, which :mod:`captioning.runtime` also exports for ONNX Runtime and
+:func:`as_classifier_network` runs on either runtime. TensorFlow is imported only inside functions.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from PIL import Image
 
 from .files import find_package_file, load_keras_weights, check_conversion_paths, save_converted_weights
 from .images import open_upright_rgb
+from .runtime import ImageNetwork, KerasNetwork
 from .torchfile import read_legacy_tensors
 
 __all__ = [
     "ARCHITECTURE",
     "CLASSES",
     "IMAGE_SIZE",
+    "as_classifier_network",
+    "inception_input_graph",
     "SOURCE_PACKAGE",
     "SOURCE_SHA256",
     "build_classifier",
@@ -56,6 +61,7 @@ SOURCE_FILE = "models/efficientnet-lite0-57934424.pth"
 SOURCE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 IMAGE_SIZE = 224
+INCEPTION_SIZE = 299  # the InceptionV3 input that serving resizes in the graph (inception.IMAGE_SIZE)
 CLASSES = 1000
 WEIGHT_COUNT = 4_694_024  # with the batch-norm statistics; the PyTorch step counters excluded
 BN_EPSILON = 1e-3
@@ -222,57 +228,73 @@ def preprocess_image(source: str | os.PathLike | bytes | bytearray | memoryview 
     return (np.asarray(image, dtype=np.float32) - np.float32(INPUT_MEAN)) / np.float32(INPUT_STD)
 
 
-def _from_inception_inputs(images: Any) -> Any:
-    """InceptionV3 inputs (n, 299, 299, 3) scaled ``x / 128 - 1`` -> this network's inputs."""
+def inception_input_graph(model: Any) -> Any:
+    """The serving graph from the InceptionV3 inputs (n, 299, 299, 3), scaled ``x / 128 - 1``, of the
+    same photos to class probabilities (n, 1000): resized to 224x224 in the graph (antialiased
+    bilinear, as Pillow shrinks), shifted to this network's scaling, ``model``, softmax.
+
+    ``(x - 127) / 128`` of the pixels ``(v + 1) * 128`` is ``v + 1 / 128``, and resizing keeps that
+    shift (its weights sum to 1), so the shift follows the resize. One Keras graph for both
+    runtimes: TensorFlow runs it, and ONNX Runtime runs its export (``runtime.export_onnx``).
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((INCEPTION_SIZE, INCEPTION_SIZE, 3), name="inception_image")
+    x = layers.Resizing(IMAGE_SIZE, IMAGE_SIZE, interpolation="bilinear", antialias=True, name="resize")(inputs)
+    x = layers.Rescaling(1.0, offset=(128.0 - INPUT_MEAN) / INPUT_STD, name="rescale")(x)
+    probabilities = layers.Softmax(name="probabilities")(model(x))
+    return keras.Model(inputs, probabilities, name=f"{model.name}_from_inception")
+
+
+def as_classifier_network(classifier: Any) -> ImageNetwork:
+    """``classifier`` itself if it is an :class:`ImageNetwork` from InceptionV3 inputs to probabilities
+    (ONNX Runtime's export of :func:`inception_input_graph`), else the Keras network (224x224 inputs
+    to logits) wrapped in :func:`inception_input_graph` on TensorFlow (traced on first use: wrap a
+    network used repeatedly once)."""
+    return classifier if isinstance(classifier, ImageNetwork) else KerasNetwork(inception_input_graph(classifier))
+
+
+_SOFTMAX_FUNCTIONS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _softmax_function(model: Any) -> Any:
+    """One traced ``tf.function`` per model for any batch size: softmax probabilities of 224x224 inputs."""
     import tensorflow as tf
 
-    pixels = (images + 1.0) * 128.0
-    resized = tf.image.resize(pixels, (IMAGE_SIZE, IMAGE_SIZE), method="bilinear", antialias=True)
-    return (resized - INPUT_MEAN) / INPUT_STD
-
-
-_SERVING_FUNCTIONS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def _serving_function(model: Any, from_inception: bool) -> Any:
-    """One traced ``tf.function`` per model and input kind, for any batch size: softmax probabilities."""
-    import tensorflow as tf
-
-    functions = _SERVING_FUNCTIONS.setdefault(model, {})
-    if from_inception not in functions:
-        size = 299 if from_inception else IMAGE_SIZE
+    if model not in _SOFTMAX_FUNCTIONS:
         model_ref = weakref.ref(model)  # a strong reference would keep the model alive forever
-
-        def probabilities(images):
-            inputs = _from_inception_inputs(images) if from_inception else images
-            return tf.nn.softmax(model_ref()(inputs, training=False), axis=-1)
-
-        spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-        functions[from_inception] = tf.function(probabilities, input_signature=[spec])
-    return functions[from_inception]
+        spec = tf.TensorSpec((None, IMAGE_SIZE, IMAGE_SIZE, 3), tf.float32)
+        _SOFTMAX_FUNCTIONS[model] = tf.function(lambda images: tf.nn.softmax(model_ref()(images, training=False), axis=-1),
+                                                input_signature=[spec])
+    return _SOFTMAX_FUNCTIONS[model]
 
 
-def _run(model: Any, batch: np.ndarray, from_inception: bool) -> np.ndarray:
+def _checked(batch: np.ndarray, size: int) -> np.ndarray:
     images = np.asarray(batch, dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
-    size = 299 if from_inception else IMAGE_SIZE
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"expected images of shape (n, {size}, {size}, 3), got {images.shape}")
-    if len(images) == 0:
-        return np.zeros((0, CLASSES), dtype=np.float32)
-    return _serving_function(model, from_inception)(images).numpy()
+    return images
 
 
 def classify(model: Any, batch: np.ndarray) -> np.ndarray:
     """Class probabilities (n, 1000) for network inputs (n, 224, 224, 3) from :func:`preprocess_image`."""
-    return _run(model, batch, from_inception=False)
+    images = _checked(batch, IMAGE_SIZE)
+    if len(images) == 0:
+        return np.zeros((0, CLASSES), dtype=np.float32)
+    return _softmax_function(model)(images).numpy()
 
 
 def classify_inception_inputs(model: Any, batch: np.ndarray) -> np.ndarray:
     """Class probabilities (n, 1000) for the InceptionV3 inputs (n, 299, 299, 3) of the same photos.
 
     The 299x299 image is resized to 224x224 in the graph (antialiased bilinear), so a photo is
-    decoded once for both networks.
+    decoded once for both networks. ``model``: the Keras network (wrapped, and traced, on each call)
+    or its :func:`as_classifier_network` (on either runtime).
     """
-    return _run(model, batch, from_inception=True)
+    images = _checked(batch, INCEPTION_SIZE)
+    if len(images) == 0:
+        return np.zeros((0, CLASSES), dtype=np.float32)
+    return as_classifier_network(model).run(images)

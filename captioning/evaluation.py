@@ -10,28 +10,41 @@ inference guard should keep at 0.
 Features of images already in the training feature cache (``features.cache_features``) are read
 from it, so scoring the 1,000 dev images does not need 1,000 InceptionV3 passes.
 
-Plain Python, no Django (the ``evaluate_captioner`` command is the glue).
+:func:`run_evaluation` is what ``manage.py evaluate_captioner`` runs (the command only parses its
+arguments): score a split, or with ``tune`` try the reranking settings and calibrate the confidence.
+
+Plain Python, no Django.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import os
 import shutil
+import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from . import features as feature_store
+from .chair import chair
+from .concepts import reliability
 from .datasets import read_flickr8k, read_split
+from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
+from .images import open_upright_rgb
+from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
+from .storage import update_meta
 from .vocabulary import normalize_words
 
-METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s")
 METEOR_TIMEOUT_S = 300
 
 
@@ -46,6 +59,42 @@ def load_split(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict
     return names, {n: captions[n] for n in names}
 
 
+NBest = dict[str, tuple[list[CaptionResult], "np.ndarray | None"]]
+
+
+def n_best(
+    captioner: ImageCaptioner,
+    names: Sequence[str],
+    images_dir: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    beam_width: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> NBest:
+    """Per image name: the search's n-best captions and the concept head's probabilities.
+
+    Features come from the cache when present, else from the image files.
+    """
+    in_cache = {n for n in names if cache_dir and feature_store.cache_path(cache_dir, n).is_file()}
+    cached = [n for n in names if n in in_cache]
+    uncached = [n for n in names if n not in in_cache]
+    results: NBest = {}
+    step = captioner.batch_size * 4
+    for start in range(0, len(cached), step):
+        chunk = cached[start : start + step]
+        feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
+        results.update(zip(chunk, captioner.n_best_features(feats, beam_width=beam_width)))
+        if progress:
+            progress(len(chunk))
+    for start in range(0, len(uncached), captioner.batch_size):
+        chunk = uncached[start : start + captioner.batch_size]
+        feats = captioner.features_of_arrays([preprocess_image(Path(images_dir) / n) for n in chunk])
+        results.update(zip(chunk, captioner.n_best_features(feats, beam_width=beam_width)))
+        if progress:
+            progress(len(chunk))
+    return {n: results[n] for n in names}
+
+
 def caption_dataset_images(
     captioner: ImageCaptioner,
     names: Sequence[str],
@@ -55,25 +104,9 @@ def caption_dataset_images(
     beam_width: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, CaptionResult]:
-    """Caption images by name: from cached features when present, else from the image files."""
-    in_cache = {n for n in names if cache_dir and feature_store.cache_path(cache_dir, n).is_file()}
-    cached = [n for n in names if n in in_cache]
-    uncached = [n for n in names if n not in in_cache]
-    results: dict[str, CaptionResult] = {}
-    step = captioner.batch_size * 4
-    for start in range(0, len(cached), step):
-        chunk = cached[start : start + step]
-        feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
-        results.update(zip(chunk, captioner.caption_features(feats, beam_width=beam_width)))
-        if progress:
-            progress(len(chunk))
-    for start in range(0, len(uncached), captioner.batch_size):
-        chunk = uncached[start : start + captioner.batch_size]
-        paths = [Path(images_dir) / n for n in chunk]
-        results.update(zip(chunk, captioner.caption_sources(paths, beam_width=beam_width)))
-        if progress:
-            progress(len(chunk))
-    return {n: results[n] for n in names}
+    """Caption images by name as the product does (reranked, with confidence where the model has them)."""
+    found = n_best(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
+    return {n: captioner.choose(candidates, p) for n, (candidates, p) in found.items()}
 
 
 def is_degenerate(result: CaptionResult) -> bool:
@@ -117,12 +150,55 @@ def _meteor(refs: dict, hyps: dict) -> tuple[float | None, str]:
         pool.shutdown(wait=False)
 
 
+def cider(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> tuple[float, float, dict[str, float]]:
+    """(CIDEr, CIDEr-D, per-image CIDEr-D) of tokenised captions; document frequencies from ``refs``.
+
+    pycocoevalcap's ``Cider`` is CIDEr-D (Vedantam et al. 2015, sec. 5: counts clipped to the
+    reference's, a Gaussian penalty on the length difference, times 10): the figure earlier model
+    cards and the targets call "CIDEr". CIDEr as first defined is the mean cosine of the tf-idf
+    n-gram vectors (n = 1..4) with each reference, computed here on pycocoevalcap's own counts and
+    idf and scaled by 10 like CIDEr-D, so the two read on one scale. Stock phrases repeated to
+    game the metric raise CIDEr more than CIDEr-D.
+    """
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    keys = list(hyps)
+    cider_d, per_image = Cider().compute_score({k: refs[k] for k in keys}, {k: hyps[k] for k in keys})
+    scorer = CiderScorer(n=4)
+    for key in keys:
+        scorer.cook_append(hyps[key][0], refs[key])
+    scorer.compute_doc_freq()
+    log_images = np.log(float(len(scorer.crefs)))
+
+    def tf_idf(counts):
+        vectors = [{} for _ in range(scorer.n)]
+        for ngram, tf in counts.items():
+            vectors[len(ngram) - 1][ngram] = tf * (log_images - np.log(max(1.0, scorer.document_frequency[ngram])))
+        return vectors, [math.sqrt(sum(v * v for v in vec.values())) for vec in vectors]
+
+    plain = []
+    for test, references in zip(scorer.ctest, scorer.crefs):
+        hyp_vec, hyp_norm = tf_idf(test)
+        total = 0.0
+        for reference in references:
+            ref_vec, ref_norm = tf_idf(reference)
+            for n in range(scorer.n):
+                if hyp_norm[n] and ref_norm[n]:
+                    dot = sum(v * ref_vec[n].get(g, 0.0) for g, v in hyp_vec[n].items())
+                    total += dot / (hyp_norm[n] * ref_norm[n])
+        plain.append(10.0 * total / (scorer.n * len(references)))
+    return float(np.mean(plain)), float(cider_d), {k: float(v) for k, v in zip(keys, per_image)}
+
+
 def score_captions(
     references: dict[str, list[str]], hypotheses: dict[str, str], *, meteor: bool = True
 ) -> dict:
-    """COCO caption metrics (percent, like the papers) of one hypothesis per image."""
+    """COCO caption metrics and CHAIR (percent, like the papers) of one hypothesis per image.
+
+    ``per_image`` holds each image's CIDEr-D and invented object groups (for calibration).
+    """
     from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     if set(references) != set(hypotheses):
@@ -132,7 +208,10 @@ def score_captions(
     scores = {f"BLEU-{i + 1}": 100 * float(b) for i, b in enumerate(bleu)}
     length_ratio = closest_reference_length_ratio(refs, hyps)
     scores["ROUGE-L"] = 100 * float(Rouge().compute_score(refs, hyps)[0])
-    scores["CIDEr"] = 100 * float(Cider().compute_score(refs, hyps)[0])
+    plain_cider, cider_d, cider_d_per_image = cider(refs, hyps)
+    scores["CIDEr"], scores["CIDEr-D"] = 100 * plain_cider, 100 * cider_d
+    hallucination = chair(hypotheses, references)
+    scores["CHAIR-i"], scores["CHAIR-s"] = hallucination["CHAIR-i"], hallucination["CHAIR-s"]
     meteor_score, meteor_note = _meteor(refs, hyps) if meteor else (None, "not requested")
     if meteor_score is not None:
         scores["METEOR"] = 100 * meteor_score
@@ -140,9 +219,23 @@ def score_captions(
         "scores": {k: round(scores[k], 2) for k in METRIC_NAMES if k in scores},
         "length_ratio": round(length_ratio, 4),
         "brevity_penalty": round(min(1.0, math.exp(1.0 - 1.0 / length_ratio)) if length_ratio else 0.0, 4),
+        "objects_named": hallucination["objects_named"],
+        "most_invented": hallucination["most_invented"],
         "tokenizer": tokenizer,
         "meteor": meteor_note,
+        "per_image": {
+            name: {"CIDEr-D": round(cider_d_per_image[name], 4), "invented": hallucination["per_image"][name]}
+            for name in hypotheses
+        },
     }
+
+
+def human_reference(references: dict[str, list[str]]) -> dict:
+    """What a person reaches: each image's first human caption scored against its other four."""
+    hypotheses = {n: caps[0] for n, caps in references.items()}
+    scored = score_captions({n: caps[1:] for n, caps in references.items()}, hypotheses, meteor=False)
+    scored.pop("per_image")
+    return scored
 
 
 def closest_reference_length_ratio(refs: dict[str, list[str]], hyps: dict[str, list[str]]) -> float:
@@ -170,11 +263,15 @@ def evaluate(
     meteor: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict, dict[str, CaptionResult]]:
-    """Caption ``names`` and score them against ``references``; returns (report, results)."""
+    """Caption ``names`` and score them against ``references``; returns (report, results).
+
+    ``reference`` in the report: the same metrics for a person (human_reference).
+    """
     start = time.perf_counter()
     results = caption_dataset_images(captioner, names, images_dir, cache_dir=cache_dir, beam_width=beam_width, progress=progress)
     caption_s = time.perf_counter() - start
     scored = score_captions({n: references[n] for n in names}, {n: r.text for n, r in results.items()}, meteor=meteor)
+    confidences = [r.confidence for r in results.values() if r.confidence is not None]
     degenerate = [n for n, r in results.items() if is_degenerate(r)]
     lengths = [len(r.words) for r in results.values()]
     report = {
@@ -190,20 +287,205 @@ def evaluate(
         "beam_width": captioner.beam_width if beam_width is None else int(beam_width),
         "length_alpha": captioner.length_alpha,
         "caption_seconds": round(caption_s, 1),
+        "mean_confidence": round(float(np.mean(confidences)), 4) if confidences else None,
+        "reference": human_reference({n: references[n] for n in names if len(references[n]) > 1}),
         "samples": {n: {"caption": results[n].text, "references": references[n]} for n in names[:10]},
     }
     return report, results
 
 
+# ------------------------------------------------------------------------------------ tuning
+RERANK_WEIGHTS = (0.0, 1.0, 2.0)
+RERANK_FLOORS = (0.3, 0.5)
+RERANK_COVERAGES = (0.0, 0.25, 0.5)
+# A caption is "good" when it names no invented object and its CIDEr-D reaches this (see calibrate_confidence).
+GOOD_CIDER_D = 0.5
+CONFIDENT_FROM = 0.5
+
+
+def rerank_tries(
+    found: NBest,
+    references: dict[str, list[str]],
+    evidence: VisualEvidence,
+    *,
+    weights: Sequence[float] = RERANK_WEIGHTS,
+    floors: Sequence[float] = RERANK_FLOORS,
+    coverages: Sequence[float] = RERANK_COVERAGES,
+) -> list[dict]:
+    """Score the caption each reranking setting picks from the same n-best lists (all 0: the search's own)."""
+    rows = []
+    for weight in weights:
+        for floor in floors if weight else floors[:1]:
+            for coverage in coverages:
+                reranker = EvidenceReranker(evidence, weight, floor, coverage)
+                chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
+                scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
+                rows.append({
+                    "weight": weight, "floor": floor, "coverage": coverage, **scored["scores"],
+                    "degenerate": sum(is_degenerate(c) for c in chosen.values()),
+                    "mean_words": round(float(np.mean([len(c.words) for c in chosen.values()])), 2),
+                })
+    return rows
+
+
+def best_try(rows: Sequence[dict]) -> dict:
+    """The setting with the highest CIDEr-D minus CHAIR-i among those without degenerate captions.
+
+    Both are percentages: one invented object per 100 named costs as much as one CIDEr-D point.
+    """
+    clean = [r for r in rows if not r["degenerate"]] or list(rows)
+    return max(clean, key=lambda r: (r["CIDEr-D"] - r["CHAIR-i"], r["CIDEr-D"]))
+
+
+def calibrate_confidence(
+    chosen: dict[str, CaptionResult],
+    probabilities: dict[str, np.ndarray],
+    per_image: dict[str, dict],
+    evidence: VisualEvidence,
+    *,
+    good_cider_d: float = GOOD_CIDER_D,
+    folds: int = 5,
+    seed: int = 1234,
+) -> dict:
+    """Fit P(good | score, weakest object's log-probability, coverage) by logistic regression; the record for meta.json.
+
+    Good = the caption names no object that the photo's human captions do not, and its CIDEr-D is
+    at least ``good_cider_d``. The reliability table and Brier score are of ``folds``-fold held-out
+    predictions, so they say how the confidence behaves on photos it was not fitted on.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    names = list(chosen)
+    features = CaptionConfidence(evidence, (0.0, 0.0, 0.0), 0.0).features
+    x = np.array([features(chosen[n], probabilities[n]) for n in names])
+    y = np.array([not per_image[n]["invented"] and per_image[n]["CIDEr-D"] >= good_cider_d for n in names], dtype=int)
+    if len(set(y)) < 2 or min(np.bincount(y)) < folds:
+        raise ValueError(f"cannot calibrate a confidence on {len(y)} captions of which {int(y.sum())} are good: too few of one kind")
+    folds = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    held = cross_val_predict(LogisticRegression(), x, y, cv=folds, method="predict_proba")[:, 1]
+    model = LogisticRegression().fit(x, y)
+    confident = held >= CONFIDENT_FROM
+    return {
+        "features": [
+            "length-normalised log-probability", "log-probability of the least supported object (0 if none)",
+            "sum of the concept probabilities of the words used",
+        ],
+        "coefficients": [round(float(c), 5) for c in model.coef_[0]],
+        "intercept": round(float(model.intercept_[0]), 5),
+        "good": f"names no object absent from all human captions and CIDEr-D >= {good_cider_d}",
+        "confident_from": CONFIDENT_FROM,
+        "images": len(names),
+        "good_share": round(float(y.mean()), 4),
+        "held_out": {
+            "folds": folds.n_splits,
+            "brier": round(float(brier_score_loss(y, held)), 4),
+            "brier_constant": round(float(y.mean() * (1 - y.mean())), 4),
+            "auc": round(float(roc_auc_score(y, held)), 4),
+            "confident_share": round(float(confident.mean()), 4),
+            "good_share_confident": round(float(y[confident].mean()), 4) if confident.any() else None,
+            "good_share_unsure": round(float(y[~confident].mean()), 4) if (~confident).any() else None,
+            "reliability": reliability(held, y),
+        },
+    }
+
+
+TRIES_COLUMNS = ("weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
+
+
+def format_tries(tuned: dict) -> str:
+    """The reranking tries, the chosen setting and the confidence's held-out figures, as text."""
+    lines = [" | ".join(TRIES_COLUMNS)]
+    lines += [" | ".join(str(row[c]) for c in TRIES_COLUMNS) for row in tuned["tries"]]
+    confidence = tuned["confidence"]
+    lines.append(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}")
+    lines.append(f"confidence: {json.dumps({k: v for k, v in confidence.items() if k != 'held_out'})}")
+    lines.append(f"held out: {json.dumps(confidence['held_out'])}")
+    return "\n".join(lines)
+
+
+def save_tuning(model_dir: str | os.PathLike, tuned: dict, *, version: str, chosen_on: str) -> Path:
+    """Record the chosen reranking (with every try) and the confidence in meta.json; the
+    reliability diagram beside it (``confidence_reliability.png``). Returns the diagram's path."""
+    reranking = {**tuned["reranking"], "chosen_on": chosen_on, "tries": tuned["tries"]}
+    confidence = {**tuned["confidence"], "fitted_on": chosen_on}
+    plot = plot_reliability(
+        confidence["held_out"]["reliability"], Path(model_dir) / "confidence_reliability.png",
+        title=f"{version}: caption confidence on {chosen_on} (5-fold held out)",
+    )
+    update_meta(model_dir, reranking=reranking, confidence=confidence)
+    return plot
+
+
+def plot_reliability(rows: Sequence[dict], out_path: str | os.PathLike, *, title: str) -> Path:
+    """Reliability diagram: observed share of good captions against the confidence given, per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    top.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", label="held-out dev photos")
+    top.set_ylabel("share of good captions")
+    top.set_title(textwrap.fill(title, 60), fontsize=9)
+    top.legend(loc="upper left")
+    bottom.bar([(r["from"] + r["to"]) / 2 for r in rows], [r["count"] for r in rows], width=0.09)
+    bottom.set_xlabel("confidence")
+    bottom.set_ylabel("captions")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+    return out_path
+
+
+def tune(
+    captioner: ImageCaptioner,
+    found: NBest,
+    references: dict[str, list[str]],
+    *,
+    weights: Sequence[float] = RERANK_WEIGHTS,
+    floors: Sequence[float] = RERANK_FLOORS,
+    coverages: Sequence[float] = RERANK_COVERAGES,
+    good_cider_d: float = GOOD_CIDER_D,
+) -> dict:
+    """Reranking tries on one set of n-best lists, the best setting, and the confidence calibrated on its captions.
+
+    Returns ``{"tries": [...], "reranking": {"weight", "floor"}, "confidence": {...}}`` (the last two
+    as meta.json records).
+    """
+    if captioner.concepts is None:
+        raise ValueError(f"model {captioner.version} has no concept head: nothing to rerank or calibrate with")
+    evidence = VisualEvidence(captioner.concepts)
+    rows = rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages)
+    best = best_try(rows)
+    reranker = EvidenceReranker(evidence, best["weight"], best["floor"], best["coverage"])
+    chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
+    scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
+    probabilities = {n: p for n, (_, p) in found.items()}
+    confidence = calibrate_confidence(chosen, probabilities, scored["per_image"], evidence, good_cider_d=good_cider_d)
+    reranking = {"weight": best["weight"], "floor": best["floor"], "coverage": best["coverage"]}
+    return {"tries": rows, "reranking": reranking, "confidence": confidence}
+
+
 def format_table(report: dict) -> str:
-    """The metrics as a small text table (for the terminal and the model card)."""
-    rows = [(k, f"{v:.2f}") for k, v in report["scores"].items()]
-    rows.append(("degenerate", f"{report['degenerate']} / {report['images']} ({100 * report['degenerate_share']:.1f}%)"))
-    rows.append(("mean words", f"{report['mean_words']:.2f}"))
-    rows.append(("length ratio", f"{report['length_ratio']:.3f}"))
-    width = max(len(k) for k, _ in rows)
+    """The metrics as a small text table (for the terminal and the model card), a person's beside them."""
+    person = (report.get("reference") or {}).get("scores", {})
+    rows = [(k, f"{v:.2f}", f"{person[k]:.2f}" if k in person else "") for k, v in report["scores"].items()]
+    rows.append(("degenerate", f"{report['degenerate']} / {report['images']} ({100 * report['degenerate_share']:.1f}%)", ""))
+    rows.append(("mean words", f"{report['mean_words']:.2f}", ""))
+    rows.append(("length ratio", f"{report['length_ratio']:.3f}", ""))
+    if report.get("mean_confidence") is not None:
+        rows.append(("mean confidence", f"{report['mean_confidence']:.3f}", ""))
+    width = max(len(k) for k, _, _ in rows)
     lines = [f"model {report['model_version']}, beam {report['beam_width']}, {report['images']} images"]
-    lines += [f"  {k:<{width}}  {v:>8}" for k, v in rows]
+    lines.append(f"  {'':<{width}}  {'model':>8}  {'person':>8}")
+    lines += [f"  {k:<{width}}  {v:>8}  {p:>8}".rstrip() for k, v, p in rows]
+    lines.append("  person = each photo's first human caption against its other four (CHAIR, CIDEr with 4 references)")
     lines.append(f"  tokenizer: {report['tokenizer']}; METEOR: {report['meteor']}")
     return "\n".join(lines)
 
@@ -214,10 +496,8 @@ def plot_attention(image_path: str | os.PathLike, result: CaptionResult, out_pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image, ImageOps
 
-    with Image.open(image_path) as image:
-        photo = np.asarray((ImageOps.exif_transpose(image) or image).convert("RGB"))
+    photo = np.asarray(open_upright_rgb(image_path))
     side = int(round(np.sqrt(result.attention.shape[1]))) if result.words else 8
     columns = 4
     rows = max(1, -(-len(result.words) // columns))
@@ -236,3 +516,100 @@ def plot_attention(image_path: str | os.PathLike, result: CaptionResult, out_pat
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
     return out_path
+
+
+# ------------------------------------------------------------------------------------ a whole run
+class EvaluationError(ValueError):
+    """A run that cannot be done as asked: a bad option, a missing split, a model that does not load."""
+
+
+@dataclass
+class EvaluationRun:
+    """One ``evaluate_captioner`` run: a split of a Flickr8k-layout data directory scored with a model."""
+
+    data_dir: Path  # captions.txt, <split>.txt, images/
+    split: str
+    model_dir: Path
+    feature_dir: Path  # the converted InceptionV3 weights
+    cache_dir: Path  # the feature cache that train_captioner fills
+    report_dir: Path  # where the JSON report goes unless ``output`` names it
+    output: Path | None = None
+    limit: int | None = None
+    beam_width: int | None = None  # None: the model's tuned width
+    length_alpha: float | None = None  # None: the model's tuned one
+    batch_size: int = 32
+    plots: int = 3
+    meteor: bool = True
+    save_decoding: bool = False  # record this beam width and length alpha in meta.json
+    tune: bool = False  # try the reranking settings and calibrate the confidence instead of scoring
+    save_tuning: bool = False  # with tune: record them in meta.json
+
+    def __post_init__(self):
+        if self.beam_width is not None and self.beam_width < 1:
+            raise EvaluationError("--beam must be at least 1")
+        if self.save_tuning and not self.tune:
+            raise EvaluationError("--save-tuning needs --tune")
+
+
+def run_evaluation(run: EvaluationRun, log: Callable[[str], None] = print) -> dict:
+    """Score (or with ``run.tune``, tune) the model on the split; ``log`` gets the tables and paths.
+
+    Returns the report (scoring) or the tuning record (tuning). Raises :class:`EvaluationError`.
+    """
+    try:
+        names, references = load_split(run.data_dir, run.split)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(str(exc)) from exc
+    names = names[: run.limit] if run.limit else names
+    try:
+        captioner = ImageCaptioner.from_dirs(
+            run.model_dir, run.feature_dir, beam_width=run.beam_width, length_alpha=run.length_alpha, batch_size=run.batch_size
+        )
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"cannot load the captioner: {exc}") from exc
+    cached = sum(feature_store.cache_path(run.cache_dir, n).is_file() for n in names)
+    log(f"{len(names)} {run.split} images, {cached} with cached features in {run.cache_dir}")
+    images_dir = run.data_dir / "images"
+    if run.tune:
+        return _tune_run(run, captioner, names, references, log)
+    with tqdm(total=len(names), desc="captioning", unit="img", file=sys.stderr) as bar:
+        report, results = evaluate(
+            captioner, names, references, images_dir, cache_dir=run.cache_dir, meteor=run.meteor, progress=bar.update
+        )
+    report.update(split=run.split, data_dir=str(run.data_dir), model_dir=str(run.model_dir))
+    output = run.output or run.report_dir / f"{captioner.version}-{run.split}-beam{captioner.beam_width}.json"
+    report["attention_plots"] = [
+        str(plot_attention(images_dir / name, results[name], output.with_name(f"{output.stem}-attention-{Path(name).stem}.png")))
+        for name in names[: max(0, run.plots)]
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(format_table(report))
+    log(f"report: {output}")
+    if run.save_decoding:
+        decoding = {
+            "beam_width": captioner.beam_width,
+            "length_alpha": captioner.length_alpha,
+            "chosen_on": f"{run.data_dir.name}/{run.split} ({len(names)} images)",
+            "scores": report["scores"],
+        }
+        update_meta(run.model_dir, decoding=decoding)
+        log(f"decoding defaults saved in {run.model_dir}/meta.json: beam {captioner.beam_width}, length alpha {captioner.length_alpha}")
+    for plot in report["attention_plots"]:
+        log(f"attention plot: {plot}")
+    return report
+
+
+def _tune_run(run: EvaluationRun, captioner: ImageCaptioner, names, references, log) -> dict:
+    with tqdm(total=len(names), desc="n-best", unit="img", file=sys.stderr) as bar:
+        found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
+    try:
+        tuned = tune(captioner, found, references)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
+    log(format_tries(tuned))
+    if run.save_tuning:
+        chosen_on = f"{run.data_dir.name}/{run.split} ({len(names)} images), beam {captioner.beam_width}"
+        plot = save_tuning(run.model_dir, tuned, version=captioner.version, chosen_on=chosen_on)
+        log(f"reranking and confidence saved in {run.model_dir}/meta.json; reliability diagram {plot}")
+    return tuned

@@ -5,6 +5,13 @@
   records the conversion (source SHA-256, file SHA-256) in ``<feature_dir>/inceptionv3.json``;
   later calls only verify. :func:`ensure_classifier_weights` does the same for the EfficientNet-Lite0
   ImageNet classifier (:mod:`captioning.efficientnet`) beside it.
+* :func:`ensure_onnx_model` exports each network's serving graph once more as an ONNX graph,
+  ``<feature_dir>/inceptionv3.onnx`` and ``efficientnet-lite0.onnx`` (each recorded in
+  ``<name>.json`` with its SHA-256, the weights it was made from and its agreement with Keras),
+  for the faster ONNX Runtime path.
+* :func:`load_extractor` (InceptionV3) and :func:`load_classifier_network` (EfficientNet-Lite0)
+  load the network on ONNX Runtime or TensorFlow (see :mod:`captioning.runtime`), falling back to
+  TensorFlow when ONNX Runtime or its file is missing or damaged, and log which one runs.
 * :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
   features as a float16 ``.npy`` (written atomically, existing files skipped).
 * :func:`load_features` stacks (or memory-maps) cached features for training.
@@ -14,19 +21,22 @@ Plain Python + TensorFlow, no Django.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import PIL.Image
 
-from . import efficientnet, inception
-from .files import ModelFileError, sha256_file, write_atomic
+from . import efficientnet, inception, runtime
+from .files import ModelFileError, atomic_path, sha256_file, write_atomic
 from .images import InvalidImageError, open_upright_rgb
 
 FEATURE_WEIGHTS_NAME = "inceptionv3.weights.h5"
@@ -36,6 +46,11 @@ FEATURE_SHAPE = tuple(inception.FEATURE_SHAPE)
 CACHE_DTYPE = np.float16
 CLASSIFIER_WEIGHTS_NAME = "efficientnet-lite0.weights.h5"
 CLASSIFIER_META_NAME = "efficientnet-lite0.json"
+# An ONNX graph must reproduce the Keras outputs on the check images to within this fraction of
+# the largest output (float32 arithmetic in another order: measured 2e-6 for InceptionV3).
+ONNX_TOLERANCE = 1e-4
+
+logger = logging.getLogger(__name__)
 
 
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
@@ -47,10 +62,8 @@ def read_feature_meta(feature_dir: str | os.PathLike) -> dict | None:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -99,12 +112,6 @@ def ensure_feature_weights(
                              "InceptionV3", force=force, log=log)
 
 
-def load_extractor(feature_dir: str | os.PathLike):
-    """The Keras InceptionV3 feature extractor from ``feature_dir`` (checksum-verified if recorded)."""
-    meta = read_feature_meta(feature_dir) or {}
-    return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
-
-
 def classifier_weights_path(feature_dir: str | os.PathLike) -> Path:
     return Path(feature_dir) / CLASSIFIER_WEIGHTS_NAME
 
@@ -134,6 +141,162 @@ def load_classifier(feature_dir: str | os.PathLike):
             f"no EfficientNet-Lite0 conversion record in {feature_dir}; run `python manage.py prepare_models`"
         )
     return efficientnet.load_classifier(classifier_weights_path(feature_dir), expected_sha256=meta["sha256"])
+
+
+# ------------------------------------------------------------------------------ ONNX Runtime
+@dataclass(frozen=True)
+class OnnxExport:
+    """One image network's ONNX file: ``<feature_dir>/<file_name>``, recorded in ``<file_name>.json``.
+
+    ``keras_graph(feature_dir)`` is the verified Keras serving graph that is exported, and run on
+    TensorFlow as the reference; ``read_weights_meta(feature_dir)`` the conversion record of the
+    weights it comes from. Both networks take the InceptionV3 inputs of a photo (n, 299, 299, 3).
+    """
+
+    label: str
+    architecture: str
+    file_name: str
+    read_weights_meta: Callable[[Path], dict | None]
+    keras_graph: Callable[[Path], Any]
+
+
+def _keras_extractor(feature_dir: Path):
+    meta = read_feature_meta(feature_dir) or {}
+    return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
+
+
+INCEPTION_ONNX = OnnxExport("InceptionV3", FEATURE_EXTRACTOR_ID, "inceptionv3.onnx", read_feature_meta, _keras_extractor)
+CLASSIFIER_ONNX = OnnxExport("EfficientNet-Lite0", efficientnet.ARCHITECTURE, "efficientnet-lite0.onnx", read_classifier_meta,
+                             lambda feature_dir: efficientnet.inception_input_graph(load_classifier(feature_dir)))
+ONNX_EXPORTS = (INCEPTION_ONNX, CLASSIFIER_ONNX)
+
+
+def onnx_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX) -> Path:
+    return Path(feature_dir) / network.file_name
+
+
+def onnx_record_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX) -> Path:
+    return Path(feature_dir) / f"{network.file_name}.json"
+
+
+def _check_images() -> np.ndarray:
+    """Two fixed network inputs (noise and a gradient) on which the ONNX graph must match Keras."""
+    noise = np.random.default_rng(0).uniform(-1, 1, (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3))
+    ramp = np.linspace(-1, 1, inception.IMAGE_SIZE)
+    gradient = np.stack([ramp[None, :] + 0 * ramp[:, None], ramp[:, None] + 0 * ramp[None, :], -ramp[None, :] * ramp[:, None]], -1)
+    return np.stack([noise, gradient]).astype(np.float32)
+
+
+def ensure_onnx_model(
+    feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict | None:
+    """Export ``network``'s ONNX file from its installed Keras weights once; later calls verify.
+
+    The export is checked against Keras on fixed inputs (relative difference at most
+    ``ONNX_TOLERANCE``) before it is installed. Exported again when missing, when its checksum or
+    the weights it came from no longer match the record, or when ``force``. Returns the record
+    plus ``"action"``, or None (logged) when ``onnx``/``onnxruntime`` are not installed: the app
+    then runs the network on TensorFlow.
+    """
+    feature_dir = Path(feature_dir)
+    if not runtime.onnxruntime_available() or importlib.util.find_spec("onnx") is None:
+        log(f"onnx/onnxruntime not installed: {network.label} will run on TensorFlow")
+        return None
+    weights = network.read_weights_meta(feature_dir) or {}
+    dest, record = onnx_path(feature_dir, network), _read_json(onnx_record_path(feature_dir, network))
+    if not force and dest.is_file() and record and record.get("weights_sha256") == weights.get("sha256"):
+        actual = sha256_file(dest)
+        if actual == record.get("sha256"):
+            log(f"{network.label} ONNX graph OK: {dest} (sha256 {actual[:12]}...)")
+            return {**record, "action": "verified"}
+        log(f"{network.label} ONNX graph {dest} does not match its record (sha256 {actual[:12]}...); exporting again")
+    import onnxruntime
+
+    t0 = time.time()
+    graph = network.keras_graph(feature_dir)
+    with atomic_path(dest, suffix=".onnx") as candidate:
+        runtime.export_onnx(graph, candidate, doc=f"{network.label} ({network.architecture}) from weights sha256 {weights.get('sha256')}")
+        images = _check_images()
+        reference = runtime.KerasNetwork(graph).run(images)
+        difference = float(np.abs(runtime.OnnxNetwork(candidate).run(images) - reference).max() / np.abs(reference).max())
+        if difference > ONNX_TOLERANCE:
+            raise ValueError(f"the {network.label} ONNX export differs from Keras by {difference:.2e} of the largest output (> {ONNX_TOLERANCE})")
+    record = {
+        "architecture": network.architecture,
+        "path": str(dest),
+        "sha256": sha256_file(dest),
+        "weights_sha256": weights.get("sha256"),
+        "max_relative_difference": difference,
+        "onnx_opset": runtime.ONNX_OPSET,
+        "onnxruntime_version": onnxruntime.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write_json_atomic(onnx_record_path(feature_dir, network), record)
+    log(f"Exported in {time.time() - t0:.1f} s: {dest} (sha256 {record['sha256'][:12]}..., differs from Keras by {difference:.1e})")
+    return {**record, "action": "exported"}
+
+
+def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int) -> runtime.OnnxNetwork:
+    """``network`` on ONNX Runtime if ONNX Runtime, the file and its record are all sound; else ModelFileError."""
+    hint = "run `python manage.py prepare_models`"
+    if not runtime.onnxruntime_available():
+        raise ModelFileError("onnxruntime is not installed")
+    path, record = onnx_path(feature_dir, network), _read_json(onnx_record_path(feature_dir, network))
+    if not path.is_file() or record is None:
+        raise ModelFileError(f"no {network.label} ONNX graph (or its record) in {feature_dir}; {hint}")
+    if sha256_file(path) != record.get("sha256"):
+        raise ModelFileError(f"{network.label} ONNX graph {path} does not match its recorded SHA-256; {hint}")
+    if record.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
+        raise ModelFileError(f"{network.label} ONNX graph {path} was exported from other weights than those installed; {hint}")
+    try:
+        loaded = runtime.OnnxNetwork(path, threads=threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise ModelFileError(f"{network.label} ONNX graph {path} could not be loaded ({exc}); {hint}") from exc
+    if loaded.input_shape[1:] != (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3):
+        raise ModelFileError(f"{network.label} ONNX graph {path} takes {loaded.input_shape}, not 299x299x3 images; {hint}")
+    return loaded
+
+
+def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads: int,
+                  on_tensorflow: Callable[[], runtime.ImageNetwork]) -> runtime.ImageNetwork:
+    """``network`` on ONNX Runtime or, as ``image_runtime`` says or as the fallback, ``on_tensorflow()``; logged."""
+    feature_dir = Path(feature_dir)
+    if image_runtime not in runtime.RUNTIMES:
+        raise ValueError(f"unknown image runtime {image_runtime!r}; choose one of {', '.join(runtime.RUNTIMES)}")
+    if image_runtime != "tensorflow":
+        try:
+            loaded = _load_onnx(feature_dir, network, threads)
+        except ModelFileError as exc:
+            if image_runtime == "onnx":
+                raise
+            logger.warning("%s falls back to TensorFlow: %s", network.label, exc)
+        else:
+            logger.info("%s runs on ONNX Runtime (%s)", network.label, loaded.path)
+            return loaded
+    loaded = on_tensorflow()
+    logger.info("%s runs on TensorFlow (%s)", network.label, feature_dir)
+    return loaded
+
+
+def load_extractor(feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0) -> runtime.ImageNetwork:
+    """InceptionV3 from ``feature_dir`` on ``image_runtime`` (one of :data:`runtime.RUNTIMES`), files checksum-verified.
+
+    ``"auto"`` takes ONNX Runtime when it and the exported graph are installed and sound, else
+    TensorFlow (a warning says why); ``"onnx"`` raises ModelFileError instead of falling back;
+    ``"tensorflow"`` is the reference path. ``threads``: ONNX Runtime's intra-op threads (0: one
+    per core). The choice is logged.
+    """
+    return _load_network(feature_dir, INCEPTION_ONNX, image_runtime, threads,
+                         lambda: runtime.KerasNetwork(_keras_extractor(Path(feature_dir))))
+
+
+def load_classifier_network(feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0) -> runtime.ImageNetwork:
+    """EfficientNet-Lite0 from InceptionV3 inputs to class probabilities, chosen like :func:`load_extractor`.
+
+    The TensorFlow path is :func:`efficientnet.as_classifier_network` of :func:`load_classifier`.
+    """
+    return _load_network(feature_dir, CLASSIFIER_ONNX, image_runtime, threads,
+                         lambda: efficientnet.as_classifier_network(load_classifier(feature_dir)))
 
 
 # ------------------------------------------------------------------------------ cache
@@ -177,7 +340,7 @@ def cache_features(
     ``images``: ``(name, path)`` pairs (name = cache key, e.g. the Flickr8k file name) or plain
     paths (name = file name).  ``flip=True`` featurises the horizontally mirrored image instead
     (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
-    thread while TensorFlow computes the previous batch.
+    thread while InceptionV3 computes the previous batch.
     """
     def extractor_of():
         if extractor is not None:
@@ -204,7 +367,7 @@ def cache_class_probabilities(
     The images go through the serving path (InceptionV3 input, resized in the graph), so the cache
     holds what captioning an upload computes. Read them back with :func:`load_class_probabilities`.
     """
-    return _cache_outputs(images, cache_dir, lambda: load_classifier(feature_dir), efficientnet.classify_inception_inputs,
+    return _cache_outputs(images, cache_dir, lambda: load_classifier_network(feature_dir), efficientnet.classify_inception_inputs,
                           desc="classes", batch_size=batch_size, flip=False, progress=progress, log=log)
 
 

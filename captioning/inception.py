@@ -29,7 +29,6 @@ module (e.g. for :func:`preprocess_image` or the exceptions) stays cheap in a we
 from __future__ import annotations
 
 import os
-import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,9 +37,11 @@ from PIL import Image
 
 from .files import ModelFileError, check_conversion_paths, find_package_file, load_keras_weights, save_converted_weights
 from .images import open_upright_rgb
+from .runtime import as_image_network
 from .torchfile import read_torchscript_tensors_and_attrs
 
 __all__ = [
+    "DECODE_SIZE",
     "FEATURE_SHAPE",
     "IMAGE_SIZE",
     "SOURCE_PACKAGE",
@@ -60,6 +61,8 @@ SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
 IMAGE_SIZE = 299
+# A photo is decoded (reduced: images.open_upright_rgb) at least this large a side before the resize.
+DECODE_SIZE = 2 * IMAGE_SIZE
 FEATURE_SHAPE = (64, 2048)
 WEIGHT_COUNT = 21_802_784
 BN_EPSILON = 1e-3
@@ -299,36 +302,25 @@ def preprocess_image(source: str | os.PathLike | bytes | bytearray | memoryview 
     InceptionV3 inputs) and scales to ``x / 128 - 1``. Raises :class:`InvalidImageError` if the
     data is not a decodable image; a missing path raises FileNotFoundError.
     """
-    image = open_upright_rgb(source, min_size=2 * IMAGE_SIZE).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    image = open_upright_rgb(source, min_size=DECODE_SIZE).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
     return array / np.float32(128.0) - np.float32(1.0)
 
 
-_SERVING_FUNCTIONS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+def extract_features(network: Any, batch: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
+    """Attention features (n, 64, 2048) float32 for preprocessed images (n, 299, 299, 3).
 
-
-def _serving_function(model: Any) -> Any:
-    """One traced ``tf.function`` per model, for any batch size (no retracing, no predict())."""
-    import tensorflow as tf
-
-    function = _SERVING_FUNCTIONS.get(model)
-    if function is None:
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        model_ref = weakref.ref(model)  # a strong reference here would keep the model alive forever
-        function = tf.function(lambda images: model_ref()(images, training=False), input_signature=[spec])
-        _SERVING_FUNCTIONS[model] = function
-    return function
-
-
-def extract_features(model: Any, batch: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
-    """Attention features (n, 64, 2048) float32 for preprocessed images (n, 299, 299, 3)."""
+    ``network``: an :class:`~captioning.runtime.ImageNetwork` (ONNX Runtime or TensorFlow), or a
+    Keras model, wrapped (and traced) on each call: wrap a model used repeatedly once instead.
+    """
+    network = as_image_network(network)
     images = np.asarray(batch if isinstance(batch, np.ndarray) else list(batch), dtype=np.float32)
     if images.size == 0:
         return np.zeros((0, *FEATURE_SHAPE), dtype=np.float32)
     if images.ndim == 3:
         images = images[None]
-    expected = tuple(model.input_shape[1:])
+    expected = tuple(network.input_shape[1:])
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(f"expected images of shape (n, {', '.join(map(str, expected))}), got {images.shape}")
-    output = _serving_function(model)(images).numpy()
+    output = network.run(images)
     return output.reshape(output.shape[0], -1, output.shape[-1])

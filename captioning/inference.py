@@ -29,10 +29,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
-from .efficientnet import classify_inception_inputs
+from .efficientnet import as_classifier_network
+from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
 from .objects import WORDS_PATH, ObjectWords, default_words
+from .runtime import as_image_network
 from .vocabulary import END_ID, PAD_ID, SPECIAL_TOKENS, START_ID, UNK_ID
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Description",
     "ImageCaptioner",
     "ModelMismatchError",
+    "decode_candidates",
     "decode_features",
     "forbidden_tokens",
     "has_repeated_trigram",
@@ -71,6 +74,8 @@ class CaptionResult:
     reached_max_length: bool = field(default=False)
     # The other distinct finished captions of the beam, best first: [(text, score), ...].
     alternatives: list[tuple[str, float]] = field(default_factory=list)
+    # Calibrated probability that the caption is good (captioning.evidence); None without a calibration.
+    confidence: float | None = field(default=None)
 
     def attention_json(self) -> list:
         """``[[word, [64 weights rounded to 4 decimals]], ...]``, JSON-serialisable (for the DB)."""
@@ -85,16 +90,21 @@ class Description:
     most probable first (at most CONCEPTS_KEPT, none below CONCEPT_FLOOR); empty for a model
     without a concept head. ``objects``: the ImageNet object labels with their probabilities, most
     probable first (captioning.objects); empty when the captioner runs without the classifier.
+    ``fingerprint``: the photo's visual fingerprint (captioning.fingerprints, unit float16 vector of
+    the projection ``ImageCaptioner.fingerprint.key``); None for a model without a fingerprint
+    projection.
     """
 
     caption: CaptionResult
     concepts: list[tuple[str, float]] = field(default_factory=list)
     objects: list[tuple[str, float]] = field(default_factory=list)
+    fingerprint: np.ndarray | None = None
 
 
 # Concept words kept per photo: enough for any indexing setting tuned with evaluate_search. On dev,
 # indexing the 200 most probable words (down to p ~ 0.003, flattened by SearchWeights.concept_power)
-# beats the 100 most probable: sentence R@10 52.3 vs 49.5 (docs/search.md).
+# beats the 100 most probable: sentence R@10 52.5 vs 49.9 (earlier head, 'any caption' targets:
+# 100 beat 30, 47.4 vs 44.9).
 CONCEPTS_KEPT = 200
 CONCEPT_FLOOR = 0.001
 
@@ -230,13 +240,9 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
         loop_vars = (tf.constant(0), tokens, state, finished, total, length, seq, alphas)
         _, _, _, finished, total, length, seq, alphas = tf.while_loop(cond, body, loop_vars)
         score = tf.reshape(tf.where(finished, normalise(total, length), _NEG), [batch, lanes])
-        best = tf.argmax(score, axis=1, output_type=tf.int32) + image_offsets[:, 0]
         return (
-            tf.gather(seq, best),
-            tf.gather(alphas, best),
-            tf.gather(normalise(total, length), best),
-            tf.gather(length, best),
-            tf.reshape(seq, [batch, lanes, max_len]),  # every lane, for the n best distinct captions
+            tf.reshape(seq, [batch, lanes, max_len]),  # every lane: the n best distinct captions
+            tf.reshape(alphas, [batch, lanes, max_len - 1, locations]),
             score,
             tf.reshape(length, [batch, lanes]),
         )
@@ -244,46 +250,63 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
     return search
 
 
-def decode_features(
+def decode_candidates(
     captioner, tokenizer, features, *, beam_width: int = DEFAULT_BEAM_WIDTH, length_alpha: float = 1.0
-) -> list[CaptionResult]:
-    """Caption precomputed features (n, 64, 2048) in one compiled search (greedy if beam_width=1)."""
+) -> list[list[CaptionResult]]:
+    """Per image, the distinct finished captions of one compiled search, best score first.
+
+    The n-best list is what a reranker (captioning.evidence) chooses from; each candidate carries
+    its own attention, so whichever is chosen can be plotted.
+    """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 3:
         raise ValueError(f"expected features of shape (n, 64, 2048), got {features.shape}")
     if len(features) == 0:
         return []
-    seq, alphas, scores, lengths, lane_seq, lane_scores, lane_lengths = (
+    lane_seq, lane_alphas, lane_scores, lane_lengths = (
         t.numpy() for t in _search_function(captioner, int(beam_width), length_alpha)(features)
     )
     max_words = captioner.config.max_length - 2
-
-    def words_of(ids, length):
-        return [tokenizer.index_word[int(i)] for i in ids[1 : int(length)]]  # length counts <end>
-
-    results = []
-    for i, (ids, attention, score, length) in enumerate(zip(seq, alphas, scores, lengths)):
-        words = words_of(ids, length)
-        text = " ".join(words)
-        alternatives, seen = [], {text}
+    out = []
+    for i in range(len(features)):
+        candidates, seen = [], set()
         for lane in np.argsort(-lane_scores[i], kind="stable"):
             if lane_scores[i, lane] <= _NEG / 2:
                 continue  # unfinished or dead lane
-            other = " ".join(words_of(lane_seq[i, lane], lane_lengths[i, lane]))
-            if other not in seen:
-                seen.add(other)
-                alternatives.append((other, round(float(lane_scores[i, lane]), 4)))
-        results.append(
-            CaptionResult(
-                text=text,
-                score=float(score),
-                words=words,
-                attention=np.array(attention[: len(words)], dtype=np.float32),
-                reached_max_length=len(words) >= max_words,
-                alternatives=alternatives,
+            length = int(lane_lengths[i, lane])  # counts <end>
+            words = [tokenizer.index_word[int(t)] for t in lane_seq[i, lane, 1:length]]
+            text = " ".join(words)
+            if text in seen:
+                continue
+            seen.add(text)
+            candidates.append(
+                CaptionResult(
+                    text=text,
+                    score=float(lane_scores[i, lane]),
+                    words=words,
+                    attention=np.array(lane_alphas[i, lane, : len(words)], dtype=np.float32),
+                    reached_max_length=len(words) >= max_words,
+                )
             )
-        )
-    return results
+        out.append(candidates)
+    return out
+
+
+def with_alternatives(ranked: Sequence[CaptionResult]) -> CaptionResult:
+    """The first of a ranked n-best list, with the others as its ``alternatives`` (text, score)."""
+    best, *others = ranked
+    best.alternatives = [(other.text, round(other.score, 4)) for other in others]
+    return best
+
+
+def decode_features(
+    captioner, tokenizer, features, *, beam_width: int = DEFAULT_BEAM_WIDTH, length_alpha: float = 1.0
+) -> list[CaptionResult]:
+    """Caption precomputed features (n, 64, 2048) in one compiled search (greedy if beam_width=1)."""
+    return [
+        with_alternatives(ranked)
+        for ranked in decode_candidates(captioner, tokenizer, features, beam_width=beam_width, length_alpha=length_alpha)
+    ]
 
 
 # ------------------------------------------------------------------------------------ serving
@@ -312,7 +335,11 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
 
 
 class ImageCaptioner:
-    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches."""
+    """The serving object: InceptionV3 features + captioner + tokenizer, captioning in batches.
+
+    ``feature_model``: InceptionV3 as a :class:`~captioning.runtime.ImageNetwork` (ONNX Runtime or
+    TensorFlow), or a Keras model (run on TensorFlow).
+    """
 
     def __init__(
         self,
@@ -325,9 +352,12 @@ class ImageCaptioner:
         batch_size: int = 16,
         length_alpha: float = 1.0,
         concepts=None,
+        fingerprint=None,
         meta: dict | None = None,
         object_classifier=None,
         object_words: ObjectWords | None = None,
+        reranker: EvidenceReranker | None = None,
+        confidence: CaptionConfidence | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
             raise ModelMismatchError(
@@ -335,16 +365,22 @@ class ImageCaptioner:
             )
         self.captioner = captioner
         self.tokenizer = tokenizer
-        self.feature_model = feature_model
+        self.image_network = as_image_network(feature_model)
         self.version = version
         self.beam_width = int(beam_width)
         self.batch_size = max(1, int(batch_size))
         self.length_alpha = float(length_alpha)
         self.concepts = concepts  # captioning.concepts.ConceptHead or None
+        self.fingerprint = fingerprint  # captioning.fingerprints.FingerprintProjection or None
         self.meta = meta or {}
-        # The EfficientNet-Lite0 ImageNet classifier (captioning.efficientnet) or None: no object labels.
-        self.object_classifier = object_classifier
+        # The EfficientNet-Lite0 ImageNet classifier or None (no object labels): an ImageNetwork from
+        # InceptionV3 inputs to probabilities, or the Keras network (run on TensorFlow).
+        self.object_classifier = None if object_classifier is None else as_classifier_network(object_classifier)
         self.object_words = object_words or (default_words() if object_classifier is not None else None)
+        if (reranker or confidence) and concepts is None:
+            raise ValueError("reranking and confidence need the concept head's evidence")
+        self.reranker = reranker
+        self.confidence = confidence
 
     @classmethod
     def from_dirs(
@@ -356,11 +392,15 @@ class ImageCaptioner:
         length_alpha: float | None = None,
         batch_size: int = 16,
         object_labels: bool = False,
+        image_runtime: str = "auto",
+        image_threads: int = 0,
     ):
         """Load a model directory and the converted InceptionV3 weights that it was trained with.
 
         ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
+        ``image_runtime`` / ``image_threads``: where the image networks run (see
+        :func:`captioning.features.load_extractor`).
 
         ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
         by ``prepare_models``, so that each description carries object labels.
@@ -394,20 +434,51 @@ class ImageCaptioner:
         tuned = loaded.meta.get("decoding") or {}
         object_classifier = None
         if object_labels:
-            object_classifier = feature_store.load_classifier(feature_dir)  # verified against its record
+            object_classifier = feature_store.load_classifier_network(  # verified against its record
+                feature_dir, image_runtime=image_runtime, threads=image_threads
+            )
             _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
+        reranking, calibration = loaded.meta.get("reranking"), loaded.meta.get("confidence")
+        evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and (reranking or calibration) else None
+        if (reranking or calibration) and evidence is None:
+            raise ModelFileError(f"{loaded.path}: meta.json has reranking/confidence settings but no concept head")
         return cls(
             loaded.model,
             loaded.tokenizer,
-            feature_store.load_extractor(feature_dir),  # also verifies the file against its record
+            # Also verifies the files against their records.
+            feature_store.load_extractor(feature_dir, image_runtime=image_runtime, threads=image_threads),
             version=loaded.version,
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),
             length_alpha=tuned.get("length_alpha", 1.0) if length_alpha is None else length_alpha,
             batch_size=batch_size,
             concepts=loaded.concepts,
+            fingerprint=loaded.fingerprint,
             meta=loaded.meta,
             object_classifier=object_classifier,
+            reranker=EvidenceReranker.from_meta(reranking, evidence) if reranking else None,
+            confidence=CaptionConfidence.from_meta(calibration, evidence) if calibration else None,
         )
+
+    def n_best_features(self, features, *, beam_width: int | None = None) -> list[tuple[list[CaptionResult], np.ndarray | None]]:
+        """Per image of (n, 64, 2048) features: the search's n-best captions (best score first) and
+        the concept head's probabilities (None without a head), in batches of ``batch_size``."""
+        width = self.beam_width if beam_width is None else int(beam_width)
+        out: list[tuple[list[CaptionResult], np.ndarray | None]] = []
+        for chunk in _batches(features, self.batch_size):
+            ranked = decode_candidates(self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha)
+            probabilities = self.concepts.probabilities(chunk) if self.concepts is not None else [None] * len(ranked)
+            out += list(zip(ranked, probabilities))
+        return out
+
+    def choose(self, candidates: Sequence[CaptionResult], probabilities: np.ndarray | None) -> CaptionResult:
+        """The caption shown: the n-best list reranked by visual evidence (when the model is tuned
+        for it), the others as its alternatives, with its calibrated confidence."""
+        if self.reranker is not None:
+            candidates = self.reranker.rank(candidates, probabilities)
+        caption = with_alternatives(candidates)
+        if self.confidence is not None:
+            caption.confidence = self.confidence.of(caption, probabilities)
+        return caption
 
     def describe_features(
         self, features, *, beam_width: int | None = None, class_probabilities=None
@@ -417,23 +488,20 @@ class ImageCaptioner:
         ``class_probabilities``: the ImageNet classifier's (n, 1000) output for the same photos
         (:meth:`classify_arrays`, or a cache of it), which become the object labels.
         """
-        width = self.beam_width if beam_width is None else int(beam_width)
+        n_best = self.n_best_features(features, beam_width=beam_width)
+        objects = [[] for _ in n_best]
+        if class_probabilities is not None:
+            objects = (self.object_words or default_words()).ranked(np.asarray(class_probabilities))
         results: list[Description] = []
-        for start in range(0, len(features), self.batch_size):
-            chunk = features[start : start + self.batch_size]
-            captions = decode_features(
-                self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha
+        prints = [None] * len(n_best)
+        if self.fingerprint is not None:
+            prints = [p for chunk in _batches(features, self.batch_size) for p in self.fingerprint.fingerprints(chunk)]
+        for (candidates, probabilities), labels, fingerprint in zip(n_best, objects, prints):
+            concepts = (
+                [] if probabilities is None
+                else self.concepts.ranked(probabilities, min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT)[0]
             )
-            concepts = [[] for _ in captions]
-            if self.concepts is not None:
-                concepts = self.concepts.ranked(
-                    self.concepts.probabilities(chunk), min_probability=CONCEPT_FLOOR, top_k=CONCEPTS_KEPT
-                )
-            objects = [[] for _ in captions]
-            if class_probabilities is not None:
-                words = self.object_words or default_words()
-                objects = words.ranked(np.asarray(class_probabilities[start : start + self.batch_size]))
-            results += [Description(c, w, o) for c, w, o in zip(captions, concepts, objects)]
+            results.append(Description(self.choose(candidates, probabilities), concepts, labels, fingerprint))
         return results
 
     def classify_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray | None:
@@ -441,12 +509,16 @@ class ImageCaptioner:
         if self.object_classifier is None:
             return None
         return np.concatenate(
-            [classify_inception_inputs(self.object_classifier, np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
+            [self.object_classifier.run(np.stack(part)) for part in _batches(list(arrays), FEATURE_BATCH)]
         )
 
     def caption_features(self, features, *, beam_width: int | None = None) -> list[CaptionResult]:
         """Caption precomputed InceptionV3 features (n, 64, 2048), in batches of ``batch_size``."""
         return [d.caption for d in self.describe_features(features, beam_width=beam_width)]
+
+    def features_of_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """InceptionV3 features (n, 64, 2048) of preprocessed images, FEATURE_BATCH at a time."""
+        return np.concatenate([extract_features(self.image_network, np.stack(part)) for part in _batches(arrays, FEATURE_BATCH)])
 
     def describe_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[Description]:
         """Describe preprocessed images ((299, 299, 3) arrays from ``preprocess_image``).
@@ -456,11 +528,8 @@ class ImageCaptioner:
         """
         results: list[Description] = []
         for chunk in _batches(list(arrays), self.batch_size):
-            features = np.concatenate(
-                [extract_features(self.feature_model, np.stack(part)) for part in _batches(chunk, FEATURE_BATCH)]
-            )
             probabilities = self.classify_arrays(chunk)
-            results += self.describe_features(features, beam_width=beam_width, class_probabilities=probabilities)
+            results += self.describe_features(self.features_of_arrays(chunk), beam_width=beam_width, class_probabilities=probabilities)
         return results
 
     def caption_arrays(self, arrays: Sequence[np.ndarray], *, beam_width: int | None = None) -> list[CaptionResult]:

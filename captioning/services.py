@@ -15,12 +15,16 @@ from PIL import Image
 from django.conf import settings
 
 from .files import ModelFileError
-from .inception import preprocess_image
+from .inception import DECODE_SIZE, preprocess_image
 from .inference import ImageCaptioner
 from .native_log import native_notices_dropped
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
+
+# Pixels a side (at least) that a photo decoded once for several uses (thumbnail, query preview)
+# must have to serve as the captioner's input too (load_image of a decoded image).
+NETWORK_DECODE_SIZE = DECODE_SIZE
 
 _lock = threading.Lock()
 _captioner = None
@@ -41,6 +45,8 @@ def get_captioner():
                         length_alpha=settings.IMAGESEARCH_LENGTH_ALPHA,
                         batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
                         object_labels=settings.IMAGESEARCH_OBJECT_LABELS,
+                        image_runtime=settings.IMAGESEARCH_IMAGE_RUNTIME,
+                        image_threads=settings.IMAGESEARCH_IMAGE_THREADS,
                     )
     return _captioner
 
@@ -91,6 +97,7 @@ def model_meta() -> dict:
         return {}
 
 
-def load_image(data: bytes):
-    """Decode and preprocess image bytes for the captioner; raises ValueError for non-images."""
-    return preprocess_image(data)
+def load_image(source):
+    """Decode and preprocess image bytes (or an image decoded at least NETWORK_DECODE_SIZE a side) for the
+    captioner; raises ValueError for non-images."""
+    return preprocess_image(source)

@@ -11,6 +11,8 @@ Layout of ``captioning/models/<version>/``::
     concepts.npz           optional: the visual concept-word head (captioning.concepts), its
                            SHA-256 in meta.json ``concepts``; ``search`` in meta.json holds the
                            weights of each description source in the index, tuned on dev
+    fingerprint.npz        optional: the projection of visual fingerprints (captioning.fingerprints),
+                           its SHA-256 in meta.json ``fingerprint``
 
 :func:`load_model_dir` checks every file and raises :class:`ModelFileError` (the same class as
 ``captioning.files.ModelFileError``) with a message naming the file and the problem.
@@ -31,6 +33,7 @@ import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
 from .files import ModelFileError, atomic_directory, sha256_file, write_atomic
+from .fingerprints import FINGERPRINT_NAME, FingerprintProjection, load_projection
 from .vocabulary import Tokenizer, VocabularyError
 
 if TYPE_CHECKING:  # the model module imports TensorFlow: only load_model_dir needs it at run time
@@ -54,6 +57,7 @@ class LoadedModel:
     meta: dict
     path: Path
     concepts: ConceptHead | None = None
+    fingerprint: FingerprintProjection | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -249,14 +253,18 @@ def load_model_dir(
         model.load_weights(str(weights))
     except Exception as exc:
         raise ModelFileError(f"{weights} could not be loaded ({exc})") from exc
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, path=path, concepts=_load_concepts(path, meta))
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, meta=meta, path=path,
+        concepts=_load_optional(path, meta, "concepts", CONCEPTS_NAME, load_concept_head),
+        fingerprint=_load_optional(path, meta, "fingerprint", FINGERPRINT_NAME, load_projection),
+    )
 
 
-def _load_concepts(path: Path, meta: dict) -> ConceptHead | None:
-    """The concept head that meta.json names (checksum checked), None for a model without one."""
-    record = meta.get("concepts")
+def _load_optional(path: Path, meta: dict, key: str, default_name: str, load):
+    """The optional file that meta.json names under ``key`` (read by ``load``, checksum checked), None when absent."""
+    record = meta.get(key)
     if not record:
         return None
     if not isinstance(record, dict) or not record.get("sha256"):
-        raise ModelFileError(f"{path / META_NAME}: 'concepts' must name a file and its sha256")
-    return load_concept_head(path / record.get("file", CONCEPTS_NAME), expected_sha256=record["sha256"])
+        raise ModelFileError(f"{path / META_NAME}: '{key}' must name a file and its sha256")
+    return load(path / record.get("file", default_name), expected_sha256=record["sha256"])

@@ -101,24 +101,66 @@ def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, 
     return np.array(view, dtype=flat.dtype.newbyteorder("="), copy=True)  # own, native-order copy
 
 
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Maps the torch names found in TorchScript ``data.pkl`` files to NumPy / plain objects."""
+class _TorchUnpickler(pickle.Unpickler):
+    """What both torch pickle formats share: a whitelist of globals (tensors, storage types and the
+    format's ``SAFE_GLOBALS``; anything else is refused rather than imported, so reading a file never
+    runs code from it) and storages named by persistent ids, one :class:`_Storage` per key.
 
-    _SAFE_GLOBALS = {("collections", "OrderedDict"): dict, ("builtins", "set"): set}
+    A format sets ``REBUILD_TENSOR`` (what ``torch._utils._rebuild_tensor_v2`` becomes),
+    ``PID_FIELDS`` (the persistent id's length: ``("storage", storage type, key, location, element
+    count)``, plus view metadata, always None, in the legacy format) and :meth:`new_storage`.
+    """
 
-    def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str):
+    SAFE_GLOBALS: dict[tuple[str, str], Any] = {}
+    REBUILD_TENSOR: Any
+    PID_FIELDS: int
+
+    def __init__(self, file: io.BufferedIOBase, name: str):
         super().__init__(file)
-        self.archive, self.prefix = archive, prefix
+        self.name = name
         self.storages: dict[str, _Storage] = {}
-        self._classes: dict[str, type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._SAFE_GLOBALS:
-            return self._SAFE_GLOBALS[(module, name)]
+        if (module, name) in self.SAFE_GLOBALS:
+            return self.SAFE_GLOBALS[(module, name)]
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
+            return type(self).REBUILD_TENSOR
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        return self.find_format_class(module, name)
+
+    def find_format_class(self, module: str, name: str) -> Any:
+        """The globals only this format has; by default none."""
+        raise pickle.UnpicklingError(f"{self.name}: unsupported global in a torch pickle: {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == self.PID_FIELDS and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"{self.name}: unsupported persistent id {pid!r}")
+        _, dtype, key, _location, numel, *view = pid
+        if not isinstance(dtype, type) or any(field is not None for field in view):
+            raise pickle.UnpicklingError(f"{self.name}: unsupported storage {pid!r}")
+        key = str(key)
+        if key not in self.storages:
+            self.storages[key] = self.new_storage(key, dtype, int(numel))
+        return self.storages[key]
+
+    def new_storage(self, key: str, dtype: Any, numel: int) -> _Storage:
+        raise NotImplementedError
+
+
+class _TorchScriptUnpickler(_TorchUnpickler):
+    """Maps the torch names found in TorchScript ``data.pkl`` files to NumPy / plain objects."""
+
+    SAFE_GLOBALS = {("collections", "OrderedDict"): dict, ("builtins", "set"): set}
+    REBUILD_TENSOR = staticmethod(_rebuild_tensor)
+    PID_FIELDS = 5
+
+    def __init__(self, file: io.BufferedIOBase, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file, f"{archive.filename}:{prefix}data.pkl")
+        self.archive, self.prefix = archive, prefix
+        self._classes: dict[str, type] = {}
+
+    def find_format_class(self, module: str, name: str) -> Any:
         if module == "torch.jit._pickle" and name.startswith("build_"):
             return lambda value: list(value)  # build_intlist, build_doublelist, ...
         if module == "torch.jit._pickle" and name == "restore_type_tag":
@@ -128,19 +170,11 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             if qualname not in self._classes:
                 self._classes[qualname] = type(name, (_TorchObject,), {"_torch_type": qualname})
             return self._classes[qualname]
-        # Anything else could run arbitrary code: refuse it rather than import it.
-        raise pickle.UnpicklingError(f"unsupported global in TorchScript pickle: {module}.{name}")
+        return super().find_format_class(module, name)
 
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, type):
-            raise pickle.UnpicklingError(f"unsupported storage type {dtype!r}")
-        if key not in self.storages:
-            member = f"{self.prefix}data/{key}"
-            self.storages[key] = _Storage(member, dtype, int(numel), lambda: self.archive.read(member))
-        return self.storages[key]
+    def new_storage(self, key: str, dtype: Any, numel: int) -> _Storage:
+        member = f"{self.prefix}data/{key}"
+        return _Storage(member, dtype, numel, lambda: self.archive.read(member))
 
 
 def _read_torchscript_module(path: str | os.PathLike) -> _TorchObject:
@@ -200,36 +234,16 @@ class _PendingTensor:
         return _rebuild_tensor(self.storage, self.offset, self.size, self.stride)
 
 
-class _LegacyUnpickler(pickle.Unpickler):
-    """Maps the torch names of a legacy ``torch.save`` pickle to NumPy / plain objects."""
+class _LegacyUnpickler(_TorchUnpickler):
+    """Maps the torch names of a legacy ``torch.save`` pickle to NumPy / plain objects; a storage's
+    bytes follow the pickles, so its ``read`` is set once they are reached."""
 
-    _SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict}
+    SAFE_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict}
+    REBUILD_TENSOR = _PendingTensor
+    PID_FIELDS = 6
 
-    def __init__(self, file: io.BufferedIOBase, name: str):
-        super().__init__(file)
-        self.name = name
-        self.storages: dict[str, _Storage] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._SAFE_GLOBALS:
-            return self._SAFE_GLOBALS[(module, name)]
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _PendingTensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        raise pickle.UnpicklingError(f"{self.name}: unsupported global in a torch pickle: {module}.{name}")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        # ("storage", storage type, key, location, element count, view metadata)
-        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"{self.name}: unsupported persistent id {pid!r}")
-        _, dtype, key, _location, numel, view = pid
-        if not isinstance(dtype, type) or view is not None:
-            raise pickle.UnpicklingError(f"{self.name}: unsupported storage {pid!r}")
-        key = str(key)
-        if key not in self.storages:
-            self.storages[key] = _Storage(f"{self.name}:{key}", dtype, int(numel))
-        return self.storages[key]
+    def new_storage(self, key: str, dtype: Any, numel: int) -> _Storage:
+        return _Storage(f"{self.name}:{key}", dtype, numel)
 
 
 def _safe_pickle(file: io.BufferedIOBase, name: str, what: str) -> Any:

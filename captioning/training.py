@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import concepts, datasets
+from . import concepts, datasets, fingerprints
 from . import features as feature_store
 from .files import atomic_directory, atomic_path, sha256_file
 from .model import Captioner, ModelConfig, build_captioner
@@ -671,4 +671,31 @@ def install_concept_head(
     record = {"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path), "report": report}
     update_meta(model_dir, concepts=record)
     log(f"concept head saved: {path} (dev precision@10 {report['dev']['precision_at_10']:.3f}, BCE {report['dev']['bce']:.4f})")
+    return record
+
+
+def install_fingerprint_projection(
+    model_dir: str | os.PathLike,
+    train_names: Sequence[str],
+    cache_dir: str | os.PathLike,
+    *,
+    dimensions: int = fingerprints.DEFAULT_DIMENSIONS,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Fit the fingerprint projection (PCA) on training images' cached features, install it in ``model_dir``.
+
+    Written as ``fingerprint.npz`` and recorded (SHA-256, dimensions, photos fitted on) in
+    meta.json ``fingerprint``. Returns that record.
+    """
+    model_dir = resolve_model_dir(model_dir)
+    names = list(train_names)
+    rows = np.stack([fingerprints.signatures(feature_store.load_feature(cache_dir, n)[None])[0] for n in names])
+    projection = fingerprints.fit_projection(rows, dimensions)
+    path = projection.save(model_dir / fingerprints.FINGERPRINT_NAME)
+    record = {
+        "file": fingerprints.FINGERPRINT_NAME, "sha256": sha256_file(path), "dimensions": dimensions,
+        "fitted_on": f"{len(names)} training photos (square-root mean of the InceptionV3 features, whitened PCA)",
+    }
+    update_meta(model_dir, fingerprint=record)
+    log(f"fingerprint projection saved: {path} ({dimensions} dimensions, fitted on {len(names)} photos)")
     return record

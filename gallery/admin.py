@@ -1,13 +1,14 @@
 """Curation in Django admin: fix captions, re-caption, hide, unhide, delete, remove wrong tags."""
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
 from django.utils.html import format_html
 
 from . import curation
 from .captions import remove_tag, set_human_caption, sync_index
 from .forms import ACCEPT
 from .ingest import RejectedUpload, inspect_upload, read_upload, upload_file
-from .models import Caption, Image, Tag
+from .models import CONFIDENT_FROM, Caption, Image, Tag
 
 
 class CaptionInline(admin.TabularInline):
@@ -16,7 +17,7 @@ class CaptionInline(admin.TabularInline):
     model = Caption
     extra = 0
     can_delete = False
-    fields = ["text", "source", "model_version", "score", "is_active", "created_at", "created_by"]
+    fields = ["text", "source", "model_version", "confidence", "score", "is_active", "created_at", "created_by"]
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -60,13 +61,34 @@ class ImageAddForm(forms.ModelForm):
         return uploaded
 
 
+def active_model_confidence() -> Subquery:
+    """Per photo, the confidence of its active caption when that is the model's (else NULL)."""
+    active = Caption.objects.filter(image=OuterRef("pk"), is_active=True, source=Caption.Source.MODEL)
+    return Subquery(active.values("confidence")[:1])
+
+
+class NeedsReviewFilter(admin.SimpleListFilter):
+    """Photos whose active caption is the model's and the model is unsure of it."""
+
+    title = "review"
+    parameter_name = "review"
+
+    def lookups(self, request, model_admin):
+        return [("needed", "Needs review (unsure model caption)")]
+
+    def queryset(self, request, queryset):
+        if self.value() != "needed":
+            return queryset
+        return queryset.annotate(review_confidence=active_model_confidence()).filter(review_confidence__lt=CONFIDENT_FROM)
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     form = ImageAdminForm
     add_fieldsets = [(None, {"fields": ["file", "hidden"]})]
-    list_display = ["thumbnail_tag", "original_name", "caption_text", "status", "hidden", "uploaded_at"]
+    list_display = ["thumbnail_tag", "original_name", "caption_text", "caption_confidence", "status", "hidden", "uploaded_at"]
     list_display_links = ["thumbnail_tag", "original_name"]
-    list_filter = ["status", "hidden", "captions__source", "format"]
+    list_filter = [NeedsReviewFilter, "status", "hidden", "captions__source", "format"]
     search_fields = ["original_name", "sha256", "captions__text"]
     readonly_fields = [
         "preview",
@@ -91,6 +113,12 @@ class ImageAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("captions").distinct()
 
+    def get_ordering(self, request):
+        """Needs review: least confident first (the filter annotates the active caption's confidence)."""
+        if request.GET.get(NeedsReviewFilter.parameter_name) == "needed":
+            return [active_model_confidence().asc(), "-uploaded_at"]
+        return super().get_ordering(request)
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         # The default bulk delete bypasses the index and the files; ours does both.
@@ -113,6 +141,13 @@ class ImageAdmin(admin.ModelAdmin):
     def caption_text(self, obj):
         caption = obj.active_caption
         return f"{caption.text} ({caption.source})" if caption else "-"
+
+    @admin.display(description="Confidence", ordering=active_model_confidence())
+    def caption_confidence(self, obj):
+        caption = obj.active_caption
+        if caption is None or caption.confidence is None:
+            return "-"
+        return f"{caption.confidence_label} ({caption.confidence:.2f})"
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
@@ -177,10 +212,10 @@ class ImageAdmin(admin.ModelAdmin):
 
 @admin.register(Caption)
 class CaptionAdmin(admin.ModelAdmin):
-    list_display = ["text", "image", "source", "model_version", "score", "is_active", "created_at"]
+    list_display = ["text", "image", "source", "model_version", "confidence", "score", "is_active", "created_at"]
     list_filter = ["source", "is_active", "model_version"]
     search_fields = ["text", "image__original_name"]
-    readonly_fields = ["image", "text", "source", "model_version", "score", "is_active", "created_at", "created_by"]
+    readonly_fields = ["image", "text", "source", "model_version", "confidence", "score", "is_active", "created_at", "created_by"]
     exclude = ["attention"]
 
     def has_add_permission(self, request):

@@ -21,7 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from .ingest import RejectedUpload, read_upload, upload_file
 from .models import Image
-from .querying import RETRY_AFTER, CaptioningBusy, describe_query_photo, search_images
+from .querying import RETRY_AFTER, CaptioningBusy, describe_query_photo, search_by_photo, search_images
 from .serializers import (
     ErrorSerializer,
     ImageDetailSerializer,
@@ -175,8 +175,12 @@ class SearchByImageView(GalleryView):
             raise ApiError(str(exc), exc.status) from None
         except CaptioningBusy as exc:
             raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
-        results, matches = search_images(described.fields())
-        answer = {"caption": described.caption, "score": described.score, "model_version": described.model_version}
+        results, matches = search_by_photo(described)
+        answer = {
+            "caption": described.caption, "score": described.score, "log_prob": described.score,
+            "confidence": described.confidence, "confidence_label": described.confidence_label,
+            "model_version": described.model_version,
+        }
         return Response(PhotoSearchSerializer({**answer, **search_page(results, matches)}, context={"request": request}).data)
 
 

@@ -8,13 +8,15 @@ transaction, with its whole description (gallery.descriptions).
 """
 
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
+from captioning.fingerprints import to_bytes
 from captioning.services import model_meta
 from searchindex import index as search_index
 
 from .descriptions import SearchWeights, document_fields
-from .models import Caption, Image, Tag
+from .models import Caption, Fingerprint, Image, Tag
 
 
 def search_weights() -> SearchWeights:
@@ -25,13 +27,32 @@ def search_weights() -> SearchWeights:
 def image_fields(image: Image, caption: Caption, weights: SearchWeights) -> list:
     """The weighted fields of a photo's description: its active caption, the beam's alternatives
     (only while a model caption is active: a person's caption replaces the model's guesses), tags."""
-    tags = {kind: [] for kind in Tag.Kind.values}
-    for kind, word, probability in image.tags.filter(removed=False).values_list("kind", "word", "probability"):
-        tags[kind].append((word, probability))
+    return _description_fields(caption, list(image.tags.filter(removed=False).values_list("kind", "word", "probability")), weights)
+
+
+def _description_fields(caption: Caption, tags: list, weights: SearchWeights) -> list:
+    """``tags``: (kind, word, probability) of the image's kept tags."""
+    by_kind = {kind: [] for kind in Tag.Kind.values}
+    for kind, word, probability in tags:
+        by_kind[kind].append((word, probability))
     alternatives = caption.alternatives if caption.source == Caption.Source.MODEL else ()
     return document_fields(
-        caption.text, alternatives=alternatives, concepts=tags[Tag.Kind.CONCEPT], objects=tags[Tag.Kind.OBJECT], weights=weights
+        caption.text, alternatives=alternatives, concepts=by_kind[Tag.Kind.CONCEPT], objects=by_kind[Tag.Kind.OBJECT], weights=weights
     )
+
+
+def all_descriptions(weights: SearchWeights | None = None):
+    """(image id, weighted fields) of every visible image's active description, in id order (for rebuilding the index)."""
+    weights = weights or search_weights()
+    captions = (
+        Caption.objects.filter(is_active=True, image__hidden=False)
+        .select_related("image")
+        .prefetch_related(Prefetch("image__tags", queryset=Tag.objects.filter(removed=False), to_attr="kept_tags"))
+        .order_by("image_id")
+    )
+    for caption in captions.iterator(chunk_size=2_000):
+        tags = [(tag.kind, tag.word, tag.probability) for tag in caption.image.kept_tags]
+        yield caption.image_id, _description_fields(caption, tags, weights)
 
 
 def sync_index(image: Image) -> None:
@@ -58,6 +79,16 @@ def _replace_model_tags(image: Image, tags_by_kind: dict, model_version: str) ->
     )
 
 
+def _replace_fingerprint(image: Image, fingerprint, projection: str, model_version: str) -> None:
+    """The image's fingerprint becomes this model version's (or none, for a model without fingerprints)."""
+    if fingerprint is None or not projection:
+        Fingerprint.objects.filter(image=image).delete()
+        return
+    Fingerprint.objects.update_or_create(
+        image=image, defaults={"projection": projection, "model_version": model_version, "vector": to_bytes(fingerprint)}
+    )
+
+
 def _activate(image: Image, caption: Caption) -> None:
     image.captions.filter(is_active=True).exclude(pk=caption.pk).update(is_active=False)
     if not caption.is_active:
@@ -67,9 +98,10 @@ def _activate(image: Image, caption: Caption) -> None:
 
 @transaction.atomic
 def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=()
+    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=(),
+    fingerprint=None, fingerprint_projection: str = "", confidence=None,
 ) -> Caption:
-    """Store a model's description (caption, alternatives, concept and object tags) and mark the image done.
+    """Store a model's description (caption, alternatives, concept and object tags, fingerprint) and mark the image done.
 
     Idempotent per (image, model version): a second call with the same version changes nothing.
     """
@@ -84,10 +116,12 @@ def add_model_caption(
                     source=Caption.Source.MODEL,
                     model_version=model_version,
                     score=score,
+                    confidence=confidence,
                     attention=attention,
                     alternatives=[[t, s] for t, s in alternatives],
                 )
             _replace_model_tags(image, {Tag.Kind.CONCEPT: concepts, Tag.Kind.OBJECT: objects}, model_version)
+            _replace_fingerprint(image, fingerprint, fingerprint_projection, model_version)
         except IntegrityError:
             caption = image.captions.get(source=Caption.Source.MODEL, model_version=model_version)
     active = image.captions.filter(is_active=True).first()

@@ -1,4 +1,6 @@
 """What curators do to images: hide, unhide, delete, re-caption. Each keeps the index in step."""
+import re
+
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
@@ -7,7 +9,7 @@ from searchindex import index as search_index
 
 from . import tasks
 from .captions import sync_index
-from .models import Image
+from .models import Caption, Image
 
 
 @transaction.atomic
@@ -42,3 +44,27 @@ def recaption(images) -> int:
     )
     transaction.on_commit(lambda: tasks.enqueue_captioning(ids))
     return len(ids)
+
+
+def version_key(version: str):
+    """Natural order for model versions, so that v2 < v10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", version)]
+
+
+def to_describe(installed: str, older_than: str | None = None) -> list[int]:
+    """Ids of the images that the installed model has not described yet, in id order.
+
+    ``older_than``: only those with no model description of that version or newer either.
+    """
+    threshold = version_key(older_than) if older_than is not None else None
+    done = {
+        image_id
+        for image_id, model_version in Caption.objects.filter(source=Caption.Source.MODEL).values_list("image_id", "model_version")
+        if model_version == installed or (threshold is not None and version_key(model_version) >= threshold)
+    }
+    return [pk for pk in Image.objects.order_by("pk").values_list("pk", flat=True) if pk not in done]
+
+
+def described_by(version: str) -> int:
+    """How many images have a model description of exactly ``version`` (the upgrade's progress)."""
+    return Caption.objects.filter(source=Caption.Source.MODEL, model_version=version).values("image_id").distinct().count()

@@ -29,6 +29,10 @@ class SearchWeights:
     object_top_k: int = 10  # at most this many object labels per photo
     object_tag_min_probability: float = 0.3  # object labels shown as tags on the pages
     weak_match_below: float = 0.0  # results scoring below this are listed after "weaker matches"
+    # Search by photo: a candidate's score = (text score + fingerprint x fingerprint cosine) / (1 + fingerprint),
+    # and a candidate whose fingerprint cosine reaches duplicate_above is a copy and goes first (above 1: never).
+    fingerprint: float = 0.0
+    duplicate_above: float = 2.0
 
     @classmethod
     def from_meta(cls, meta: dict) -> "SearchWeights":

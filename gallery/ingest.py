@@ -21,7 +21,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from captioning.files import write_atomic
-from captioning.images import open_upright_rgb
+from captioning.images import exif_orientation, open_upright_rgb
 
 from . import tasks
 from .models import Image, content_path
@@ -46,9 +46,16 @@ class RejectedUpload(ValueError):
 
 @dataclass(frozen=True)
 class Inspection:
+    """An accepted upload: its format, upright size, and the picture its check decoded.
+
+    ``picture`` is the one decode of the upload (upright RGB, reduced: see inspect_upload) from
+    which the thumbnail, a query photo's preview and its network input are all made.
+    """
+
     format: str
     width: int
     height: int
+    picture: PIL.Image.Image
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,13 @@ def check_size(size: int) -> None:
         raise RejectedUpload("The file is empty.")
 
 
-def inspect_upload(data: bytes) -> Inspection:
-    """Check size, format and integrity from the bytes alone; raise RejectedUpload with the reason."""
+def inspect_upload(data: bytes, min_size: int | None = None) -> Inspection:
+    """Check size, format and integrity from the bytes alone; raise RejectedUpload with the reason.
+
+    The integrity check is a decode, kept as ``Inspection.picture``: at least ``min_size``
+    (default IMAGESEARCH_THUMBNAIL_SIZE) pixels a side, large photos decoded reduced
+    (captioning.images.open_upright_rgb), so no caller needs to decode the upload again.
+    """
     check_size(len(data))
     try:
         with PIL.Image.open(io.BytesIO(data)) as img:
@@ -98,9 +110,12 @@ def inspect_upload(data: bytes) -> Inspection:
                     413,
                 )
             img.verify()
-        # verify() does not decode pixel data; a decode catches truncated files. A JPEG decodes
-        # at a reduced DCT scale (its whole bitstream, a fraction of the memory).
-        open_upright_rgb(data, min_size=settings.IMAGESEARCH_THUMBNAIL_SIZE)
+        # verify() does not decode pixel data; a decode catches truncated files. A large JPEG or
+        # PNG decodes reduced (its whole data, a fraction of the memory).
+        picture = open_upright_rgb(data, min_size=min_size or settings.IMAGESEARCH_THUMBNAIL_SIZE)
+        # An EXIF orientation of 5 to 8 turns the picture by 90 degrees: width and height swap.
+        if exif_orientation(data) in (5, 6, 7, 8):
+            width, height = height, width
     except RejectedUpload:
         raise
     except PIL.Image.DecompressionBombError:
@@ -109,20 +124,14 @@ def inspect_upload(data: bytes) -> Inspection:
         raise RejectedUpload("The file is not an image (accepted: JPEG, PNG, WebP, GIF).", 415) from None
     except (OSError, SyntaxError, ValueError) as exc:  # captioning.images.InvalidImageError too
         raise RejectedUpload(f"The image is damaged or truncated and cannot be read ({exc}).") from None
-    upright_width, upright_height = (height, width) if _is_rotated(data) else (width, height)
-    return Inspection(format=fmt, width=upright_width, height=upright_height)
+    return Inspection(format=fmt, width=width, height=height, picture=picture)
 
 
-def _is_rotated(data: bytes) -> bool:
-    """Whether the EXIF orientation turns the picture by 90 degrees (so width and height swap)."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-
-
-def make_thumbnail(data: bytes) -> bytes:
-    """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, made once at upload."""
+def make_thumbnail(picture: PIL.Image.Image) -> bytes:
+    """A JPEG about IMAGESEARCH_THUMBNAIL_SIZE pixels on its longer side, from an upload's
+    decoded picture (Inspection.picture), which is left as it was."""
     size = settings.IMAGESEARCH_THUMBNAIL_SIZE
-    img = open_upright_rgb(data, min_size=size)
+    img = picture.copy()
     img.thumbnail((size, size), PIL.Image.Resampling.LANCZOS)
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=85, optimize=True)
@@ -137,8 +146,12 @@ def _write_once(name: str, data: bytes) -> None:
     write_atomic(path, lambda handle: handle.write(data))
 
 
-def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult:
-    """Store a photo and enqueue its captioning; the same bytes twice give the same image."""
+def ingest_bytes(data: bytes, original_name: str, uploader=None, *, enqueue: bool = True) -> IngestResult:
+    """Store a photo and enqueue its captioning; the same bytes twice give the same image.
+
+    ``enqueue=False`` leaves a new image pending for the caller to enqueue together with others
+    (a bulk import: one model call per batch of photos instead of one per photo).
+    """
     sha256 = hashlib.sha256(data).hexdigest()
     existing = Image.objects.filter(sha256=sha256).first()
     if existing is not None:
@@ -147,7 +160,7 @@ def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult
     file_name = content_path("images", sha256, ALLOWED_FORMATS[info.format])
     thumb_name = content_path("thumbs", sha256, "jpg")
     _write_once(file_name, data)
-    _write_once(thumb_name, make_thumbnail(data))
+    _write_once(thumb_name, make_thumbnail(info.picture))
     try:
         with transaction.atomic():
             image = Image.objects.create(
@@ -160,7 +173,8 @@ def ingest_bytes(data: bytes, original_name: str, uploader=None) -> IngestResult
                 format=info.format,
                 uploader=uploader if uploader is not None and uploader.is_authenticated else None,
             )
-            transaction.on_commit(lambda: tasks.enqueue_captioning([image.pk]))
+            if enqueue:
+                transaction.on_commit(lambda: tasks.enqueue_captioning([image.pk]))
     except IntegrityError:
         # A concurrent upload of the same photo won the race: one image.
         return IngestResult(Image.objects.get(sha256=sha256), created=False)

@@ -61,6 +61,18 @@ class Image(models.Model):
         return None
 
 
+# A calibrated caption confidence at or above this: the caption is more likely good than not.
+CONFIDENT_FROM = 0.5
+
+
+def confidence_label(confidence: float | None) -> str:
+    """How a caption's calibrated confidence is shown to people: "confident", "unsure", or ""
+    when the model gave none (human captions, models before flickr8k-v5)."""
+    if confidence is None:
+        return ""
+    return "confident" if confidence >= CONFIDENT_FROM else "unsure"
+
+
 class Caption(models.Model):
     class Source(models.TextChoices):
         MODEL = "model", "Model"
@@ -71,6 +83,10 @@ class Caption(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices)
     model_version = models.CharField(max_length=64, blank=True)
     score = models.FloatField(null=True, blank=True, help_text="Length-normalised log-probability of the caption.")
+    confidence = models.FloatField(
+        null=True, blank=True, db_index=True,
+        help_text="Calibrated probability that the model's caption is good (names nothing absent, close to what people write).",
+    )
     attention = models.JSONField(
         null=True, blank=True, help_text="Per-word attention over the 8x8 feature grid: [[word, [64 weights]], ...]."
     )
@@ -93,6 +109,10 @@ class Caption(models.Model):
 
     def __str__(self):
         return self.text
+
+    @property
+    def confidence_label(self) -> str:
+        return confidence_label(self.confidence)
 
 
 class Tag(models.Model):
@@ -123,3 +143,20 @@ class Tag(models.Model):
 
     def __str__(self):
         return f"{self.word} ({self.probability:.2f})"
+
+
+class Fingerprint(models.Model):
+    """A photo's visual fingerprint (captioning.fingerprints): finds re-saved copies of it.
+
+    Computed by the captioning worker with the caption, from the same features; replaced with each
+    new model version. Fingerprints of different projections are not comparable, so each records
+    its projection's key and only fingerprints of the installed one take part in a search.
+    """
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, primary_key=True, related_name="fingerprint")
+    projection = models.CharField(max_length=64, db_index=True, help_text="SHA-256 of the projection file.")
+    model_version = models.CharField(max_length=64)
+    vector = models.BinaryField(help_text="Unit-length float16 vector, little-endian.")
+
+    def __str__(self):
+        return f"fingerprint of image {self.image_id} ({self.model_version})"

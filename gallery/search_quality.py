@@ -9,8 +9,9 @@ and searched with:
 * word queries: the most frequent content words of the human captions; a photo is relevant when
   at least 2 of its 5 captions use the word (mAP over the top 100, P@10);
 * re-saved copies: each photo resized to half, cropped by 10 % and saved as JPEG quality 70,
-  described like an upload and searched with its whole description; the target is the original
-  (R@1, R@5).
+  described like an upload and searched with its whole description, the best candidates then
+  reordered by visual fingerprint as search by photo does (gallery.similarity); the target is the
+  original (R@1, R@5, with and without the fingerprints).
 
 The same queries run against an index of one human caption per photo (the second, so that no
 sentence query is its own document): the reference a perfect captioner would reach.
@@ -32,6 +33,7 @@ from captioning.images import to_rgb
 from searchindex.index import Field, MemoryIndex, tokens
 
 from .descriptions import SearchWeights, document_fields
+from .similarity import RERANK_DEPTH, rerank
 
 DEPTH = 100  # ranks looked at per query
 WORD_QUERIES = 100
@@ -46,6 +48,7 @@ class PhotoDescription:
     alternatives: list
     concepts: list
     objects: list
+    fingerprint: np.ndarray | None = None
 
 
 def describe_cached(captioner, names, cache_dir, *, class_dir=None, progress=None) -> dict[str, PhotoDescription]:
@@ -57,7 +60,7 @@ def describe_cached(captioner, names, cache_dir, *, class_dir=None, progress=Non
         feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
         classes = feature_store.load_class_probabilities(class_dir, chunk) if class_dir else None
         for name, d in zip(chunk, captioner.describe_features(feats, class_probabilities=classes)):
-            out[name] = PhotoDescription(d.caption.text, d.caption.alternatives, d.concepts, d.objects)
+            out[name] = PhotoDescription(d.caption.text, d.caption.alternatives, d.concepts, d.objects, d.fingerprint)
         if progress:
             progress(len(chunk))
     return out
@@ -116,11 +119,18 @@ def _ranked(index: MemoryIndex, query, ids: dict[int, str]) -> list[tuple[str, f
     return [(ids[h.doc_id], h.score) for h in hits]
 
 
-def target_metrics(index, queries: list, targets: list[str], ids) -> dict:
-    """R@1/5/10 and MRR (rank beyond DEPTH counts 0) of queries that each have one target."""
+def target_metrics(index, queries: list, targets: list[str], ids, *, reorder=None) -> dict:
+    """R@1/5/10 and MRR (rank beyond DEPTH counts 0) of queries that each have one target.
+
+    ``reorder(k, hits)``: the hits of query k reordered (given the best RERANK_DEPTH), as search by photo does.
+    """
     ranks = []
-    for query, target in zip(queries, targets):
-        found = [n for n, _ in _ranked(index, query, ids)]
+    for k, (query, target) in enumerate(zip(queries, targets)):
+        if reorder is None:
+            found = [n for n, _ in _ranked(index, query, ids)]
+        else:
+            hits = reorder(k, index.search(query, per_page=max(DEPTH, RERANK_DEPTH)).hits)
+            found = [ids[h.doc_id] for h in hits[:DEPTH]]
         ranks.append(found.index(target) + 1 if target in found else math.inf)
     ranks = np.array(ranks)
     return {
@@ -174,12 +184,7 @@ def evaluate_design(
 ) -> dict:
     """Every figure of the harness for one weighting of the sources."""
     names = list(descriptions)
-    ids = dict(enumerate(names, start=1))
-    index = MemoryIndex(
-        (i, document_fields(descriptions[n].caption, alternatives=descriptions[n].alternatives,
-                            concepts=descriptions[n].concepts, objects=descriptions[n].objects, weights=weights))
-        for i, n in ids.items()
-    )
+    index, ids = description_index(descriptions, weights)
     scored: list = []
     report = {
         "sentence": target_metrics(index, [references[n][0] for n in names], names, ids),
@@ -187,14 +192,74 @@ def evaluate_design(
         "weak_match_below": weak_match_threshold(scored),
     }
     if resaved:
-        queries = [
-            document_fields(resaved[n].caption, alternatives=resaved[n].alternatives, concepts=resaved[n].concepts,
-                            objects=resaved[n].objects, weights=weights)
-            for n in names
-        ]
-        copies = target_metrics(index, queries, names, ids)
-        report["resaved"] = {k: copies[k] for k in ("R@1", "R@5", "queries")}
+        report["resaved"] = copy_metrics(index, ids, descriptions, resaved, weights, fingerprints=True)
+        report["resaved_text_only"] = copy_metrics(index, ids, descriptions, resaved, weights, fingerprints=False)
     return report
+
+
+def description_index(descriptions: dict[str, PhotoDescription], weights: SearchWeights) -> tuple[MemoryIndex, dict[int, str]]:
+    """A scratch index of the photos' descriptions, and the photo name of each document id."""
+    ids = dict(enumerate(descriptions, start=1))
+    index = MemoryIndex(
+        (i, document_fields(descriptions[n].caption, alternatives=descriptions[n].alternatives,
+                            concepts=descriptions[n].concepts, objects=descriptions[n].objects, weights=weights))
+        for i, n in ids.items()
+    )
+    return index, ids
+
+
+def copy_metrics(index, ids, descriptions, resaved, weights: SearchWeights, *, fingerprints: bool) -> dict:
+    """R@1/R@5 of the re-saved copies finding their originals, with or without the fingerprint reranking."""
+    names = [ids[i] for i in sorted(ids)]
+    queries = [
+        document_fields(resaved[n].caption, alternatives=resaved[n].alternatives, concepts=resaved[n].concepts,
+                        objects=resaved[n].objects, weights=weights)
+        for n in names
+    ]
+    reorder = None
+    if fingerprints:
+        stored = {i: descriptions[n].fingerprint for i, n in ids.items() if descriptions[n].fingerprint is not None}
+
+        def reorder(k, hits):
+            return rerank(hits, resaved[names[k]].fingerprint, stored, weights)
+
+    copies = target_metrics(index, queries, names, ids, reorder=reorder)
+    return {k: copies[k] for k in ("R@1", "R@5", "queries")}
+
+
+def duplicate_threshold(descriptions: dict[str, PhotoDescription], resaved: dict[str, PhotoDescription]) -> dict:
+    """The fingerprint cosine above which a candidate is taken for a copy of the query photo.
+
+    Calibrated on the copies: the lowest cosine at which no copy is more alike to another photo
+    of the split than the threshold (no false "copy"), with the share of copies it recognises.
+    """
+    names = [n for n in descriptions if descriptions[n].fingerprint is not None and resaved[n].fingerprint is not None]
+    if not names:
+        return {"duplicate_above": 2.0, "copies_recognised": 0.0}
+    stored = np.stack([descriptions[n].fingerprint for n in names]).astype(np.float32)
+    queries = np.stack([resaved[n].fingerprint for n in names]).astype(np.float32)
+    alike = queries @ stored.T
+    own = np.diag(alike).copy()
+    np.fill_diagonal(alike, -np.inf)
+    threshold = round(float(alike.max()) + 0.005, 3)
+    return {
+        "duplicate_above": threshold,
+        "copies_recognised": round(100 * float(np.mean(own >= threshold)), 2),
+        "own_cosine_median": round(float(np.median(own)), 4),
+        "others_cosine_max": round(float(alike.max()), 4),
+    }
+
+
+def tune_fingerprint(descriptions, resaved, weights: SearchWeights, *, values) -> list[tuple[SearchWeights, dict]]:
+    """Each fingerprint weight in ``values`` (with the calibrated copy threshold), best copy R@1 (then R@5) first."""
+    index, ids = description_index(descriptions, weights)
+    threshold = duplicate_threshold(descriptions, resaved)["duplicate_above"]
+    tried = []
+    for value in values:
+        candidate = replace(weights, fingerprint=float(value), duplicate_above=threshold)
+        tried.append((candidate, copy_metrics(index, ids, descriptions, resaved, candidate, fingerprints=True)))
+    tried.sort(key=lambda t: (-t[1]["R@1"], -t[1]["R@5"], t[0].fingerprint))
+    return tried
 
 
 def evaluate_reference(references: dict[str, list[str]], *, words: list) -> dict:

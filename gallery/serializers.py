@@ -25,13 +25,25 @@ class AlternativeSerializer(serializers.Serializer):
         return {"text": text, "score": score}
 
 
+LOG_PROB_HELP = "The model's length-normalised log-probability of the caption: a raw score, not comparable across models."
+CONFIDENCE_HELP = "Calibrated probability (0 to 1) that the model's caption is good; null for a person's caption or an uncalibrated model."
+CONFIDENCE_LABEL_HELP = 'The confidence in words: "confident" (at least 0.5), "unsure", or "" when there is none.'
+
+
 class CaptionSerializer(serializers.ModelSerializer):
     active = serializers.BooleanField(source="is_active")
     alternatives = AlternativeSerializer(many=True, help_text="The model's other captions, best first.")
+    score = serializers.FloatField(allow_null=True, help_text="The same value as log_prob, kept for existing clients.")
+    log_prob = serializers.FloatField(source="score", allow_null=True, help_text=LOG_PROB_HELP)
+    confidence = serializers.FloatField(allow_null=True, help_text=CONFIDENCE_HELP)
+    confidence_label = serializers.CharField(help_text=CONFIDENCE_LABEL_HELP)
 
     class Meta:
         model = Caption
-        fields = ["text", "source", "model_version", "score", "active", "created_at", "alternatives"]
+        fields = [
+            "text", "source", "model_version", "score", "log_prob", "confidence", "confidence_label", "active",
+            "created_at", "alternatives",
+        ]
 
 
 class TagSerializer(serializers.ModelSerializer):
@@ -149,7 +161,10 @@ class WordSearchSerializer(SearchResultsSerializer):
 
 class PhotoSearchSerializer(SearchResultsSerializer):
     caption = serializers.CharField(help_text="What the captioning model says of the query photo.")
-    score = serializers.FloatField()
+    score = serializers.FloatField(help_text="The same value as log_prob, kept for existing clients.")
+    log_prob = serializers.FloatField(help_text=LOG_PROB_HELP)
+    confidence = serializers.FloatField(allow_null=True, help_text=CONFIDENCE_HELP)
+    confidence_label = serializers.CharField(help_text=CONFIDENCE_LABEL_HELP)
     model_version = serializers.CharField()
 
 

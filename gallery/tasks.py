@@ -95,11 +95,13 @@ def caption_images(image_ids: list[int]) -> dict:
                 logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
                 _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
         results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
+    projection = captioner.fingerprint.key if captioner.fingerprint is not None else ""
     for (image, _), described in zip(readable, results):
         result = described.caption
         add_model_caption(
             image, result.text, model_version=version, score=result.score, attention=result.attention_json(),
             alternatives=result.alternatives, concepts=described.concepts, objects=described.objects,
+            fingerprint=described.fingerprint, fingerprint_projection=projection, confidence=result.confidence,
         )
     return {"captioned": len(readable), "failed": failed, "skipped": done_already}
 
@@ -107,16 +109,25 @@ def caption_images(image_ids: list[int]) -> dict:
 @shared_task(acks_late=False, max_retries=0)
 def caption_query_image(image_b64: str) -> dict:
     """Describe a search-by-image query photo exactly as a stored photo is described; it is not stored."""
+    return describe_query_source(base64.b64decode(image_b64))
+
+
+def describe_query_source(source) -> dict:
+    """The answer of caption_query_image for encoded bytes or an already decoded photo
+    (at least captioning.services.NETWORK_DECODE_SIZE a side); in-process callers pass the latter."""
     captioner = captioning_services.get_captioner()
-    pixels = captioning_services.load_image(base64.b64decode(image_b64))
+    pixels = captioning_services.load_image(source)
     described = captioner.describe_arrays([pixels])[0]
     return {
         "caption": described.caption.text,
         "score": described.caption.score,
+        "confidence": described.caption.confidence,
         "model_version": captioner.version,
         "alternatives": [list(a) for a in described.caption.alternatives],
         "concepts": [list(c) for c in described.concepts],
         "objects": [list(o) for o in described.objects],
+        "fingerprint": None if described.fingerprint is None else [float(x) for x in described.fingerprint],
+        "fingerprint_projection": captioner.fingerprint.key if captioner.fingerprint is not None else "",
     }
 
 

@@ -10,11 +10,13 @@ from django.views.decorators.http import require_POST
 from knox.models import AuthToken
 
 from . import media as media_files
-from .captions import image_fields, search_weights
+from .captions import search_weights
 from .forms import QueryPhotoForm, SearchForm, UploadForm
 from .ingest import RejectedUpload, read_upload, upload_file
 from .models import Image, Tag
-from .querying import RETRY_AFTER, CaptioningBusy, describe_query_photo, query_photo_preview, search_images, split_by_relevance
+from .querying import (
+    RETRY_AFTER, CaptioningBusy, describe_query_photo, search_by_photo, search_images, similar_images, split_by_relevance,
+)
 from .throttling import rate_limited
 
 MORE_LIKE_THIS = 8
@@ -46,13 +48,12 @@ def index(request):
 
 @public_or_login
 def image_detail(request, pk):
-    """One photo with its captions, tags, attention maps and similar photos (searched with its whole description)."""
+    """One photo with its captions, tags, attention maps and similar photos (its whole description and fingerprint)."""
     image = get_object_or_404(visible_images(request.user), pk=pk)
     caption = image.active_caption
     similar, weights = [], search_weights()
     if caption is not None:
-        fields = image_fields(image, caption, weights)
-        similar = search_images(fields, per_page=MORE_LIKE_THIS, exclude_ids=[image.pk])[1]
+        similar = similar_images(image, caption, per_page=MORE_LIKE_THIS)
     shown = image.tags.filter(removed=False)
     tags = shown.filter(kind=Tag.Kind.CONCEPT, probability__gte=weights.tag_min_probability)
     objects = shown.filter(kind=Tag.Kind.OBJECT, probability__gte=weights.object_tag_min_probability)
@@ -76,25 +77,23 @@ def search(request):
 @public_or_login
 @rate_limited("search_by_image", methods=("POST",))
 def search_by_image(request):
-    """Describe a query photo with the captioning model, then search with that caption."""
+    """Describe a query photo with the captioning model, then search with its description and fingerprint."""
     form = QueryPhotoForm(request.POST, request.FILES) if request.method == "POST" else QueryPhotoForm()
     context, status = {"form": form}, 200
     if request.method == "POST":
         status = 400
         if form.is_valid():
             try:
-                data = read_upload(form.cleaned_data["file"])
-                described = describe_query_photo(data)
+                described = describe_query_photo(read_upload(form.cleaned_data["file"]))
             except RejectedUpload as exc:
                 form.add_error("file", str(exc))
             except CaptioningBusy as exc:
                 context["busy"], status = str(exc), 503
             else:
-                results, matches = search_images(described.fields())
+                results, matches = search_by_photo(described)
                 strong, weak = split_by_relevance(matches)
                 context.update(
                     described=described, results=results, matches=matches, strong=strong, weak=weak, query=described.caption,
-                    query_photo=query_photo_preview(data),
                 )
                 status = 200
     response = render(request, "gallery/search_by_image.html", context, status=status)

@@ -179,6 +179,12 @@ IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
 # Object labels from the EfficientNet-Lite0 ImageNet classifier (converted by prepare_models).
 IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
+# Where the image networks (InceptionV3, EfficientNet-Lite0) run: auto = ONNX Runtime when installed
+# and each exported graph is sound (faster), else TensorFlow; onnx = ONNX Runtime or fail;
+# tensorflow = the reference path. Each network's choice is logged when the model loads.
+IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto")
+# ONNX Runtime threads per process (0 = one per core).
+IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
 
@@ -232,6 +238,10 @@ CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# One worker process per machine by default: it uses every core (ONNX Runtime and TensorFlow thread
+# pools) on whole batches; two on 2 cores were as fast within noise with twice the memory
+# (docs/benchmarks.md, "Pipeline").
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=1)
 # Each pool process loads TensorFlow and the model after the fork, which takes longer than the
 # default 4 s that the parent waits for a new child.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 180

@@ -22,6 +22,7 @@ held until commit.
 
 import io
 import math
+import threading
 import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 REBUILD_BATCH = 20_000  # documents per COPY during rebuild
+POSTING_COLUMNS = ("document_id", "term_id", "tf", "positions")
 PRUNE_EVERY = 1_000  # versions between prunings of the change log
 KEEP_CHANGES = 100_000  # change-log rows kept; a process further behind reloads everything
 MAX_PER_PAGE = 1_000
@@ -105,7 +107,7 @@ def _remove_terms(term_ids) -> None:
 
 
 def _positions_text(positions) -> str:
-    return " ".join(map(str, positions))
+    return str(positions[0]) if len(positions) == 1 else " ".join(map(str, positions))
 
 
 def _length(grouped) -> int:
@@ -150,10 +152,19 @@ def delete_document(doc_id: int) -> None:
 
 
 class _BulkWriter:
-    """Rows written in batches: COPY on PostgreSQL, bulk_create elsewhere."""
+    """Rows written in batches: COPY on PostgreSQL, bulk_create elsewhere.
+
+    On PostgreSQL each COPY runs on a helper thread, on the transaction's own connection, while
+    the caller analyses the next batch: psycopg2 lets go of the GIL while the server parses and
+    indexes the rows, so on two cores the server's share of a rebuild hides behind the Python
+    analysis. At most one COPY is in flight (the next one waits for it); finish() waits for the
+    last and raises its error, if any, so that the transaction rolls back.
+    """
 
     def __init__(self):
         self.copy = connection.vendor == "postgresql"
+        self._thread = None
+        self._error = None
 
     def write(self, model, columns: tuple[str, ...], rows: list[tuple], free_text: bool = False) -> None:
         """free_text: some values may hold characters that COPY's text format must escape."""
@@ -163,9 +174,41 @@ class _BulkWriter:
             model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
             return
         field = _copy_escape if free_text else str
-        buffer = io.StringIO("".join("\t".join(map(field, row)) + "\n" for row in rows))
-        with connection.cursor() as cursor:
-            cursor.cursor.copy_expert(f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN", buffer)
+        self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows))
+
+    def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
+        """Rows already in COPY's text format, one "\\t"-separated line each (no escapes needed)."""
+        if not lines:
+            return
+        if not self.copy:
+            self.write(model, columns, [line[:-1].split("\t") for line in lines])
+            return
+        self._send(model, columns, "".join(lines))
+
+    def _send(self, model, columns, text: str) -> None:
+        self.finish()
+        sql = f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN"
+        raw = connection.connection  # thread-safe in psycopg2; the caller does not use it meanwhile
+        self._thread = threading.Thread(target=self._copy, args=(raw, sql, text.encode()), name="searchindex-copy")
+        self._thread.start()
+
+    def _copy(self, raw, sql: str, data: bytes) -> None:
+        try:
+            with raw.cursor() as cursor:
+                # One read of the whole batch: in 8 kB reads each would wait for the GIL (held by
+                # the analysing thread) for up to the 5 ms switch interval.
+                cursor.copy_expert(sql, io.BytesIO(data), size=len(data))
+        except BaseException as exc:  # raised again by finish(), in the caller's thread
+            self._error = exc
+
+    def finish(self) -> None:
+        """Wait for the COPY in flight, if any; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _copy_escape(value) -> str:
@@ -182,48 +225,58 @@ def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
     """
     writer = _BulkWriter()
     with transaction.atomic():
-        state = _lock_state()
-        for model in (IndexChange, Posting, Document, Term):
-            model.objects.all().delete()  # DELETE, not TRUNCATE: concurrent readers are not blocked
-        term_ids: dict[str, int] = {}
-        dfs: list[int] = []
-        seen: set[int] = set()
-        docs, postings = [], []
-        count = 0
-        for doc_id, document in documents:
-            doc_id = int(doc_id)
-            if doc_id in seen:
-                raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
-            seen.add(doc_id)
-            grouped = weighted_terms(document)
-            docs.append((doc_id, _length(grouped)))
-            for term, (tf, positions) in grouped.items():
-                tid = term_ids.get(term)
-                if tid is None:
-                    tid = term_ids[term] = len(term_ids) + 1
-                    dfs.append(0)
-                dfs[tid - 1] += 1
-                postings.append((doc_id, tid, repr(tf), _positions_text(positions)))
-            count += 1
-            if len(docs) >= REBUILD_BATCH:
-                writer.write(Document, ("doc_id", "length"), docs)
-                writer.write(Posting, ("document_id", "term_id", "tf", "positions"), postings)
-                if progress:
-                    progress(len(docs))
-                docs, postings = [], []
-        writer.write(Document, ("doc_id", "length"), docs)
-        writer.write(Posting, ("document_id", "term_id", "tf", "positions"), postings)
-        if progress and docs:
-            progress(len(docs))
-        terms = [(tid, term, dfs[tid - 1]) for term, tid in term_ids.items()]
-        writer.write(Term, ("id", "text", "df"), terms, free_text=True)
-        with connection.cursor() as cursor:
-            for sql in connection.ops.sequence_reset_sql(no_style(), [Term]):
-                cursor.execute(sql)
-        state.epoch = uuid.uuid4().hex
-        state.version += 1
-        state.log_floor = state.version
-        state.save()
+        try:
+            count = _rebuild_rows(writer, documents, progress)
+        finally:
+            writer.finish()  # no COPY outlives the transaction, even when the input raised
+    return count
+
+
+def _rebuild_rows(writer: "_BulkWriter", documents, progress) -> int:
+    """rebuild()'s work inside its transaction: every row written, the state moved to a new epoch."""
+    state = _lock_state()
+    for model in (IndexChange, Posting, Document, Term):
+        model.objects.all().delete()  # DELETE, not TRUNCATE: concurrent readers are not blocked
+    term_ids: dict[str, int] = {}
+    dfs: list[int] = []
+    seen: set[int] = set()
+    docs, postings = [], []  # postings as COPY lines: formatted once, here (the hot loop)
+    count = 0
+    for doc_id, document in documents:
+        doc_id = int(doc_id)
+        if doc_id in seen:
+            raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
+        seen.add(doc_id)
+        grouped = weighted_terms(document)
+        docs.append((doc_id, _length(grouped)))
+        for term, (tf, positions) in grouped.items():
+            tid = term_ids.get(term)
+            if tid is None:
+                tid = term_ids[term] = len(term_ids) + 1
+                dfs.append(0)
+            dfs[tid - 1] += 1
+            postings.append(f"{doc_id}\t{tid}\t{tf!r}\t{_positions_text(positions)}\n")
+        count += 1
+        if len(docs) >= REBUILD_BATCH:
+            writer.write(Document, ("doc_id", "length"), docs)
+            writer.write_lines(Posting, POSTING_COLUMNS, postings)
+            if progress:
+                progress(len(docs))
+            docs, postings = [], []
+    writer.write(Document, ("doc_id", "length"), docs)
+    writer.write_lines(Posting, POSTING_COLUMNS, postings)
+    if progress and docs:
+        progress(len(docs))
+    terms = [(tid, term, dfs[tid - 1]) for term, tid in term_ids.items()]
+    writer.write(Term, ("id", "text", "df"), terms, free_text=True)
+    writer.finish()
+    with connection.cursor() as cursor:
+        for sql in connection.ops.sequence_reset_sql(no_style(), [Term]):
+            cursor.execute(sql)
+    state.epoch = uuid.uuid4().hex
+    state.version += 1
+    state.log_floor = state.version
+    state.save()
     return count
 
 

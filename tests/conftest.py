@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: photos made in code, the media directory of each test, users, a
 fake captioner for the web tests, and a tiny random captioner for the TensorFlow tests."""
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -14,6 +15,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from captioning import efficientnet, inception
+from captioning.images import open_upright_rgb
 from captioning.inference import Description, ImageCaptioner
 from captioning.vocabulary import Tokenizer
 from gallery.captions import add_model_caption
@@ -137,39 +140,96 @@ def attention_for(text):
 
 
 class FakeResult:
-    def __init__(self, text):
-        self.text, self.score, self.alternatives = text, -0.42, []
+    def __init__(self, text, alternatives=()):
+        self.text, self.score, self.alternatives, self.confidence = text, -0.42, list(alternatives), 0.8
 
     def attention_json(self):
         return attention_for(self.text)
 
 
+class FakeProjection:
+    """Stands in for the model's fingerprint projection: only its key matters to the gallery."""
+
+    key = "fake-projection"
+
+
+def _photo_key(source) -> str:
+    """Encoded bytes by their hash, a decoded photo by its pixels' hash."""
+    return hashlib.sha256(source.tobytes() if isinstance(source, PIL.Image.Image) else source).hexdigest()
+
+
 class FakeCaptioner:
-    """Captions each photo with the text registered for its bytes (else "a photo of something")."""
+    """Describes each photo as registered for it: the caption (else "a photo of something"), the
+    beam alternatives, concept words and object labels given (else none), and the fingerprint given
+    (else none, like a model without fingerprints).
+
+    load_image hands its input through: the stored photo's bytes (stored photos), or the upload
+    check's decoded picture (query photos in-process); a registered photo is known either way.
+    """
 
     version = "fake-1"
+    fingerprint = FakeProjection()
 
     def __init__(self):
-        self.texts = {}
+        self.texts, self.prints, self.sources = {}, {}, {}
 
-    def register(self, data: bytes, text: str) -> bytes:
-        self.texts[hashlib.sha256(data).hexdigest()] = text
+    def register(self, data: bytes, text: str, fingerprint=None, *, alternatives=(), concepts=(), objects=()) -> bytes:
+        for key in (_photo_key(data), _photo_key(open_upright_rgb(data))):
+            self.texts[key] = text
+            self.sources[key] = (list(alternatives), list(concepts), list(objects))
+            if fingerprint is not None:
+                vector = np.asarray(fingerprint, dtype=np.float32)
+                self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
         return data
 
     def describe_arrays(self, arrays):
-        return [
-            Description(FakeResult(self.texts.get(hashlib.sha256(a).hexdigest(), "a photo of something")), [])
-            for a in arrays
-        ]
+        out = []
+        for key in (_photo_key(a) for a in arrays):
+            alternatives, concepts, objects = self.sources.get(key, ([], [], []))
+            caption = FakeResult(self.texts.get(key, "a photo of something"), alternatives)
+            out.append(Description(caption, concepts=concepts, objects=objects, fingerprint=self.prints.get(key)))
+        return out
 
 
 @pytest.fixture
 def fake_captioner(monkeypatch):
-    """In-process captioning by FakeCaptioner; load_image hands the raw bytes through."""
+    """In-process captioning by FakeCaptioner; load_image hands its input (bytes or a decoded photo) through."""
     captioner = FakeCaptioner()
     monkeypatch.setattr("captioning.services.get_captioner", lambda: captioner)
     monkeypatch.setattr("captioning.services.load_image", lambda data: data)
     return captioner
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The size of each photo decoded from its encoded bytes by the upload check or the networks'
+    preprocessing (a decoded picture handed on is not counted: it is not decoded again)."""
+    decoded = []
+    for module in ("gallery.ingest", "captioning.inception"):
+
+        def spy(source, min_size=None, decode=getattr(importlib.import_module(module), "open_upright_rgb")):
+            image = decode(source, min_size=min_size)
+            if not isinstance(source, PIL.Image.Image):
+                decoded.append(image.size)
+            return image
+
+        monkeypatch.setattr(f"{module}.open_upright_rgb", spy)
+    return decoded
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """The size of each Pillow image allocated from now on (decodes included): a memory bound
+    checked without timing or measuring the process."""
+    allocated = []
+    for name in ("new", "fill"):
+
+        def spy(mode, size, *args, allocate=getattr(PIL.Image.core, name)):
+            allocated.append(tuple(size))
+            return allocate(mode, size, *args)
+
+        monkeypatch.setattr(PIL.Image.core, name, spy)
+    return allocated
 
 
 @pytest.fixture
@@ -245,5 +305,25 @@ def model_and_feature_dirs(tmp_path, tiny_model, tokenizer, monkeypatch):
     feature_store.feature_weights_path(feature_dir).write_bytes(b"stand-in")
     record = {"source_sha256": source_sha, "sha256": weights_sha}
     (feature_dir / feature_store.FEATURE_META_NAME).write_text(json.dumps(record))
-    monkeypatch.setattr(feature_store, "load_extractor", lambda directory: tiny_feature_model())
+    monkeypatch.setattr(feature_store, "load_extractor", lambda directory, **runtime: tiny_feature_model())
     return model_dir, feature_dir
+
+
+# ---------------------------------------------------------------------------- the converted image networks
+def _converted(network, file_name: str, tmp_path_factory) -> dict:
+    """A network's pinned source weights converted once per session; skipped where the source is not installed."""
+    try:
+        source = network.find_source_weights()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return network.convert_weights(source, tmp_path_factory.mktemp("converted") / file_name)
+
+
+@pytest.fixture(scope="session")
+def converted_inception(tmp_path_factory):
+    return _converted(inception, "inception.weights.h5", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def converted_efficientnet(tmp_path_factory):
+    return _converted(efficientnet, "lite0.weights.h5", tmp_path_factory)

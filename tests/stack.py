@@ -100,10 +100,12 @@ class Stack:
         return process
 
     def start_worker(self, name="worker", concurrency=1) -> subprocess.Popen:
+        """A prefork worker; ``concurrency=None`` leaves the number of processes to the app's setting."""
+        processes = ["--concurrency", str(concurrency)] if concurrency else []
         return self._spawn(
             name,
-            [str(BIN / "celery"), "-A", "imagesearch", "worker", "--pool", "prefork", "--concurrency",
-             str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"{name}@%h"],
+            [str(BIN / "celery"), "-A", "imagesearch", "worker", "--pool", "prefork", *processes,
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"{name}@%h"],
         )
 
     def start_web(self) -> str:

@@ -3,10 +3,11 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from captioning.services import NETWORK_DECODE_SIZE
 from gallery.models import Image
 from gallery.querying import CaptioningBusy
 
-from .conftest import captioned, png_declaring
+from .conftest import FakeCaptioner, captioned, png_declaring
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("openapi_validated")]
 
@@ -160,6 +161,16 @@ def test_upload_takes_exactly_one_file(csrf_client, photo):
     assert "exactly one file" in error_of(client.post("/api/images", {}, HTTP_X_CSRFTOKEN=token), 400)
     two = [SimpleUploadedFile("a.jpg", photo(1)), SimpleUploadedFile("b.jpg", photo(2))]
     assert "exactly one file" in error_of(client.post("/api/images", {"file": two}, HTTP_X_CSRFTOKEN=token), 400)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_query_photo_is_decoded_once_in_process(client, photo, decodes, monkeypatch, fmt):
+    """The upload check's decode is the network input too (memory: issue 14), reduced but at
+    least as large as the networks need."""
+    monkeypatch.setattr("captioning.services.get_captioner", FakeCaptioner)
+    response = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q", photo(3, size=(2400, 1800), fmt=fmt))})
+    assert response.status_code == 200, response.content
+    assert len(decodes) == 1 and NETWORK_DECODE_SIZE <= min(decodes[0]) <= 1800 // 2, decodes
 
 
 def test_search_by_image_returns_the_caption_and_results(client, photo, fake_captioner, no_queue):

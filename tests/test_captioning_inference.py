@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+from captioning.evaluation import EvaluationError, EvaluationRun, run_evaluation
 from captioning.inference import (
     CaptionResult,
     ImageCaptioner,
@@ -308,7 +309,7 @@ def test_score_captions_rewards_a_human_caption_over_a_wrong_one():
     }
     good = score_captions(refs, {"a.jpg": "a dog runs through the grass", "b.jpg": "two children play on a beach"}, meteor=False)
     bad = score_captions(refs, {"a.jpg": "a red car", "b.jpg": "a man rides a bike"}, meteor=False)
-    assert set(good["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"}
+    assert set(good["scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s"}
     assert good["scores"]["BLEU-4"] > 90 and bad["scores"]["BLEU-4"] < 1
     assert good["scores"]["CIDEr"] > bad["scores"]["CIDEr"]
 
@@ -383,6 +384,18 @@ def test_evaluate_captioner_saves_tuned_decoding_that_loading_then_uses(model_an
     chosen = ImageCaptioner.from_dirs(model_dir, feature_dir, beam_width=4, length_alpha=1.0)  # settings win
     assert (chosen.beam_width, chosen.length_alpha) == (4, 1.0)
     load_model_dir(model_dir)  # meta.json still matches the weights
+
+
+def test_tuning_a_model_without_a_concept_head_says_why(model_and_feature_dirs, tiny_dataset, tmp_path):
+    model_dir, feature_dir = model_and_feature_dirs
+    run = EvaluationRun(
+        data_dir=tiny_dataset, split="dev", model_dir=model_dir, feature_dir=feature_dir, cache_dir=tmp_path / "cache",
+        report_dir=tmp_path / "eval", beam_width=2, tune=True,
+    )
+    logged = []
+    with pytest.raises(EvaluationError, match="no concept head"):
+        run_evaluation(run, log=logged.append)
+    assert logged == [f"3 dev images, 0 with cached features in {tmp_path / 'cache'}"]
 
 
 def test_evaluation_reads_cached_features_instead_of_images(image_captioner, tiny_dataset, tmp_path):

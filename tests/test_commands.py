@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
-from gallery.models import Image
+from gallery.models import Caption, Fingerprint, Image
 from searchindex import index as search_index
 
 from .conftest import make_photo
@@ -51,6 +51,17 @@ def test_import_images_reports_imported_duplicates_and_rejections(folder):
     assert set(Image.objects.values_list("status", flat=True)) == {"done"}
     for image in Image.objects.all():
         assert image.active_caption.source == "model"
+
+
+def test_import_images_queues_captioning_in_batches(folder, settings, monkeypatch):
+    """One task per IMAGESEARCH_CAPTION_BATCH photos, not one per photo (workers caption batches faster)."""
+    queued = []
+    monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: queued.append(list(ids)))
+    settings.IMAGESEARCH_CAPTION_BATCH = 2
+    run("import_images", str(folder), "--recursive")
+    ids = sorted(Image.objects.values_list("pk", flat=True))
+    assert len(ids) == 3
+    assert sorted(queued[0] + queued[1]) == ids and [len(q) for q in queued] == [2, 1]
 
 
 def test_import_images_without_recursion_skips_subfolders(folder):
@@ -90,6 +101,49 @@ def test_recaption_keeps_human_captions_and_switches_model_captions():
     assert [h.doc_id for h in search_index.search("zebras").hits] == []
     assert [h.doc_id for h in search_index.search("garden").hits] == [by_person.pk]
     assert run("recaption", "--model-older-than", "flickr8k-v0").startswith("Queued 0 image(s)")
+
+
+@pytest.fixture
+def installed_fake(fake_captioner, monkeypatch):
+    """The fake captioner stands for the installed model (its version is the one the upgrade waits for)."""
+    monkeypatch.setattr("gallery.management.commands.recaption.model_meta", lambda: {"version": fake_captioner.version})
+    return fake_captioner
+
+
+def test_recaption_redescribes_older_photos_with_fingerprints_and_a_progress_bar_once(installed_fake, capsys):
+    old = ingest_bytes(installed_fake.register(make_photo(31), "a dog on a beach", [1.0, 0.0, 0.0]), "old.jpg").image
+    person = ingest_bytes(installed_fake.register(make_photo(32), "a cat", [0.0, 1.0, 0.0]), "person.jpg").image
+    newer = ingest_bytes(installed_fake.register(make_photo(33), "a bus", [0.0, 0.0, 1.0]), "newer.jpg").image
+    add_model_caption(old, "an old caption", model_version="flickr8k-v3")
+    add_model_caption(person, "an old caption", model_version="flickr8k-v3")
+    set_human_caption(person, "my cat Tom")
+    add_model_caption(newer, "a newer caption", model_version="flickr8k-v5")
+    assert not Fingerprint.objects.exists()
+
+    out = run("recaption", "--model-older-than", "flickr8k-v4", "--wait")
+    assert "Queued 2 image(s)" in out
+    assert "2/2" in capsys.readouterr().err  # the tqdm bar
+    old.refresh_from_db()
+    person.refresh_from_db()
+    assert old.active_caption.text == "a dog on a beach" and old.active_caption.model_version == "fake-1"
+    assert person.active_caption.text == "my cat Tom"
+    assert set(Fingerprint.objects.values_list("image_id", "model_version")) == {(old.pk, "fake-1"), (person.pk, "fake-1")}
+    assert [h.doc_id for h in search_index.search("beach").hits] == [old.pk]
+
+    captions = Caption.objects.count()
+    assert run("recaption", "--model-older-than", "flickr8k-v4", "--wait").startswith("Queued 0 image(s)")
+    assert run("recaption", "--all").startswith("Queued 1 image(s)")  # only the one the installed model has not described
+    assert run("recaption", "--all").startswith("Queued 0 image(s)")
+    assert Caption.objects.count() == captions + 1
+
+
+def test_recaption_wait_gives_up_clearly_when_no_worker_makes_progress(installed_fake, monkeypatch):
+    image = ingest_bytes(make_photo(34), "stuck.jpg").image
+    add_model_caption(image, "an old caption", model_version="flickr8k-v3")
+    monkeypatch.setattr("gallery.management.commands.recaption.enqueue_captioning", lambda ids: True)
+    with pytest.raises(CommandError, match="No progress for 0.2 s \\(0 of 1 described\\)"):
+        run("recaption", "--all", "--wait", "--stall-timeout", "0.2", "--poll", "0.05")
+    assert [h.doc_id for h in search_index.search("old caption").hits] == [image.pk]  # searchable while it waits
 
 
 def test_export_captions_csv_and_json(tmp_path):

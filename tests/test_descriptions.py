@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from captioning import concepts
+from captioning import concepts, fingerprints
 from captioning.files import ModelFileError
-from captioning.inference import decode_features
+from captioning.inference import ImageCaptioner, decode_features
 from captioning.storage import load_model_dir, update_meta
 from gallery.captions import add_model_caption, remove_tag, sync_index
 from gallery.descriptions import SearchWeights, document_fields
 from gallery.ingest import ingest_bytes
 from gallery.models import Tag
+from gallery.similarity import rerank
+from searchindex.index import Hit
 from searchindex import index as search_index
 
 
@@ -120,6 +122,67 @@ def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_
     path.unlink()
     with pytest.raises(ModelFileError, match="concept head file .* is missing"):
         load_model_dir(model_dir)
+    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    with pytest.raises(ModelFileError, match="concept head file .* cannot be read"):
+        load_model_dir(model_dir)
+    update_meta(model_dir, concepts=concepts.CONCEPTS_NAME)  # no checksum recorded
+    with pytest.raises(ModelFileError, match="'concepts' must name a file and its sha256"):
+        load_model_dir(model_dir)
+
+
+def test_fingerprints_tell_a_copy_from_other_photos():
+    rng = np.random.default_rng(3)
+    train = np.abs(rng.normal(size=(300, 2048))).astype(np.float32)
+    projection = fingerprints.fit_projection(train, 32)
+    photos = np.abs(rng.normal(size=(20, 64, 2048))).astype(np.float32)
+    copies = photos * rng.uniform(0.9, 1.1, size=photos.shape).astype(np.float32)  # re-encoding noise
+    stored, queries = projection.fingerprints(photos), projection.fingerprints(copies)
+    assert stored.dtype == np.float16 and stored.shape == (20, 32)
+    np.testing.assert_allclose(np.linalg.norm(stored.astype(np.float32), axis=1), 1, atol=1e-3)
+    alike = np.stack([fingerprints.cosines(q, stored) for q in queries])
+    assert (alike.argmax(axis=1) == np.arange(20)).all()
+    assert np.array_equal(fingerprints.from_bytes(fingerprints.to_bytes(stored[0])), stored[0])
+    assert len(fingerprints.to_bytes(stored[0])) == 64
+
+
+def install_projection(model_dir, projection):
+    path = projection.save(model_dir / fingerprints.FINGERPRINT_NAME)
+    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": fingerprints.sha256_file(path)})
+    return path
+
+
+def test_the_captioner_fingerprints_each_photo_with_the_model_directorys_projection(model_and_feature_dirs, features):
+    model_dir, feature_dir = model_and_feature_dirs
+    projection = fingerprints.fit_projection(np.random.default_rng(4).normal(size=(40, 2048)), 8)
+    path = install_projection(model_dir, projection)
+    captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
+    assert captioner.fingerprint.key == fingerprints.sha256_file(path)
+    described = captioner.describe_features(features[:3])
+    np.testing.assert_array_equal(np.stack([d.fingerprint for d in described]), projection.fingerprints(features[:3]))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match="fingerprint.npz does not match the checksum"):
+        load_model_dir(model_dir)
+    path.unlink()
+    with pytest.raises(ModelFileError, match="fingerprint projection file .* is missing"):
+        load_model_dir(model_dir)
+    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
+    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": fingerprints.sha256_file(path)})
+    with pytest.raises(ModelFileError, match="fingerprint projection file .* cannot be read"):
+        load_model_dir(model_dir)
+
+
+def test_rerank_puts_copies_first_then_combines_text_and_fingerprint():
+    hits = [Hit(1, 0.9, []), Hit(2, 0.8, []), Hit(3, 0.5, []), Hit(4, 0.4, [])]
+    stored = {2: np.array([0.6, 0.8]), 3: np.array([0.0, 1.0]), 4: np.array([1.0, 0.0])}
+    query = np.array([1.0, 0.0])
+    weights = SearchWeights(fingerprint=1.0, duplicate_above=0.95)
+    ranked = rerank(hits, query, stored, weights)
+    # 4 is a copy (cosine 1); then (0.9 + 0) / 2 for 1 (no fingerprint), (0.8 + 0.6) / 2 for 2, (0.5 + 0) / 2 for 3
+    assert [h.doc_id for h in ranked] == [4, 2, 1, 3]
+    assert [round(h.score, 4) for h in ranked] == [0.7, 0.7, 0.45, 0.25]
+    assert rerank(hits, None, stored, weights) == hits
+    assert rerank(hits, query, stored, SearchWeights()) == hits
 
 
 def test_document_fields_weigh_each_source():
@@ -255,3 +318,48 @@ def test_the_harness_weighs_object_labels_like_the_product():
     without = evaluate_design(descriptions, references, SearchWeights(), words=words)
     with_labels = evaluate_design(descriptions, references, SearchWeights(objects=1.0, object_min_probability=0.1), words=words)
     assert without["word"]["mAP"] == 0.0 and with_labels["word"]["mAP"] == 100.0
+
+
+@pytest.mark.django_db
+def test_more_like_this_shows_a_stored_copy_first(photo, fake_captioner, no_queue, monkeypatch, client):
+    from gallery.tasks import caption_images
+
+    monkeypatch.setattr("gallery.querying.search_weights", lambda: SearchWeights(fingerprint=1.0, duplicate_above=0.9))
+    looks = np.random.default_rng(6).normal(size=(3, 16))
+    images = []
+    for seed, look in [(41, looks[0]), (42, looks[1]), (43, looks[0] + 0.1 * looks[2])]:
+        images.append(ingest_bytes(fake_captioner.register(photo(seed), "a red car on a street", look), f"{seed}.jpg").image)
+    caption_images([image.pk for image in images])
+    original, other, copy = images
+    page = client.get(reverse("gallery:image", args=[original.pk])).content.decode()
+    similar = page.split("More like this")[1]
+    assert similar.index(f"/images/{copy.pk}/") < similar.index(f"/images/{other.pk}/")
+
+
+@pytest.mark.django_db
+def test_rebuild_index_keeps_the_whole_description(photo, weighted):
+    from django.core.management import call_command
+
+    image = ingest_bytes(photo(7), "p.jpg").image
+    add_model_caption(image, "a man stands outside", model_version="m1", alternatives=[("a man on a beach", -1.2)],
+                      concepts=[("snow", 0.8), ("ski", 0.6)], objects=[("alp", 0.7)])
+    remove_tag(Tag.objects.get(image=image, word="ski"))
+    queries = ("snow", "beach", "man", "ski", "alp")
+    before = {q: [(h.doc_id, round(h.score, 9)) for h in search_index.search(q).hits] for q in queries}
+    call_command("rebuild_index")
+    after = {q: [(h.doc_id, round(h.score, 9)) for h in search_index.search(q).hits] for q in queries}
+    assert after == before and after["snow"] and after["alp"] and not after["ski"]
+
+
+def test_the_harness_measures_copies_with_and_without_fingerprints_and_calibrates_the_copy_threshold():
+    from gallery import search_quality
+
+    looks = np.eye(4, dtype=np.float32)
+    originals = {f"p{i}": search_quality.PhotoDescription("a dog on grass", [], [], [], looks[i]) for i in range(4)}
+    copies = {n: search_quality.PhotoDescription("a dog on grass", [], [], [], 0.9 * d.fingerprint + 0.1) for n, d in originals.items()}
+    calibration = search_quality.duplicate_threshold(originals, copies)
+    assert calibration["copies_recognised"] == 100.0 and 0.1 < calibration["duplicate_above"] < 1
+    weights = SearchWeights(fingerprint=1.0, duplicate_above=calibration["duplicate_above"])
+    index, ids = search_quality.description_index(originals, weights)
+    assert search_quality.copy_metrics(index, ids, originals, copies, weights, fingerprints=True)["R@1"] == 100.0
+    assert search_quality.copy_metrics(index, ids, originals, copies, weights, fingerprints=False)["R@1"] == 25.0

@@ -136,6 +136,26 @@ def test_migrations_match_the_models():
     assert "No changes detected" in out.getvalue()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_an_upload_is_decoded_once_for_its_check_and_thumbnail(photo, decodes, no_queue, fmt):
+    image = ingest_bytes(photo(2, size=(2400, 1600), fmt=fmt), "large").image
+    assert len(decodes) == 1 and min(decodes[0]) < 1600 // 2, decodes  # once, and reduced
+    with PIL.Image.open(image.thumbnail.path) as thumbnail:
+        assert thumbnail.size == (320, 213)
+
+
+def test_a_large_png_upload_is_never_decoded_whole(photo, request):
+    """Bounded memory (issue 14): checking a large PNG (integrity, EXIF orientation) allocates no
+    image of its full size."""
+    from gallery.ingest import inspect_upload
+
+    data = photo(4, size=(3000, 2000), fmt="PNG")
+    allocated = request.getfixturevalue("allocations")  # from here on: the photo is made above
+    inspection = inspect_upload(data)
+    assert (inspection.width, inspection.height) == (3000, 2000) and inspection.picture.size == (500, 334)
+    assert (3000, 2000) not in allocated and allocated, allocated
+
+
 def test_a_large_jpeg_is_checked_and_thumbnailed_at_a_reduced_scale(photo, monkeypatch):
     """Bounded decode memory: an upload's check and thumbnail decode a JPEG at a reduced DCT scale
     (1/8 here: 2400 px -> 300 px wide), never at full size."""

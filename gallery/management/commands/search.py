@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from gallery.ingest import RejectedUpload
-from gallery.querying import CaptioningBusy, describe_query_photo, search_images
+from gallery.querying import CaptioningBusy, describe_query_photo, search_by_photo, search_images
 
 
 def result_rows(matches) -> list[dict]:
@@ -27,7 +27,8 @@ def run_query(query: str, limit: int) -> dict:
 
 
 def run_photo_query(path: str, limit: int) -> dict:
-    """Describe a photo exactly as an uploaded one would be, then search with its whole description.
+    """Describe a photo exactly as an uploaded one would be, then search with its whole description
+    and its fingerprint (copies of it first).
 
     A file that cannot be read or is not an acceptable image gives an "error" instead of results.
     """
@@ -38,7 +39,7 @@ def run_photo_query(path: str, limit: int) -> dict:
         return {"file": path, "error": f"Cannot read {path}: {exc.strerror}."}
     except (RejectedUpload, CaptioningBusy) as exc:
         return {"file": path, "error": str(exc)}
-    _, matches = search_images(described.fields(), per_page=limit)
+    _, matches = search_by_photo(described, per_page=limit)
     return {
         "file": path,
         "caption": described.caption,
