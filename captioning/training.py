@@ -633,31 +633,40 @@ def install_concept_head(
     *,
     min_images: int = 10,
     hidden: int = 512,
+    share: bool = True,
+    linear: bool = True,
     seed: int = 1234,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train a concept head on the training images' captions, score it on dev, install it in ``model_dir``.
 
-    ``train`` / ``dev``: image name -> its human captions; features come from the cache. The
-    head is written as ``concepts.npz`` and recorded (SHA-256, report with dev figures) in
-    meta.json ``concepts``. Returns that record.
+    ``train`` / ``dev``: image name -> its human captions; features come from the cache. ``share``
+    and ``linear``: the targets and the wide path of captioning.concepts (False, False: the first
+    heads). The head is written as ``concepts.npz`` and recorded (SHA-256, report with dev figures)
+    in meta.json ``concepts``. Returns that record.
     """
     model_dir = resolve_model_dir(model_dir)
     train_names, dev_names = list(train), list(dev)
-    targets = concepts.concept_targets([train[n] for n in train_names], word_keys, min_images=min_images)
-    dev_targets = concepts.concept_targets([dev[n] for n in dev_names], word_keys, vocabulary=targets.keys)
+    targets = concepts.concept_targets([train[n] for n in train_names], word_keys, min_images=min_images, share=share)
+    dev_captions = [dev[n] for n in dev_names]
+    dev_targets = concepts.concept_targets(dev_captions, word_keys, vocabulary=targets.keys, share=share)
+    dev_used = concepts.concept_targets(dev_captions, word_keys, vocabulary=targets.keys, share=False).labels
     log(f"{len(train_names)} training images, {targets.labels.shape[1]} concept words (used for >= {min_images} images)")
-    head, report = concepts.train_concept_head(concepts.pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, seed=seed, log=log)
+    head, report = concepts.train_concept_head(
+        concepts.pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, linear=linear, seed=seed, log=log
+    )
     probabilities = head.probabilities(concepts.pooled_from_cache(cache_dir, dev_names))
     labels = dev_targets.labels
     top10 = np.argsort(-probabilities, axis=1)[:, :10]
     report["dev"] = {
         "images": len(dev_names),
         "bce": round(concepts.binary_cross_entropy(probabilities, labels), 5),
-        "precision_at_10": round(float(np.take_along_axis(labels, top10, axis=1).mean()), 4),
+        # share of the 10 most probable words that some caption of the photo uses
+        "precision_at_10": round(float(np.take_along_axis(dev_used, top10, axis=1).mean()), 4),
         "reliability": concepts.reliability(probabilities, labels),
     }
     report["min_images"] = min_images
+    report["targets"] = "share of the captions using the word" if share else "any caption uses the word"
     path = head.save(model_dir / concepts.CONCEPTS_NAME)
     record = {"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path), "report": report}
     update_meta(model_dir, concepts=record)

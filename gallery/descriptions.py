@@ -4,7 +4,7 @@ A photo is described by several sources, each with a confidence: the caption peo
 person's caption when there is one), the other distinct captions of the model's beam search, and
 tag words of two kinds (the captioner's visual concept words, the ImageNet classifier's object
 labels) with their probabilities. Each source enters the index as fields with its own weight; a tag's weight is
-its probability times the weight of its kind. The weights are tuned on the dev split with
+its probability (for concept words raised to ``concept_power``) times the weight of its kind. The weights are tuned on the dev split with
 ``manage.py evaluate_search`` and recorded with the model (meta.json ``search``), so the same
 numbers describe stored photos, query photos and the harness's photos.
 """
@@ -19,7 +19,8 @@ class SearchWeights:
     caption: float = 1.0  # weight of each word of the active caption
     alternatives: float = 0.0  # weight of each word of each other beam caption (model captions only)
     max_alternatives: int = 3
-    concepts: float = 0.0  # a concept word's weight = this x its probability
+    concepts: float = 0.0  # a concept word's weight = this x its probability ** concept_power
+    concept_power: float = 1.0  # below 1 flattens the probabilities: the many likely-but-unsure words count more
     concept_min_probability: float = 0.05  # concept words below this are not indexed
     concept_top_k: int = 30  # at most this many concept words per photo
     tag_min_probability: float = 0.5  # concept words shown as tags on the pages
@@ -62,7 +63,7 @@ def document_fields(
         out += [Field(text, weights.alternatives) for text, _ in list(alternatives)[: weights.max_alternatives]]
     if weights.concepts > 0:
         kept = [(w, p) for w, p in concepts if p >= weights.concept_min_probability][: weights.concept_top_k]
-        out += [Field(word, weights.concepts * probability) for word, probability in kept]
+        out += [Field(word, weights.concepts * probability**weights.concept_power) for word, probability in kept]
     if weights.objects > 0:
         kept = [(w, p) for w, p in objects if p >= weights.object_min_probability][: weights.object_top_k]
         out += [Field(word, weights.objects * probability) for word, probability in kept]

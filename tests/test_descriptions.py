@@ -51,11 +51,54 @@ def test_temperature_fit_recovers_the_scale_of_overconfident_logits():
     assert concepts.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.1)
 
 
+def simple_keys(caption):
+    return [(w, w.lower().rstrip("s")) for w in caption.split() if w != "a"]
+
+
 def test_concept_targets_group_words_by_key_and_name_them_by_their_commonest_form():
     captions = [["Dogs run", "a dog runs"], ["a dog sleeps"], ["snow"]]
-    targets = concepts.concept_targets(captions, lambda c: [(w, w.lower().rstrip("s")) for w in c.split() if w != "a"], min_images=2)
+    targets = concepts.concept_targets(captions, simple_keys, min_images=2, share=False)
     assert targets.keys == ["dog"] and targets.words == ["dog"]
     assert targets.labels[:, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_concept_targets_are_the_share_of_captions_using_the_word():
+    captions = [["a dog runs", "Dogs and a dog", "a cat", "a cat sleeps", "snow"], ["a dog"], ["a cat"]]
+    targets = concepts.concept_targets(captions, simple_keys, min_images=2)
+    assert targets.keys == ["cat", "dog"]
+    # a word used twice in one caption counts once; 2 of 5 captions -> 0.4
+    np.testing.assert_allclose(targets.labels, [[0.4, 0.4], [0.0, 1.0], [1.0, 0.0]])
+
+
+def test_the_linear_path_adds_to_the_hidden_layer_and_survives_saving(tmp_path):
+    head = tiny_head()
+    feats = np.random.default_rng(3).normal(size=(4, 64, 2048)).astype(np.float32)
+    without = head.logits(feats)
+    head.linear = np.random.default_rng(4).normal(scale=0.01, size=(2048, 3)).astype(np.float32)
+    np.testing.assert_allclose(head.logits(feats), without + feats.mean(axis=1) @ head.linear, rtol=1e-4, atol=1e-4)
+    loaded = concepts.load_concept_head(head.save(tmp_path / concepts.CONCEPTS_NAME))
+    np.testing.assert_allclose(loaded.logits(feats), head.logits(feats), rtol=1e-5, atol=1e-5)
+    assert concepts.load_concept_head(tiny_head().save(tmp_path / "old.npz")).linear is None  # heads without one still load
+
+
+def test_a_linear_path_of_the_wrong_shape_is_refused(tmp_path):
+    head = tiny_head()
+    head.linear = np.zeros((2048, 2), np.float32)
+    path = head.save(tmp_path / concepts.CONCEPTS_NAME)
+    with pytest.raises(ModelFileError, match="cannot be read: concept head: the linear path"):
+        concepts.load_concept_head(path)
+
+
+def test_training_fits_share_targets_with_the_linear_path():
+    rng = np.random.default_rng(5)
+    used = rng.random((300, 1)) < 0.5
+    x = (rng.random((300, 2048)) + used * np.r_[np.ones(256), np.zeros(1792)]).astype(np.float32)  # visible in 256 features
+    share = used.astype(np.float32) * 0.8  # word 0 used by 4 of 5 captions of those photos
+    targets = concepts.ConceptTargets(["dog", "snow"], ["dog", "snow"], np.hstack([share, np.zeros_like(share)]))
+    head, report = concepts.train_concept_head(x, targets, hidden=8, epochs=30, patience=30, log=lambda _: None)
+    assert report["linear_path"] and head.linear is not None and head.linear.shape == (2048, 2)
+    p = head.probabilities(x)
+    assert p[share[:, 0] > 0, 0].mean() > p[share[:, 0] == 0, 0].mean() + 0.3
 
 
 def install_head(model_dir, head):
@@ -147,6 +190,12 @@ def test_document_fields_weigh_each_source():
     fields = document_fields("a dog", alternatives=[["a cat", -1.0], ["a cow", -2.0]],
                              concepts=[("dog", 0.9), ("grass", 0.5), ("sky", 0.3), ("sand", 0.1)], weights=weights)
     assert [(f.text, f.weight) for f in fields] == [("a dog", 1.0), ("a cat", 0.5), ("dog", 1.8), ("grass", 1.0)]
+
+
+def test_concept_power_flattens_the_probabilities():
+    weights = SearchWeights(caption=0.0, concepts=2.0, concept_power=0.5, concept_min_probability=0.01, concept_top_k=5)
+    fields = document_fields("", concepts=[("dog", 0.81), ("grass", 0.04), ("sand", 0.005)], weights=weights)
+    assert [(f.text, round(f.weight, 6)) for f in fields] == [("dog", 1.8), ("grass", 0.4)]
 
 
 @pytest.fixture

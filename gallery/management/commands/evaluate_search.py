@@ -17,10 +17,11 @@ from gallery.descriptions import SearchWeights
 
 # The designs tried by --tune, on top of the model's recorded weights.
 TUNING_GRID = {
-    "alternatives": [0.25, 0.5],
+    "alternatives": [0.5],
     "concepts": [8.0, 12.0, 16.0],
-    "concept_min_probability": [0.01],
-    "concept_top_k": [30, 100],
+    "concept_power": [0.6, 0.75],
+    "concept_min_probability": [0.001],
+    "concept_top_k": [100, 200],
 }
 # --tune-objects: the object labels' weight and floor, on top of the model's recorded weights.
 OBJECT_TUNING_GRID = {

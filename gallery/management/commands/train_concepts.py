@@ -28,6 +28,9 @@ class Command(BaseCommand):
         parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
         parser.add_argument("--min-images", type=int, default=10, help="concept words: used for at least N training images")
         parser.add_argument("--hidden", type=int, default=512)
+        parser.add_argument("--any-caption", action="store_true",
+                            help="targets: 1 when any caption uses the word (the first heads) instead of the share of captions using it")
+        parser.add_argument("--no-linear-path", action="store_true", help="no linear path beside the hidden layer (the first heads)")
         parser.add_argument("--seed", type=int, default=1234)
 
     def handle(self, *args, **opts):
@@ -47,7 +50,8 @@ class Command(BaseCommand):
         try:
             training.install_concept_head(
                 opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR, train, dev, cache_dir, word_keys,
-                min_images=opts["min_images"], hidden=opts["hidden"], seed=opts["seed"], log=self.stdout.write,
+                min_images=opts["min_images"], hidden=opts["hidden"], share=not opts["any_caption"],
+                linear=not opts["no_linear_path"], seed=opts["seed"], log=self.stdout.write,
             )
         except (OSError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
