@@ -173,9 +173,13 @@ def compare_sources(captioner: ImageCaptioner, classifier, jpeg: Path, paths, re
     ImageNetwork on this path's runtime). The beam's alternatives come from the same search as the
     caption, so both rounds have them."""
     loaded = {"concepts": captioner.concepts, "fingerprint": captioner.fingerprint, "objects": classifier}
+    # The reranking and the confidence read the concept head's probabilities: with them the head
+    # runs for the caption itself, and only its words are a separate source.
+    caption_needs_concepts = captioner.reranker is not None or captioner.confidence is not None
 
     def switch(on: bool) -> None:
-        captioner.concepts = loaded["concepts"] if on and "concepts" in sources else None
+        keep_concepts = caption_needs_concepts or (on and "concepts" in sources)
+        captioner.concepts = loaded["concepts"] if keep_concepts else None
         captioner.fingerprint = loaded["fingerprint"] if on and "fingerprint" in sources else None
         captioner.object_classifier = loaded["objects"] if on and "objects" in sources else None
         captioner.object_words = default_words() if captioner.object_classifier is not None else None
@@ -202,6 +206,7 @@ def compare_sources(captioner: ImageCaptioner, classifier, jpeg: Path, paths, re
     without, with_ = count / spent[False][0], count / spent[True][0]
     return {
         "switched_on": list(sources),
+        "concept_head_in_caption_only": caption_needs_concepts,
         "caption_only_images_per_s": round(without, 2),
         "with_sources_images_per_s": round(with_, 2),
         "throughput_lost_pct": round(100 * (1 - with_ / without), 1),
@@ -209,7 +214,7 @@ def compare_sources(captioner: ImageCaptioner, classifier, jpeg: Path, paths, re
         "with_sources_cpu_s_per_image": round(spent[True][1] / count, 4),
         "cpu_added_pct": round(100 * (spent[True][1] / spent[False][1] - 1), 1),
         # Share of the B rounds' photos that got each source (a source that silently gave nothing would show 0).
-        "photos_described_pct": {source: round(100 * n / count * 2, 1) for source, n in described.items()},
+        "photos_described_pct": {source: round(100 * n / count, 1) for source, n in described.items()},
         "single_with_sources_ms": round(single_ms, 1),
         "peak_rss_mb_with_sources": round(peak_mb, 1),
     }
@@ -251,7 +256,9 @@ def measure_path(captioner: ImageCaptioner, image_network, classifier, jpeg: Pat
     the same runtime)."""
     captioner.image_network, captioner.object_classifier = image_network, None
     concepts, fingerprint = captioner.concepts, captioner.fingerprint
-    captioner.concepts = captioner.fingerprint = None  # the caption alone
+    captioner.fingerprint = None  # the caption alone (the concept head stays when the reranking reads it)
+    if captioner.reranker is None and captioner.confidence is None:
+        captioner.concepts = None
     # Warm-up: trace the compiled graphs and touch every kernel once.
     captioner.caption_sources([jpeg])
     captioner.caption_sources([jpeg], beam_width=1)
