@@ -78,17 +78,16 @@ def n_best(
     in_cache = {n for n in names if cache_dir and feature_store.cache_path(cache_dir, n).is_file()}
     cached = [n for n in names if n in in_cache]
     uncached = [n for n in names if n not in in_cache]
-    results: NBest = {}
+    # Cached features in larger chunks (a file read each), the rest through the image networks.
     step = captioner.batch_size * 4
-    for start in range(0, len(cached), step):
-        chunk = cached[start : start + step]
-        feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
-        results.update(zip(chunk, captioner.n_best_features(feats, beam_width=beam_width)))
-        if progress:
-            progress(len(chunk))
-    for start in range(0, len(uncached), captioner.batch_size):
-        chunk = uncached[start : start + captioner.batch_size]
-        feats = captioner.features_of_arrays([preprocess_image(Path(images_dir) / n) for n in chunk])
+    chunks = [(cached[i : i + step], True) for i in range(0, len(cached), step)]
+    chunks += [(uncached[i : i + captioner.batch_size], False) for i in range(0, len(uncached), captioner.batch_size)]
+    results: NBest = {}
+    for chunk, from_cache in chunks:
+        if from_cache:
+            feats = feature_store.load_features(cache_dir, chunk).astype(np.float32)
+        else:
+            feats = captioner.features_of_arrays([preprocess_image(Path(images_dir) / n) for n in chunk])
         results.update(zip(chunk, captioner.n_best_features(feats, beam_width=beam_width)))
         if progress:
             progress(len(chunk))
