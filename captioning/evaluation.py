@@ -296,8 +296,8 @@ def evaluate(
 
 # ------------------------------------------------------------------------------------ tuning
 RERANK_WEIGHTS = (0.0, 1.0, 2.0)
-RERANK_FLOORS = (0.3, 0.5)
-RERANK_COVERAGES = (0.0, 0.25, 0.5)
+RERANK_FLOORS = (0.1, 0.2, 0.3, 0.5)
+RERANK_COVERAGES = (0.0, 0.25, 0.5, 1.0)
 # A caption is "good" when it names no invented object and its CIDEr-D reaches this (see calibrate_confidence).
 GOOD_CIDER_D = 0.5
 CONFIDENT_FROM = 0.5
