@@ -295,8 +295,9 @@ def evaluate(
 
 # ------------------------------------------------------------------------------------ tuning
 RERANK_WEIGHTS = (0.0, 1.0, 2.0)
-RERANK_FLOORS = (0.3, 0.5)
-RERANK_COVERAGES = (0.0, 0.25, 0.5)
+# Floors 0.1 / 0.2 and coverage 1.0 were added for the share-of-captions concept head, whose probabilities are lower.
+RERANK_FLOORS = (0.1, 0.2, 0.3, 0.5)
+RERANK_COVERAGES = (0.0, 0.25, 0.5, 1.0)
 # A caption is "good" when it names no invented object and its CIDEr-D reaches this (see calibrate_confidence).
 GOOD_CIDER_D = 0.5
 CONFIDENT_FROM = 0.5
