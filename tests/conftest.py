@@ -170,11 +170,13 @@ class FakeCaptioner:
     fingerprint = FakeProjection()
 
     def __init__(self):
-        self.texts, self.prints = {}, {}
+        self.texts, self.prints, self.sources = {}, {}, {}
 
-    def register(self, data: bytes, text: str, fingerprint=None) -> bytes:
+    def register(self, data: bytes, text: str, fingerprint=None, concepts=(), objects=()) -> bytes:
+        """``concepts`` / ``objects``: the photo's [(word, probability), ...], most probable first."""
         for key in (_photo_key(data), _photo_key(open_upright_rgb(data))):
             self.texts[key] = text
+            self.sources[key] = (list(concepts), list(objects))
             if fingerprint is not None:
                 vector = np.asarray(fingerprint, dtype=np.float32)
                 self.prints[key] = (vector / np.linalg.norm(vector)).astype(np.float16)
@@ -182,7 +184,10 @@ class FakeCaptioner:
 
     def describe_arrays(self, arrays):
         keys = [_photo_key(a) for a in arrays]
-        return [Description(FakeResult(self.texts.get(k, "a photo of something")), fingerprint=self.prints.get(k)) for k in keys]
+        return [
+            Description(FakeResult(self.texts.get(k, "a photo of something")), *self.sources.get(k, ([], [])), fingerprint=self.prints.get(k))
+            for k in keys
+        ]
 
 
 @pytest.fixture
