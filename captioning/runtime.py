@@ -141,6 +141,8 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
+# The size from which a captioning process's allocations get their own mapping (IMAGESEARCH_MALLOC_MMAP_THRESHOLD).
+DEFAULT_MMAP_THRESHOLD = 4 * 2**20
 # mallopt's parameter number for the size from which allocations get their own mapping (malloc.h).
 _M_MMAP_THRESHOLD = -3
 
@@ -152,7 +154,7 @@ def map_large_allocations(threshold: int) -> bool:
     call. glibc's default threshold rises to the largest block freed (up to 32 MB), after which
     these blocks come from the heap, which fragments and keeps a few hundred MB more resident
     than the batch needs; a fixed threshold returns them to the system as they are freed
-    (docs/benchmarks.md, "Memory of a worker"). Process-wide; returns whether it was applied.
+    (docs/benchmarks.md, "Memory of a captioning process"). Process-wide; returns whether it was applied.
     """
     libc = _glibc()
     if libc is None or threshold <= 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import environ
 
-from captioning.runtime import RUNTIMES
+from captioning.runtime import DEFAULT_MMAP_THRESHOLD, RUNTIMES
 
 from .local import read_secret_key_file
 
@@ -192,11 +192,11 @@ if IMAGESEARCH_IMAGE_RUNTIME not in RUNTIMES:
 # ONNX Runtime threads per process (0 = one per core).
 IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
 # Keep ONNX Runtime's activation memory between calls (its arena): off keeps a worker within
-# 1.2 GB at a throughput within the noise of on (docs/benchmarks.md, "Memory of a worker").
+# 1.2 GB at a throughput within the noise of on (docs/benchmarks.md, "Memory of a captioning process").
 IMAGESEARCH_IMAGE_MEMORY_ARENA = env.bool("IMAGESEARCH_IMAGE_MEMORY_ARENA", default=False)
 # Allocations of this many bytes or more get their own mapping, freed back to the system at once
 # (glibc; 0 = glibc's own adaptive threshold): a captioning process's activations do not pile up.
-IMAGESEARCH_MALLOC_MMAP_THRESHOLD = env.int("IMAGESEARCH_MALLOC_MMAP_THRESHOLD", default=4 * 1024 * 1024)
+IMAGESEARCH_MALLOC_MMAP_THRESHOLD = env.int("IMAGESEARCH_MALLOC_MMAP_THRESHOLD", default=DEFAULT_MMAP_THRESHOLD)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
 
