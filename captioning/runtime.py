@@ -86,8 +86,8 @@ class OnnxNetwork:
     ``memory_arena``: keep activation memory between calls (ONNX Runtime's CPU arena and its
     memory-pattern planning, both on by default there). Off by default here: the arena keeps the
     largest batch's activations for the life of the process (about 290 MB for InceptionV3 and
-    EfficientNet-Lite0 at 8 photos), which put a worker over its 1.2 GB budget, while the
-    allocations it saves are a small part of a convolution network's time (docs/benchmarks.md).
+    EfficientNet-Lite0 at 8 photos), which put a worker over its 1.2 GB budget; without it the
+    activations are allocated per call, about 8 % more CPU (docs/benchmarks.md).
     Raises ``onnxruntime``'s exceptions for a file it cannot load.
     """
 
@@ -154,7 +154,7 @@ def map_large_allocations(threshold: int) -> bool:
     call. glibc's default threshold rises to the largest block freed (up to 32 MB), after which
     these blocks come from the heap, which fragments and keeps a few hundred MB more resident
     than the batch needs; a fixed threshold returns them to the system as they are freed
-    (docs/benchmarks.md, "Memory of a captioning process"). Process-wide; returns whether it was applied.
+    (docs/benchmarks.md, "memory of a captioning process"). Process-wide; returns whether it was applied.
     """
     libc = _glibc()
     if libc is None or threshold <= 0:

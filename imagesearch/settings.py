@@ -191,8 +191,8 @@ if IMAGESEARCH_IMAGE_RUNTIME not in RUNTIMES:
     )
 # ONNX Runtime threads per process (0 = one per core).
 IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
-# Keep ONNX Runtime's activation memory between calls (its arena): off keeps a worker within
-# 1.2 GB at a throughput within the noise of on (docs/benchmarks.md, "Memory of a captioning process").
+# Keep ONNX Runtime's activation memory between calls (its arena): off saves 110-300 MB per
+# captioning process for about 8 % more CPU (docs/benchmarks.md, "memory of a captioning process").
 IMAGESEARCH_IMAGE_MEMORY_ARENA = env.bool("IMAGESEARCH_IMAGE_MEMORY_ARENA", default=False)
 # Allocations of this many bytes or more get their own mapping, freed back to the system at once
 # (glibc; 0 = glibc's own adaptive threshold): a captioning process's activations do not pile up.

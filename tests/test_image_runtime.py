@@ -254,7 +254,7 @@ def test_prepare_models_exports_the_onnx_graph_once(damaged_dir, settings):
 
 
 def test_onnx_sessions_keep_no_activation_memory_between_calls(tmp_path):
-    """The options every image network's session is created with (docs/benchmarks.md, "Memory of a
+    """The options every image network's session is created with (docs/benchmarks.md, "memory of a
     worker"): no arena or memory pattern by default, so a worker stays within its memory budget;
     one thread pool of the asked size, idle threads asleep."""
     import onnxruntime
