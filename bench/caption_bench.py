@@ -53,6 +53,7 @@ from captioning import features as feature_store  # noqa: E402
 from captioning.inception import extract_features, preprocess_image  # noqa: E402
 from captioning.inference import FEATURE_BATCH, ImageCaptioner  # noqa: E402
 from captioning.objects import default_words  # noqa: E402
+from captioning.runtime import DEFAULT_MMAP_THRESHOLD, map_large_allocations  # noqa: E402
 from captioning.vocabulary import END_ID, START_ID  # noqa: E402
 
 FLICKR = REPO.parent / "shared" / "datasets" / "flickr8k"
@@ -86,6 +87,8 @@ class PeakRss:
 def load_captioner(args) -> tuple[ImageCaptioner, str]:
     """The bundled model if installed, else a random one of the real size, InceptionV3 on ONNX Runtime; says which."""
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    # As captioning.services does in the app, so that peak_rss_mb is the serving process's.
+    map_large_allocations(int(os.environ.get("IMAGESEARCH_MALLOC_MMAP_THRESHOLD", DEFAULT_MMAP_THRESHOLD)))
     feature_store.ensure_feature_weights(args.feature_dir, log=log)
     feature_store.ensure_classifier_weights(args.feature_dir, log=log)
     for network in feature_store.ONNX_EXPORTS:
@@ -93,7 +96,8 @@ def load_captioner(args) -> tuple[ImageCaptioner, str]:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not args.random_model:
         captioner = ImageCaptioner.from_dirs(
-            model_dir, args.feature_dir, beam_width=args.beam, batch_size=args.batch, image_runtime="onnx"
+            model_dir, args.feature_dir, beam_width=args.beam, batch_size=args.batch, image_runtime="onnx",
+            image_memory_arena=os.environ.get("IMAGESEARCH_IMAGE_MEMORY_ARENA", "true").lower() == "true",
         )
         return captioner, f"trained model {captioner.version} ({model_dir})"
     from captioning.model import ModelConfig, build_captioner

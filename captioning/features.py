@@ -236,7 +236,7 @@ def ensure_onnx_model(
     return {**record, "action": "exported"}
 
 
-def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int) -> runtime.OnnxNetwork:
+def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_arena: bool) -> runtime.OnnxNetwork:
     """``network`` on ONNX Runtime if ONNX Runtime, the file and its record are all sound; else ModelFileError."""
     hint = "run `python manage.py prepare_models`"
     if not runtime.onnxruntime_available():
@@ -249,7 +249,7 @@ def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int) -> runtime.
     if record.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
         raise ModelFileError(f"{network.label} ONNX graph {path} was exported from other weights than those installed; {hint}")
     try:
-        loaded = runtime.OnnxNetwork(path, threads=threads)
+        loaded = runtime.OnnxNetwork(path, threads=threads, memory_arena=memory_arena)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise ModelFileError(f"{network.label} ONNX graph {path} could not be loaded ({exc}); {hint}") from exc
     if loaded.input_shape[1:] != (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3):
@@ -257,7 +257,7 @@ def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int) -> runtime.
     return loaded
 
 
-def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads: int,
+def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads: int, memory_arena: bool,
                   on_tensorflow: Callable[[], runtime.ImageNetwork]) -> runtime.ImageNetwork:
     """``network`` on ONNX Runtime or, as ``image_runtime`` says or as the fallback, ``on_tensorflow()``; logged."""
     feature_dir = Path(feature_dir)
@@ -265,7 +265,7 @@ def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads:
         raise ValueError(f"unknown image runtime {image_runtime!r}; choose one of {', '.join(runtime.RUNTIMES)}")
     if image_runtime != "tensorflow":
         try:
-            loaded = _load_onnx(feature_dir, network, threads)
+            loaded = _load_onnx(feature_dir, network, threads, memory_arena)
         except ModelFileError as exc:
             if image_runtime == "onnx":
                 raise
@@ -278,24 +278,28 @@ def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads:
     return loaded
 
 
-def load_extractor(feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0) -> runtime.ImageNetwork:
+def load_extractor(
+    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0, memory_arena: bool = False
+) -> runtime.ImageNetwork:
     """InceptionV3 from ``feature_dir`` on ``image_runtime`` (one of :data:`runtime.RUNTIMES`), files checksum-verified.
 
     ``"auto"`` takes ONNX Runtime when it and the exported graph are installed and sound, else
     TensorFlow (a warning says why); ``"onnx"`` raises ModelFileError instead of falling back;
     ``"tensorflow"`` is the reference path. ``threads``: ONNX Runtime's intra-op threads (0: one
-    per core). The choice is logged.
+    per core); ``memory_arena``: see :class:`runtime.OnnxNetwork`. The choice is logged.
     """
-    return _load_network(feature_dir, INCEPTION_ONNX, image_runtime, threads,
+    return _load_network(feature_dir, INCEPTION_ONNX, image_runtime, threads, memory_arena,
                          lambda: runtime.KerasNetwork(_keras_extractor(Path(feature_dir))))
 
 
-def load_classifier_network(feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0) -> runtime.ImageNetwork:
+def load_classifier_network(
+    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0, memory_arena: bool = False
+) -> runtime.ImageNetwork:
     """EfficientNet-Lite0 from InceptionV3 inputs to class probabilities, chosen like :func:`load_extractor`.
 
     The TensorFlow path is :func:`efficientnet.as_classifier_network` of :func:`load_classifier`.
     """
-    return _load_network(feature_dir, CLASSIFIER_ONNX, image_runtime, threads,
+    return _load_network(feature_dir, CLASSIFIER_ONNX, image_runtime, threads, memory_arena,
                          lambda: efficientnet.as_classifier_network(load_classifier(feature_dir)))
 
 

@@ -18,6 +18,8 @@ output as a NumPy array, so callers never know which runtime they got.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import os
 from pathlib import Path
@@ -80,28 +82,84 @@ class OnnxNetwork:
     after another (one inter-op thread): a batch keeps the cores busy within each operator. Idle
     threads sleep instead of spinning (ONNX Runtime's default), because TensorFlow's caption
     search and other workers need the same cores right after each call.
+
+    ``memory_arena``: keep activation memory between calls (ONNX Runtime's CPU arena and its
+    memory-pattern planning, both on by default there). Off by default here: the arena keeps the
+    largest batch's activations for the life of the process (about 290 MB for InceptionV3 and
+    EfficientNet-Lite0 at 8 photos), which put a worker over its 1.2 GB budget; without it the
+    activations are allocated per call, about 8 % more CPU (docs/benchmarks.md).
     Raises ``onnxruntime``'s exceptions for a file it cannot load.
     """
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0, memory_arena: bool = False):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(0, int(threads))
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), session_options(threads, memory_arena), providers=["CPUExecutionProvider"])
+        # Loading parsed the whole file (about 140 MB for InceptionV3) into memory that is free now.
+        release_free_memory()
         (spec,) = self.session.get_inputs()
         self.input_name = spec.name
         self.input_shape = tuple(d if isinstance(d, int) else None for d in spec.shape)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def session_options(threads: int = 0, memory_arena: bool = False):
+    """ONNX Runtime's options for an image network's session (see :class:`OnnxNetwork`)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(0, int(threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = bool(memory_arena)
+    options.enable_mem_pattern = bool(memory_arena)
+    return options
+
+
+def _glibc() -> Any:
+    """The C library if it is glibc (``malloc_trim``, ``mallopt``), else None."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps freed memory in its heap for reuse, so a large temporary allocation (a model file
+    parsed once) would stay in the process's resident memory for good.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+# The size from which a captioning process's allocations get their own mapping (IMAGESEARCH_MALLOC_MMAP_THRESHOLD).
+DEFAULT_MMAP_THRESHOLD = 0  # glibc's adaptive default: the 4 MiB that fits 1.2 GB costs ~35 % more CPU per photo
+# mallopt's parameter number for the size from which allocations get their own mapping (malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+def map_large_allocations(threshold: int) -> bool:
+    """Have glibc map every allocation of ``threshold`` bytes or more on its own (0: glibc's default).
+
+    Without an arena, ONNX Runtime allocates a batch's activations (up to 22 MB each) afresh per
+    call. glibc's default threshold rises to the largest block freed (up to 32 MB), after which
+    these blocks come from the heap, which fragments and keeps a few hundred MB more resident
+    than the batch needs; a fixed threshold returns them to the system as they are freed
+    (docs/benchmarks.md, "memory of a captioning process"). Process-wide; returns whether it was applied.
+    """
+    libc = _glibc()
+    if libc is None or threshold <= 0:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
 
 
 def as_image_network(network: Any) -> ImageNetwork:

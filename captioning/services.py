@@ -18,6 +18,7 @@ from .files import ModelFileError
 from .inception import DECODE_SIZE, preprocess_image
 from .inference import ImageCaptioner
 from .native_log import native_notices_dropped
+from .runtime import map_large_allocations
 from .storage import read_meta
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def get_captioner():
     if _captioner is None:
         with _lock:
             if _captioner is None:
+                map_large_allocations(settings.IMAGESEARCH_MALLOC_MMAP_THRESHOLD)
                 with native_notices_dropped(enabled=settings.LOG_LEVEL != "DEBUG"):
                     _captioner = ImageCaptioner.from_dirs(
                         settings.IMAGESEARCH_MODEL_DIR,
@@ -47,6 +49,7 @@ def get_captioner():
                         object_labels=settings.IMAGESEARCH_OBJECT_LABELS,
                         image_runtime=settings.IMAGESEARCH_IMAGE_RUNTIME,
                         image_threads=settings.IMAGESEARCH_IMAGE_THREADS,
+                        image_memory_arena=settings.IMAGESEARCH_IMAGE_MEMORY_ARENA,
                     )
     return _captioner
 

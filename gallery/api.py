@@ -179,7 +179,7 @@ class SearchByImageView(GalleryView):
         answer = {
             "caption": described.caption, "score": described.score, "log_prob": described.score,
             "confidence": described.confidence, "confidence_label": described.confidence_label,
-            "model_version": described.model_version,
+            "model_version": described.model_version, "tags": described.tags(), "objects": described.object_tags(),
         }
         return Response(PhotoSearchSerializer({**answer, **search_page(results, matches)}, context={"request": request}).data)
 

@@ -166,6 +166,12 @@ class PhotoSearchSerializer(SearchResultsSerializer):
     confidence = serializers.FloatField(allow_null=True, help_text=CONFIDENCE_HELP)
     confidence_label = serializers.CharField(help_text=CONFIDENCE_LABEL_HELP)
     model_version = serializers.CharField()
+    tags = serializers.ListField(
+        child=serializers.CharField(), help_text="The query photo's concept words confident enough to show, most probable first."
+    )
+    objects = serializers.ListField(
+        child=serializers.CharField(), help_text="The query photo's object labels confident enough to show, most probable first."
+    )
 
 
 class UploadSerializer(serializers.Serializer):

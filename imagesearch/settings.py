@@ -13,6 +13,8 @@ from pathlib import Path
 
 import environ
 
+from captioning.runtime import DEFAULT_MMAP_THRESHOLD, RUNTIMES
+
 from .local import read_secret_key_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -182,9 +184,19 @@ IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
 # Where the image networks (InceptionV3, EfficientNet-Lite0) run: auto = ONNX Runtime when installed
 # and each exported graph is sound (faster), else TensorFlow; onnx = ONNX Runtime or fail;
 # tensorflow = the reference path. Each network's choice is logged when the model loads.
-IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto")
+IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto").strip().lower()
+if IMAGESEARCH_IMAGE_RUNTIME not in RUNTIMES:
+    raise environ.ImproperlyConfigured(
+        f"IMAGESEARCH_IMAGE_RUNTIME={IMAGESEARCH_IMAGE_RUNTIME!r} is not one of {', '.join(RUNTIMES)}"
+    )
 # ONNX Runtime threads per process (0 = one per core).
 IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)
+# Keep ONNX Runtime's activation memory between calls (its arena): off saves 110-300 MB per
+# captioning process for about 8 % more CPU (docs/benchmarks.md, "memory of a captioning process").
+IMAGESEARCH_IMAGE_MEMORY_ARENA = env.bool("IMAGESEARCH_IMAGE_MEMORY_ARENA", default=True)
+# Allocations of this many bytes or more get their own mapping, freed back to the system at once
+# (glibc; 0 = glibc's own adaptive threshold): a captioning process's activations do not pile up.
+IMAGESEARCH_MALLOC_MMAP_THRESHOLD = env.int("IMAGESEARCH_MALLOC_MMAP_THRESHOLD", default=DEFAULT_MMAP_THRESHOLD)
 # How long the web process waits for a worker to caption a search-by-image query photo.
 IMAGESEARCH_QUERY_CAPTION_TIMEOUT = env.float("IMAGESEARCH_QUERY_CAPTION_TIMEOUT", default=30.0)
 

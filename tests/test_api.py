@@ -184,6 +184,15 @@ def test_search_by_image_returns_the_caption_and_results(client, photo, fake_cap
     assert Image.objects.count() == 1
 
 
+def test_search_by_image_returns_the_query_photos_tags_and_objects(client, photo, fake_captioner, no_queue):
+    """As docs/api.md says and the search-by-photo page shows: the words confident enough to show."""
+    query = fake_captioner.register(
+        photo(61), "a boat on the water", concepts=[("boat", 0.9), ("water", 0.6), ("sky", 0.2)], objects=[("canoe", 0.7), ("paddle", 0.1)]
+    )
+    body = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", query)}).json()
+    assert (body["tags"], body["objects"]) == (["boat", "water"], ["canoe"])
+
+
 def test_search_by_image_errors(client, photo, monkeypatch):
     response = client.post("/api/search/by-image", {"file": SimpleUploadedFile("q.jpg", photo(1)[:400])})
     assert "damaged" in error_of(response, 400)

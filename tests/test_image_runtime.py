@@ -251,3 +251,41 @@ def test_prepare_models_exports_the_onnx_graph_once(damaged_dir, settings):
     if feature_store.read_classifier_meta(damaged_dir) is not None:
         assert "object classifier (ONNX Runtime): verified" in out.getvalue()
     assert feature_store.load_extractor(damaged_dir).runtime == "onnxruntime"
+
+
+def test_onnx_sessions_keep_no_activation_memory_between_calls(tmp_path):
+    """The options every image network's session is created with (docs/benchmarks.md, "memory of a
+    worker"): no arena or memory pattern by default, so a worker stays within its memory budget;
+    one thread pool of the asked size, idle threads asleep."""
+    import onnxruntime
+
+    runtime.export_onnx(small_network(), tmp_path / "small.onnx")
+    options = runtime.OnnxNetwork(tmp_path / "small.onnx", threads=2).session.get_session_options()
+    assert (options.enable_cpu_mem_arena, options.enable_mem_pattern) == (False, False)
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
+    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    arena = runtime.OnnxNetwork(tmp_path / "small.onnx", memory_arena=True).session.get_session_options()
+    assert (arena.enable_cpu_mem_arena, arena.enable_mem_pattern) == (True, True)
+
+
+def test_the_worker_memory_settings_reach_the_captioner(settings, monkeypatch):
+    """IMAGESEARCH_IMAGE_MEMORY_ARENA goes to the image networks' sessions (both, through
+    from_dirs: test above for the options); IMAGESEARCH_MALLOC_MMAP_THRESHOLD to glibc first."""
+    from captioning import services
+
+    calls = []
+    monkeypatch.setattr(services, "_captioner", None)
+    monkeypatch.setattr(services, "map_large_allocations", lambda threshold: calls.append(("mmap", threshold)))
+    monkeypatch.setattr(services.ImageCaptioner, "from_dirs", lambda *a, **kw: calls.append(("load", kw["image_memory_arena"])) or "loaded")
+    settings.IMAGESEARCH_IMAGE_MEMORY_ARENA, settings.IMAGESEARCH_MALLOC_MMAP_THRESHOLD = True, 123456
+    assert services.get_captioner() == "loaded"
+    assert calls == [("mmap", 123456), ("load", True)]
+
+
+def test_both_networks_load_with_the_memory_arena_asked_for(feature_dir):
+    for arena in (False, True):
+        for network in (feature_store.load_extractor(feature_dir, image_runtime="onnx", memory_arena=arena),
+                        feature_store.load_classifier_network(feature_dir, image_runtime="onnx", memory_arena=arena)):
+            assert network.session.get_session_options().enable_cpu_mem_arena is arena

@@ -165,3 +165,18 @@ def test_one_switch_turns_on_https(tmp_path):
     assert values() == [False, False, False, 0, None]
     on = values(IMAGESEARCH_HTTPS="true", IMAGESEARCH_PROXY_SSL_HEADER="X-Forwarded-Proto: https")
     assert on == [True, True, True, 31536000, ["HTTP_X_FORWARDED_PROTO", "https"]]
+
+
+@pytest.mark.parametrize("value", ["onnxruntime", "gpu", ""])
+def test_an_unknown_image_runtime_is_refused_where_settings_are_read(tmp_path, value):
+    proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_RUNTIME=value)
+    assert proc.returncode != 0
+    assert "ImproperlyConfigured" in proc.stderr and "IMAGESEARCH_IMAGE_RUNTIME" in proc.stderr, proc.stderr
+    assert "auto, onnx, tensorflow" in proc.stderr
+
+
+def test_a_known_image_runtime_is_accepted_in_any_case(tmp_path):
+    probe = "import django; from django.conf import settings as s; print(s.IMAGESEARCH_IMAGE_RUNTIME)"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_RUNTIME=" TensorFlow "),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "tensorflow", proc.stderr
