@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from captioning import concepts, fingerprints
-from captioning.files import ModelFileError
+from captioning.files import ModelFileError, sha256_file
 from captioning.inference import ImageCaptioner, decode_features
 from captioning.storage import load_model_dir, update_meta
 from gallery.captions import add_model_caption, remove_tag, sync_index
@@ -113,19 +113,25 @@ def test_a_model_directory_loads_its_concept_head(model_and_feature_dirs):
     assert load_model_dir(model_dir).concepts.words == ["dog", "beach", "snow"]
 
 
+def assert_damaged_file_refused(model_dir, path, record: str, described: str):
+    """A model directory's file (meta.json ``record``) truncated, missing, or replaced by one that is
+    not a NumPy archive (its checksum updated to match): each refused with a message naming it."""
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelFileError, match=f"{path.name} does not match the checksum"):
+        load_model_dir(model_dir)
+    path.unlink()
+    with pytest.raises(ModelFileError, match=f"{described} file .* is missing"):
+        load_model_dir(model_dir)
+    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
+    update_meta(model_dir, **{record: {"file": path.name, "sha256": sha256_file(path)}})
+    with pytest.raises(ModelFileError, match=f"{described} file .* cannot be read"):
+        load_model_dir(model_dir)
+
+
 def test_a_missing_or_corrupt_concept_head_is_refused_clearly(model_and_feature_dirs):
     model_dir, _ = model_and_feature_dirs
     path = install_head(model_dir, tiny_head())
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ModelFileError, match="concepts.npz does not match the checksum"):
-        load_model_dir(model_dir)
-    path.unlink()
-    with pytest.raises(ModelFileError, match="concept head file .* is missing"):
-        load_model_dir(model_dir)
-    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
-    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
-    with pytest.raises(ModelFileError, match="concept head file .* cannot be read"):
-        load_model_dir(model_dir)
+    assert_damaged_file_refused(model_dir, path, "concepts", "concept head")
     update_meta(model_dir, concepts=concepts.CONCEPTS_NAME)  # no checksum recorded
     with pytest.raises(ModelFileError, match="'concepts' must name a file and its sha256"):
         load_model_dir(model_dir)
@@ -160,16 +166,7 @@ def test_the_captioner_fingerprints_each_photo_with_the_model_directorys_project
     assert captioner.fingerprint.key == fingerprints.sha256_file(path)
     described = captioner.describe_features(features[:3])
     np.testing.assert_array_equal(np.stack([d.fingerprint for d in described]), projection.fingerprints(features[:3]))
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(ModelFileError, match="fingerprint.npz does not match the checksum"):
-        load_model_dir(model_dir)
-    path.unlink()
-    with pytest.raises(ModelFileError, match="fingerprint projection file .* is missing"):
-        load_model_dir(model_dir)
-    path.write_bytes(b"not a NumPy archive")  # replaced, and meta.json's checksum updated to match
-    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": fingerprints.sha256_file(path)})
-    with pytest.raises(ModelFileError, match="fingerprint projection file .* cannot be read"):
-        load_model_dir(model_dir)
+    assert_damaged_file_refused(model_dir, path, "fingerprint", "fingerprint projection")
 
 
 def test_rerank_puts_copies_first_then_combines_text_and_fingerprint():
