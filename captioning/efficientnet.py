@@ -34,6 +34,7 @@ from PIL import Image
 
 from .files import find_package_file, load_keras_weights, check_conversion_paths, save_converted_weights
 from .images import open_upright_rgb
+from .inception import IMAGE_SIZE as INCEPTION_IMAGE_SIZE
 from .runtime import ImageNetwork, KerasNetwork
 from .torchfile import read_legacy_tensors
 
@@ -61,7 +62,7 @@ SOURCE_FILE = "models/efficientnet-lite0-57934424.pth"
 SOURCE_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 IMAGE_SIZE = 224
-INCEPTION_SIZE = 299  # the InceptionV3 input that serving resizes in the graph (inception.IMAGE_SIZE)
+INCEPTION_SIZE = INCEPTION_IMAGE_SIZE  # the InceptionV3 input that serving resizes in the graph
 CLASSES = 1000
 WEIGHT_COUNT = 4_694_024  # with the batch-norm statistics; the PyTorch step counters excluded
 BN_EPSILON = 1e-3

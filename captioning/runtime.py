@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .files import atomic_path
 
 __all__ = [
     "RUNTIMES",
@@ -84,10 +84,11 @@ class OnnxNetwork:
     search and other workers need the same cores right after each call.
 
     ``memory_arena``: keep activation memory between calls (ONNX Runtime's CPU arena and its
-    memory-pattern planning, both on by default there). Off by default here: the arena keeps the
-    largest batch's activations for the life of the process (about 290 MB for InceptionV3 and
-    EfficientNet-Lite0 at 8 photos), which put a worker over its 1.2 GB budget; without it the
-    activations are allocated per call, about 8 % more CPU (docs/benchmarks.md).
+    memory-pattern planning, both on by default there). The app passes
+    ``IMAGESEARCH_IMAGE_MEMORY_ARENA`` (on by default, for speed): the arena keeps the largest
+    batch's activations for the life of the process (about 290 MB for InceptionV3 and
+    EfficientNet-Lite0 at 8 photos); without it the activations are allocated per call, about 8 %
+    more CPU (docs/benchmarks.md).
     Raises ``onnxruntime``'s exceptions for a file it cannot load.
     """
 
@@ -123,6 +124,7 @@ def session_options(threads: int = 0, memory_arena: bool = False):
     return options
 
 
+@functools.cache
 def _glibc() -> Any:
     """The C library if it is glibc (``malloc_trim``, ``mallopt``), else None."""
     name = ctypes.util.find_library("c")
@@ -422,5 +424,4 @@ def export_onnx(model: Any, path: str | os.PathLike, *, doc: str = "") -> None:
     onnx_model.ir_version = ONNX_IR_VERSION
     onnx_model.doc_string = doc
     onnx.checker.check_model(onnx_model)
-    with atomic_path(Path(path), suffix=".onnx") as tmp:
-        onnx.save_model(onnx_model, str(tmp))
+    onnx.save_model(onnx_model, str(path))  # the caller writes atomically (features.ensure_onnx_model)

@@ -40,7 +40,8 @@ import tensorflow as tf
 
 from . import features as feature_store
 from .files import atomic_directory, sha256_file, write_atomic
-from .inference import decode_features, forbidden_tokens, has_repeated_trigram
+from .evaluation import is_degenerate, score_captions
+from .inference import decode_features, forbidden_tokens
 from .model import Captioner
 from .storage import META_NAME, WEIGHTS_NAME, load_model_dir, read_meta
 from .training import masked_cross_entropy, teacher_forced
@@ -266,15 +267,13 @@ def ends_badly(words: Sequence[str]) -> bool:
 
 def greedy_dev_report(model: Captioner, tokenizer: Tokenizer, features: np.ndarray, names: Sequence[str], references: dict[str, list[str]], batch: int = 100) -> dict:
     """Greedy captions of the dev images scored as evaluate_captioner does (no METEOR)."""
-    from .evaluation import score_captions
-
     results = []
     for start in range(0, len(names), batch):
         results += decode_features(model, tokenizer, features[start : start + batch].astype(np.float32), beam_width=1)
     scored = score_captions({n: references[n] for n in names}, {n: r.text for n, r in zip(names, results)}, meteor=False)
     return {
         **scored["scores"],
-        "degenerate": sum(has_repeated_trigram(r.words) or r.reached_max_length for r in results),
+        "degenerate": sum(is_degenerate(r) for r in results),
         "bad_endings": sum(ends_badly(r.words) for r in results),
         "mean_words": round(float(np.mean([len(r.words) for r in results])), 2),
         "samples": {n: r.text for n, r in list(zip(names, results))[:5]},
@@ -438,16 +437,16 @@ def export_model_dir(base: Path, model: Captioner, output: Path, *, version: str
         shutil.copytree(base, tmp, dirs_exist_ok=True)
         for stale in ("loss_curve.png", "train_log.json", "confidence_reliability.png"):
             (tmp / stale).unlink(missing_ok=True)
-        meta = read_meta(tmp)
+        meta, base_version = read_meta(tmp), read_meta(base)["version"]
         weights = tmp / meta["weights"].get("file", WEIGHTS_NAME)
         model.save_weights(str(weights))
         meta["version"] = version
         meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         meta["weights"] = {**meta["weights"], "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
-        meta["derived_from"] = {"version": read_meta(base)["version"], "note": "fine-tuned by self-critical sequence training (captioning.scst)"}
+        meta["derived_from"] = {"version": base_version, "note": "fine-tuned by self-critical sequence training (captioning.scst)"}
         if "decoding" in meta:
             meta["decoding"] = {k: v for k, v in meta["decoding"].items() if k in ("beam_width", "length_alpha")}
-        inherited = f"inherited from {read_meta(base)['version']} (refit with evaluate_captioner --tune --save-tuning)"
+        inherited = f"inherited from {base_version} (refit with evaluate_captioner --tune --save-tuning)"
         for key, field in (("reranking", "chosen_on"), ("confidence", "fitted_on")):
             if key in meta:
                 meta[key] = {**meta[key], field: inherited}

@@ -650,7 +650,7 @@ def install_concept_head(
     targets = concepts.concept_targets([train[n] for n in train_names], word_keys, min_images=min_images, share=share)
     dev_captions = [dev[n] for n in dev_names]
     dev_targets = concepts.concept_targets(dev_captions, word_keys, vocabulary=targets.keys, share=share)
-    dev_used = concepts.concept_targets(dev_captions, word_keys, vocabulary=targets.keys, share=False).labels
+    dev_used = (dev_targets.labels > 0).astype(np.float32)  # "any caption uses it": a share above 0
     log(f"{len(train_names)} training images, {targets.labels.shape[1]} concept words (used for >= {min_images} images)")
     head, report = concepts.train_concept_head(
         concepts.pooled_from_cache(cache_dir, train_names), targets, hidden=hidden, linear=linear, seed=seed, log=log
