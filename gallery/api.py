@@ -177,7 +177,7 @@ class SearchByImageView(GalleryView):
             raise ApiError(str(exc), 503, {"Retry-After": str(RETRY_AFTER)}) from None
         results, matches = search_by_photo(described)
         answer = {
-            "caption": described.caption, "score": described.score, "log_prob": described.score,
+            "caption": described.caption, "score": described.score,
             "confidence": described.confidence, "confidence_label": described.confidence_label,
             "model_version": described.model_version, "tags": described.tags(), "objects": described.object_tags(),
         }

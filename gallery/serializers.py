@@ -162,7 +162,7 @@ class WordSearchSerializer(SearchResultsSerializer):
 class PhotoSearchSerializer(SearchResultsSerializer):
     caption = serializers.CharField(help_text="What the captioning model says of the query photo.")
     score = serializers.FloatField(help_text="The same value as log_prob, kept for existing clients.")
-    log_prob = serializers.FloatField(help_text=LOG_PROB_HELP)
+    log_prob = serializers.FloatField(source="score", help_text=LOG_PROB_HELP)
     confidence = serializers.FloatField(allow_null=True, help_text=CONFIDENCE_HELP)
     confidence_label = serializers.CharField(help_text=CONFIDENCE_LABEL_HELP)
     model_version = serializers.CharField()

@@ -69,6 +69,10 @@ def _mark(image_ids, status, error=""):
     Image.objects.filter(pk__in=image_ids).update(status=status, error=error, status_changed_at=timezone.now())
 
 
+def fingerprint_projection_key(captioner) -> str:
+    """The key of the projection that made the captioner's fingerprints ("" without fingerprints)."""
+    return captioner.fingerprint.key if captioner.fingerprint is not None else ""
+
 @shared_task(**TASK_OPTIONS)
 def caption_images(image_ids: list[int]) -> dict:
     """Caption a batch of stored images in one model call and index their captions."""
@@ -95,7 +99,7 @@ def caption_images(image_ids: list[int]) -> dict:
                 logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
                 _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
         results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
-    projection = captioner.fingerprint.key if captioner.fingerprint is not None else ""
+    projection = fingerprint_projection_key(captioner)
     for (image, _), described in zip(readable, results):
         result = described.caption
         add_model_caption(
@@ -127,7 +131,7 @@ def describe_query_source(source) -> dict:
         "concepts": [list(c) for c in described.concepts],
         "objects": [list(o) for o in described.objects],
         "fingerprint": None if described.fingerprint is None else [float(x) for x in described.fingerprint],
-        "fingerprint_projection": captioner.fingerprint.key if captioner.fingerprint is not None else "",
+        "fingerprint_projection": fingerprint_projection_key(captioner),
     }
 
 
