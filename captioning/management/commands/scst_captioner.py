@@ -47,6 +47,10 @@ class Command(BaseCommand):
         parser.add_argument("--learning-rate", type=float, default=5e-5)
         parser.add_argument("--xe-weight", type=float, default=0.2, help="weight of the cross-entropy on the human captions")
         parser.add_argument("--xe-captions", type=int, default=None, help="human captions per image in that term (default: all)")
+        parser.add_argument(
+            "--chair-weight", type=float, default=0.0,
+            help="reward penalty per object group a sampled caption names that none of the photo's captions names (CHAIR's groups)",
+        )
         parser.add_argument("--no-end-token-reward", action="store_true", help="score captions without their <end> token")
         parser.add_argument("--seed", type=int, default=1234)
         parser.add_argument("--deadline", help="UTC time HH:MM or unix seconds; no epoch starts that would end later")
@@ -58,6 +62,8 @@ class Command(BaseCommand):
         parser.add_argument("--resume", action="store_true", help="continue after the last epoch in --work-dir")
 
     def handle(self, *args, **opts):
+        if opts["chair_weight"] < 0:
+            raise CommandError("--chair-weight must be at least 0")
         if opts["samples"] < 2:
             raise CommandError("--samples must be at least 2 (the baseline is the other samples' mean reward)")
         try:
@@ -93,6 +99,7 @@ class Command(BaseCommand):
                 learning_rate=opts["learning_rate"],
                 xe_weight=opts["xe_weight"],
                 xe_captions=opts["xe_captions"],
+                chair_weight=opts["chair_weight"],
                 end_token_reward=not opts["no_end_token_reward"],
                 seed=opts["seed"],
                 deadline=TrainCommand._deadline(opts["deadline"]),
