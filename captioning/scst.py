@@ -472,7 +472,7 @@ def export_model_dir(base: Path, model: Captioner, output: Path, *, version: str
         meta["weights"] = {**meta["weights"], "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
         meta["derived_from"] = {"version": base_version, "note": "fine-tuned by self-critical sequence training (captioning.scst)"}
         if "decoding" in meta:
-            meta["decoding"] = {k: v for k, v in meta["decoding"].items() if k in ("beam_width", "length_alpha")}
+            meta["decoding"] = {k: v for k, v in meta["decoding"].items() if k in ("beam_width", "length_alpha", "evidence_bias")}
         inherited = f"inherited from {base_version} (refit with evaluate_captioner --tune --save-tuning)"
         for key, field in (("reranking", "chosen_on"), ("confidence", "fitted_on")):
             if key in meta:
