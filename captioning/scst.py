@@ -54,6 +54,9 @@ from .vocabulary import END, END_ID, PAD_ID, START_ID, Tokenizer, normalize_word
 # Words a finished caption should not end with (SCST's degenerate endings: "... with a", "... and").
 BAD_LAST_WORDS = frozenset({"a", "an", "the", "and", "with", "of", "in", "on", "at", "to", "for", "his", "her", "their", "its", "is", "are", "while", "from", "by"})
 _NEG = -1e9
+# What picks the exported epoch on dev: CIDEr-D alone, or CIDEr-D minus CHAIR-i (evaluation.best_try's rule,
+# for runs that also train against invented objects).
+SELECT_BY = ("CIDEr-D", "CIDEr-D-CHAIR-i")
 
 
 # ------------------------------------------------------------------------------------ the reward
@@ -200,6 +203,11 @@ class ScstConfig:
     seed: int = 1234
     deadline: float | None = None  # unix time: no epoch starts that would end after it
     average: tuple[int, ...] = ()  # also try the mean weights of these epochs; exported if better on dev
+    select_by: str = "CIDEr-D"  # or "CIDEr-D-CHAIR-i": the dev figure that picks the exported epoch (see dev_merit)
+
+    def __post_init__(self):
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, not {self.select_by!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -403,11 +411,11 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
         }
         history.append(record)
         state["epoch"] = epoch
-        state["best_epoch"] = best_epoch(history)
+        state["best_epoch"] = best_epoch(history, cfg.select_by)
         _write_json(state_path, state)
         log(f"epoch {epoch}: {json.dumps({k: v for k, v in record.items() if k != 'dev_greedy'})}")
         log(f"  dev greedy: {json.dumps({k: v for k, v in dev.items() if k != 'samples'})}; best epoch {state['best_epoch']}")
-    best = state["best_epoch"]
+    best = state["best_epoch"] = best_epoch(state["history"], cfg.select_by)  # the rule given now (a resumed run may change it)
     if best == 0:
         log("no epoch beat the initial model on dev; exporting it unchanged")
         model.load_weights(str(Path(loaded.path) / loaded.meta["weights"].get("file", WEIGHTS_NAME)))
@@ -423,7 +431,7 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
         dev = greedy_dev_report(model, tokenizer, dev_features, dev_names, run.dev)
         state["average"] = {"epochs": epochs, "dev_greedy": dev}
         best_record = next(h for h in state["history"] if h["epoch"] == best)
-        if is_clean(dev) and dev["CIDEr-D"] > best_record["dev_greedy"]["CIDEr-D"]:
+        if is_clean(dev) and dev_merit(dev, cfg.select_by) > dev_merit(best_record["dev_greedy"], cfg.select_by):
             state["exported"] = f"average of epochs {epochs[0]}-{epochs[-1]}"
         else:
             model.set_weights(chosen)
@@ -447,11 +455,16 @@ def is_clean(dev: dict) -> bool:
     return not dev["degenerate"] and not dev["bad_endings"]
 
 
-def best_epoch(history: Sequence[dict]) -> int:
-    """The epoch with the highest greedy dev CIDEr-D among those without degenerate or badly
-    ending captions (epoch 0 is the initial model)."""
+def dev_merit(dev: dict, select_by: str = "CIDEr-D") -> float:
+    """The greedy dev figure an epoch is chosen by (see SELECT_BY)."""
+    return dev["CIDEr-D"] - (dev["CHAIR-i"] if select_by == "CIDEr-D-CHAIR-i" else 0.0)
+
+
+def best_epoch(history: Sequence[dict], select_by: str = "CIDEr-D") -> int:
+    """The epoch with the highest greedy dev figure (:func:`dev_merit`) among those without
+    degenerate or badly ending captions (epoch 0 is the initial model)."""
     clean = [h for h in history if is_clean(h["dev_greedy"])]
-    return max(clean or history, key=lambda h: h["dev_greedy"]["CIDEr-D"])["epoch"]
+    return max(clean or history, key=lambda h: dev_merit(h["dev_greedy"], select_by))["epoch"]
 
 
 def export_model_dir(base: Path, model: Captioner, output: Path, *, version: str, scst: dict) -> Path:

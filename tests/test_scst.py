@@ -85,6 +85,12 @@ def test_bad_endings_and_best_epoch_skips_unclean_epochs():
         {"epoch": 3, "dev_greedy": {"CIDEr-D": 51.0, "degenerate": 1, "bad_endings": 0}},
     ]
     assert best_epoch(history) == 1
+    history.append({"epoch": 4, "dev_greedy": {"CIDEr-D": 47.0, "CHAIR-i": 20.0, "degenerate": 0, "bad_endings": 0}})
+    for h in history[:4]:
+        h["dev_greedy"]["CHAIR-i"] = 30.0
+    assert best_epoch(history) == 1 and best_epoch(history, "CIDEr-D-CHAIR-i") == 4
+    with pytest.raises(ValueError, match="select_by"):
+        ScstConfig(select_by="BLEU")
 
 
 def test_samples_obey_the_inference_guard(tiny_model, features, tokenizer):

@@ -26,7 +26,7 @@ from captioning import features as feature_store
 from captioning.evaluation import load_split
 from captioning.files import ModelFileError
 from captioning.management.commands.train_captioner import Command as TrainCommand
-from captioning.scst import ScstConfig, ScstRun, run_scst
+from captioning.scst import SELECT_BY, ScstConfig, ScstRun, run_scst
 
 
 class Command(BaseCommand):
@@ -58,6 +58,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--average", default="", metavar="EPOCHS",
             help="comma-separated epochs whose mean weights are also scored (checkpoint averaging); exported when better on dev",
+        )
+        parser.add_argument(
+            "--select-by", choices=SELECT_BY, default="CIDEr-D",
+            help="the greedy dev figure that picks the exported epoch (CIDEr-D-CHAIR-i: CIDEr-D minus CHAIR-i)",
         )
         parser.add_argument("--resume", action="store_true", help="continue after the last epoch in --work-dir")
 
@@ -104,6 +108,7 @@ class Command(BaseCommand):
                 seed=opts["seed"],
                 deadline=TrainCommand._deadline(opts["deadline"]),
                 average=average,
+                select_by=opts["select_by"],
             ),
             version=version,
             resume=opts["resume"],
