@@ -328,15 +328,22 @@ def rerank_tries(
     return rows
 
 
-def best_try(rows: Sequence[dict], *, max_chair_i: float | None = None) -> dict:
-    """The setting with the highest CIDEr-D minus CHAIR-i among those without degenerate captions
-    (and, when any reaches it, with CHAIR-i at most ``max_chair_i``: a target to meet first).
+def best_try(rows: Sequence[dict], *, max_chair_i: float | None = None, min_bleu_4: float | None = None) -> dict:
+    """The setting with the highest CIDEr-D minus CHAIR-i among those without degenerate captions.
 
     Both are percentages: one invented object per 100 named costs as much as one CIDEr-D point.
+    With targets (CHAIR-i at most ``max_chair_i``, BLEU-4 at least ``min_bleu_4``) that some clean
+    settings meet: the highest CIDEr-D among those (fewer invented objects than the target asks
+    are not worth CIDEr-D; trading them one for one drives CHAIR-i far below it at CIDEr-D's cost).
     """
     clean = [r for r in rows if not r["degenerate"]] or list(rows)
-    if max_chair_i is not None:
-        clean = [r for r in clean if r["CHAIR-i"] <= max_chair_i] or clean
+    if max_chair_i is not None or min_bleu_4 is not None:
+        meeting = [
+            r for r in clean
+            if (max_chair_i is None or r["CHAIR-i"] <= max_chair_i) and (min_bleu_4 is None or r["BLEU-4"] >= min_bleu_4)
+        ]
+        if meeting:
+            return max(meeting, key=lambda r: (r["CIDEr-D"], -r["CHAIR-i"]))
     return max(clean, key=lambda r: (r["CIDEr-D"] - r["CHAIR-i"], r["CIDEr-D"]))
 
 
@@ -460,6 +467,7 @@ def tune(
     coverages: Sequence[float] = RERANK_COVERAGES,
     good_cider_d: float = GOOD_CIDER_D,
     max_chair_i: float | None = None,
+    min_bleu_4: float | None = None,
 ) -> dict:
     """Reranking tries on the n-best lists of each search (``(evidence bias record or None, n-best)``),
     the best setting of the two together (:func:`best_try`), and the confidence calibrated on its captions.
@@ -475,7 +483,7 @@ def tune(
         searched[k] = (bias, found)
         for row in rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages):
             rows.append({"bias_weight": bias["weight"] if bias else 0.0, "bias_floor": bias["floor"] if bias else None, **row, "search": k})
-    best = best_try(rows, max_chair_i=max_chair_i)
+    best = best_try(rows, max_chair_i=max_chair_i, min_bleu_4=min_bleu_4)
     bias, found = searched[best["search"]]
     for row in rows:
         del row["search"]
@@ -563,15 +571,16 @@ class EvaluationRun:
     # bias); none given: only the model's own setting
     bias_weights: tuple[float, ...] = ()
     bias_floors: tuple[float, ...] = (0.1, 0.3)
-    max_chair_i: float | None = None  # with tune: prefer settings with CHAIR-i at most this (see best_try)
+    max_chair_i: float | None = None  # with tune: targets to meet first (see best_try)
+    min_bleu_4: float | None = None
 
     def __post_init__(self):
         if self.beam_width is not None and self.beam_width < 1:
             raise EvaluationError("--beam must be at least 1")
         if self.save_tuning and not self.tune:
             raise EvaluationError("--save-tuning needs --tune")
-        if (self.bias_weights or self.max_chair_i is not None) and not self.tune:
-            raise EvaluationError("--bias-weights and --max-chair-i need --tune")
+        if (self.bias_weights or self.max_chair_i is not None or self.min_bleu_4 is not None) and not self.tune:
+            raise EvaluationError("--bias-weights, --max-chair-i and --min-bleu-4 need --tune")
         if any(w < 0 for w in self.bias_weights) or any(not 0 < f <= 1 for f in self.bias_floors):
             raise EvaluationError("evidence-bias weights must be >= 0 and floors in (0, 1]")
 
@@ -649,7 +658,7 @@ def _tune_run(run: EvaluationRun, captioner: ImageCaptioner, names, references, 
             found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
         searches.append((bias.to_meta() if bias else None, found))
     try:
-        tuned = tune(captioner, searches, references, max_chair_i=run.max_chair_i)
+        tuned = tune(captioner, searches, references, max_chair_i=run.max_chair_i, min_bleu_4=run.min_bleu_4)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from exc
     log(format_tries(tuned))

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from captioning import concepts
 from captioning.chair import OBJECTS_PATH, ObjectVocabulary, chair, load_object_vocabulary
-from captioning.evaluation import calibrate_confidence, cider, human_reference, rerank_tries, score_captions
+from captioning.evaluation import best_try, calibrate_confidence, cider, human_reference, rerank_tries, score_captions
 from captioning.evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from captioning.files import ModelFileError
 from captioning.inference import CaptionResult, ImageCaptioner, decode_candidates
@@ -206,6 +206,18 @@ def test_a_model_with_an_evidence_bias_decodes_with_it(model_and_feature_dirs, f
     captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
     assert captioner.word_bias.to_meta() == {"weight": 0.5, "floor": 0.2}
     assert len(captioner.describe_features(features[:2])) == 2
+
+
+def test_best_try_meets_the_targets_first_then_raises_cider_d():
+    rows = [
+        {"name": "fewest invented", "CIDEr-D": 47.0, "CHAIR-i": 11.0, "BLEU-4": 19.5, "degenerate": 0},
+        {"name": "targets met", "CIDEr-D": 52.0, "CHAIR-i": 19.0, "BLEU-4": 20.6, "degenerate": 0},
+        {"name": "most CIDEr-D", "CIDEr-D": 53.0, "CHAIR-i": 23.0, "BLEU-4": 20.9, "degenerate": 0},
+        {"name": "loops", "CIDEr-D": 60.0, "CHAIR-i": 5.0, "BLEU-4": 25.0, "degenerate": 3},
+    ]
+    assert best_try(rows)["name"] == "fewest invented"  # CIDEr-D minus CHAIR-i
+    assert best_try(rows, max_chair_i=19.2, min_bleu_4=19.61)["name"] == "targets met"
+    assert best_try(rows, max_chair_i=5.0)["name"] == "fewest invented"  # none meets it: the plain rule
 
 
 # ---------------------------------------------------------------------------- confidence

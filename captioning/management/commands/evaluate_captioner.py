@@ -48,8 +48,9 @@ class Command(BaseCommand):
         parser.add_argument("--bias-floors", default="0.1,0.3", metavar="F,F,...", help="with --bias-weights: the floors to try")
         parser.add_argument(
             "--max-chair-i", type=float, default=None,
-            help="with --tune: choose among the settings with CHAIR-i at most this when any reaches it",
+            help="with --tune: a CHAIR-i target; among the settings meeting the targets, the highest CIDEr-D is chosen",
         )
+        parser.add_argument("--min-bleu-4", type=float, default=None, help="with --tune: a BLEU-4 target (see --max-chair-i)")
 
     def handle(self, *args, **opts):
         base = Path(settings.BASE_DIR)
@@ -80,6 +81,7 @@ class Command(BaseCommand):
                 bias_weights=bias_weights,
                 bias_floors=bias_floors,
                 max_chair_i=opts["max_chair_i"],
+                min_bleu_4=opts["min_bleu_4"],
             )
             run_evaluation(run, log=self.stdout.write)
         except EvaluationError as exc:
