@@ -37,11 +37,11 @@ from . import features as feature_store
 from .chair import chair
 from .concepts import reliability
 from .datasets import read_flickr8k, read_split
-from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
+from .evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from .images import open_upright_rgb
 from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
-from .storage import update_meta
+from .storage import read_meta, update_meta
 from .vocabulary import normalize_words
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s")
@@ -328,12 +328,22 @@ def rerank_tries(
     return rows
 
 
-def best_try(rows: Sequence[dict]) -> dict:
+def best_try(rows: Sequence[dict], *, max_chair_i: float | None = None, min_bleu_4: float | None = None) -> dict:
     """The setting with the highest CIDEr-D minus CHAIR-i among those without degenerate captions.
 
     Both are percentages: one invented object per 100 named costs as much as one CIDEr-D point.
+    With targets (CHAIR-i at most ``max_chair_i``, BLEU-4 at least ``min_bleu_4``) that some clean
+    settings meet: the highest CIDEr-D among those (fewer invented objects than the target asks
+    are not worth CIDEr-D; trading them one for one drives CHAIR-i far below it at CIDEr-D's cost).
     """
     clean = [r for r in rows if not r["degenerate"]] or list(rows)
+    if max_chair_i is not None or min_bleu_4 is not None:
+        meeting = [
+            r for r in clean
+            if (max_chair_i is None or r["CHAIR-i"] <= max_chair_i) and (min_bleu_4 is None or r["BLEU-4"] >= min_bleu_4)
+        ]
+        if meeting:
+            return max(meeting, key=lambda r: (r["CIDEr-D"], -r["CHAIR-i"]))
     return max(clean, key=lambda r: (r["CIDEr-D"] - r["CHAIR-i"], r["CIDEr-D"]))
 
 
@@ -391,7 +401,7 @@ def calibrate_confidence(
     }
 
 
-TRIES_COLUMNS = ("weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
+TRIES_COLUMNS = ("bias_weight", "bias_floor", "weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
 
 
 def format_tries(tuned: dict) -> str:
@@ -399,22 +409,26 @@ def format_tries(tuned: dict) -> str:
     lines = [" | ".join(TRIES_COLUMNS)]
     lines += [" | ".join(str(row[c]) for c in TRIES_COLUMNS) for row in tuned["tries"]]
     confidence = tuned["confidence"]
-    lines.append(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}")
+    lines.append(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}, evidence bias {json.dumps(tuned['evidence_bias'])}")
     lines.append(f"confidence: {json.dumps({k: v for k, v in confidence.items() if k != 'held_out'})}")
     lines.append(f"held out: {json.dumps(confidence['held_out'])}")
     return "\n".join(lines)
 
 
 def save_tuning(model_dir: str | os.PathLike, tuned: dict, *, version: str, chosen_on: str) -> Path:
-    """Record the chosen reranking (with every try) and the confidence in meta.json; the
-    reliability diagram beside it (``confidence_reliability.png``). Returns the diagram's path."""
+    """Record the chosen reranking (with every try), the evidence bias of the search (``decoding``;
+    removed when the best is none) and the confidence in meta.json; the reliability diagram
+    beside it (``confidence_reliability.png``). Returns the diagram's path."""
     reranking = {**tuned["reranking"], "chosen_on": chosen_on, "tries": tuned["tries"]}
     confidence = {**tuned["confidence"], "fitted_on": chosen_on}
     plot = plot_reliability(
         confidence["held_out"]["reliability"], Path(model_dir) / "confidence_reliability.png",
         title=f"{version}: caption confidence on {chosen_on} (5-fold held out)",
     )
-    update_meta(model_dir, reranking=reranking, confidence=confidence)
+    decoding = {k: v for k, v in (read_meta(model_dir).get("decoding") or {}).items() if k != "evidence_bias"}
+    if tuned["evidence_bias"]:
+        decoding["evidence_bias"] = {**tuned["evidence_bias"], "chosen_on": chosen_on}
+    update_meta(model_dir, reranking=reranking, confidence=confidence, decoding=decoding)
     return plot
 
 
@@ -445,31 +459,41 @@ def plot_reliability(rows: Sequence[dict], out_path: str | os.PathLike, *, title
 
 def tune(
     captioner: ImageCaptioner,
-    found: NBest,
+    searches: Sequence[tuple[dict | None, NBest]],
     references: dict[str, list[str]],
     *,
     weights: Sequence[float] = RERANK_WEIGHTS,
     floors: Sequence[float] = RERANK_FLOORS,
     coverages: Sequence[float] = RERANK_COVERAGES,
     good_cider_d: float = GOOD_CIDER_D,
+    max_chair_i: float | None = None,
+    min_bleu_4: float | None = None,
 ) -> dict:
-    """Reranking tries on one set of n-best lists, the best setting, and the confidence calibrated on its captions.
+    """Reranking tries on the n-best lists of each search (``(evidence bias record or None, n-best)``),
+    the best setting of the two together (:func:`best_try`), and the confidence calibrated on its captions.
 
-    Returns ``{"tries": [...], "reranking": {"weight", "floor"}, "confidence": {...}}`` (the last two
-    as meta.json records).
+    Returns ``{"tries": [...], "reranking": {...}, "evidence_bias": {...} or None, "confidence": {...}}``
+    (the last three as meta.json records).
     """
     if captioner.concepts is None:
         raise ValueError(f"model {captioner.version} has no concept head: nothing to rerank or calibrate with")
     evidence = VisualEvidence(captioner.concepts)
-    rows = rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages)
-    best = best_try(rows)
+    rows, searched = [], {}
+    for k, (bias, found) in enumerate(searches):
+        searched[k] = (bias, found)
+        for row in rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages):
+            rows.append({"bias_weight": bias["weight"] if bias else 0.0, "bias_floor": bias["floor"] if bias else None, **row, "search": k})
+    best = best_try(rows, max_chair_i=max_chair_i, min_bleu_4=min_bleu_4)
+    bias, found = searched[best["search"]]
+    for row in rows:
+        del row["search"]
     reranker = EvidenceReranker(evidence, best["weight"], best["floor"], best["coverage"])
     chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
     scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
     probabilities = {n: p for n, (_, p) in found.items()}
     confidence = calibrate_confidence(chosen, probabilities, scored["per_image"], evidence, good_cider_d=good_cider_d)
     reranking = {"weight": best["weight"], "floor": best["floor"], "coverage": best["coverage"]}
-    return {"tries": rows, "reranking": reranking, "confidence": confidence}
+    return {"tries": rows, "reranking": reranking, "evidence_bias": bias, "confidence": confidence}
 
 
 def format_table(report: dict) -> str:
@@ -543,12 +567,22 @@ class EvaluationRun:
     save_decoding: bool = False  # record this beam width and length alpha in meta.json
     tune: bool = False  # try the reranking settings and calibrate the confidence instead of scoring
     save_tuning: bool = False  # with tune: record them in meta.json
+    # with tune: evidence-bias settings of the search to try (each a search of the split; weight 0: no
+    # bias); none given: only the model's own setting
+    bias_weights: tuple[float, ...] = ()
+    bias_floors: tuple[float, ...] = (0.1, 0.3)
+    max_chair_i: float | None = None  # with tune: targets to meet first (see best_try)
+    min_bleu_4: float | None = None
 
     def __post_init__(self):
         if self.beam_width is not None and self.beam_width < 1:
             raise EvaluationError("--beam must be at least 1")
         if self.save_tuning and not self.tune:
             raise EvaluationError("--save-tuning needs --tune")
+        if (self.bias_weights or self.max_chair_i is not None or self.min_bleu_4 is not None) and not self.tune:
+            raise EvaluationError("--bias-weights, --max-chair-i and --min-bleu-4 need --tune")
+        if any(w < 0 for w in self.bias_weights) or any(not 0 < f <= 1 for f in self.bias_floors):
+            raise EvaluationError("evidence-bias weights must be >= 0 and floors in (0, 1]")
 
 
 def run_evaluation(run: EvaluationRun, log: Callable[[str], None] = print) -> dict:
@@ -600,11 +634,31 @@ def run_evaluation(run: EvaluationRun, log: Callable[[str], None] = print) -> di
     return report
 
 
+def bias_settings(captioner: ImageCaptioner, weights: Sequence[float], floors: Sequence[float]) -> list[ObjectWordBias | None]:
+    """The evidence biases to search with: none for weight 0, one per floor for the others; without
+    weights, the model's own (or none)."""
+    if not weights:
+        return [captioner.word_bias]
+    if captioner.concepts is None:
+        raise ValueError(f"model {captioner.version} has no concept head: no evidence bias to try")
+    evidence = VisualEvidence(captioner.concepts)
+    index_word = captioner.tokenizer.index_word
+    return [None if not w else ObjectWordBias(evidence, index_word, w, f) for w in sorted(set(weights)) for f in (floors if w else floors[:1])]
+
+
 def _tune_run(run: EvaluationRun, captioner: ImageCaptioner, names, references, log) -> dict:
-    with tqdm(total=len(names), desc="n-best", unit="img", file=sys.stderr) as bar:
-        found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
+    searches = []
     try:
-        tuned = tune(captioner, found, references)
+        biases = bias_settings(captioner, run.bias_weights, run.bias_floors)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
+    for bias in biases:
+        captioner.word_bias = bias
+        with tqdm(total=len(names), desc=f"n-best, bias {bias.to_meta() if bias else 'none'}", unit="img", file=sys.stderr) as bar:
+            found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
+        searches.append((bias.to_meta() if bias else None, found))
+    try:
+        tuned = tune(captioner, searches, references, max_chair_i=run.max_chair_i, min_bleu_4=run.min_bleu_4)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from exc
     log(format_tries(tuned))

@@ -11,6 +11,12 @@ people would use it for this photo. Two uses:
   than ``floor`` costs the caption in proportion to how unlikely it is (a well-supported one costs
   nothing), and words people are likely to use for the photo earn it a little (CIDEr rewards
   what most people say). Weight, floor and coverage are tuned on dev (meta.json ``reranking``).
+* **Bias in the beam** (:class:`ObjectWordBias`): reranking can only choose among the captions
+  the beam kept, and the beam's best five often all name the same stock object ("... in a blue
+  shirt"). So, per photo, every vocabulary word that names an object group gets
+  ``weight * min(0, log(p_group / floor))`` added to its log-probability at every step of the
+  search (meta.json ``decoding.evidence_bias``): the beam keeps alternatives without the
+  unsupported object, and the reranking then chooses among better candidates.
 * **Confidence** (:class:`CaptionConfidence`): a logistic model on the caption's score, its
   weakest object's evidence and its coverage of likely words, fitted on dev against whether the caption was good (meta.json
   ``confidence``), so that 0.8 means about 8 in 10 such captions are good.
@@ -108,6 +114,41 @@ class EvidenceReranker:
     def rank(self, candidates: Sequence[Candidate], probabilities: np.ndarray) -> list[Candidate]:
         """Best first; ties keep the search's order (a stable sort)."""
         return sorted(candidates, key=lambda c: -self.adjusted(c, probabilities))
+
+
+class ObjectWordBias:
+    """Per photo, a (vocabulary,) log-probability bias: ``weight * min(0, log(p_group / floor))``
+    on each word that names an object group the head knows (its own name or its regular plural),
+    0 on every other word. A group's probability is as in :class:`VisualEvidence`."""
+
+    def __init__(self, evidence: VisualEvidence, index_word: Sequence[str], weight: float, floor: float):
+        if weight < 0 or not 0 < floor <= 1:
+            raise ValueError(f"evidence bias needs weight >= 0 and 0 < floor <= 1, got {weight} and {floor}")
+        self.evidence, self.weight, self.floor, self.vocab_size = evidence, float(weight), float(floor), len(index_word)
+        groups = sorted(evidence.columns)
+        position = {g: k for k, g in enumerate(groups)}
+        named = [(i, evidence.objects.phrases.get((word,))) for i, word in enumerate(index_word)]
+        named = [(i, position[g]) for i, g in named if g in position]
+        self.token_ids = np.array([i for i, _ in named], dtype=np.int64)  # vocabulary ids of object words
+        self.token_groups = np.array([k for _, k in named], dtype=np.int64)  # their group's position in ``groups``
+        self.group_columns = [evidence.columns[g] for g in groups]
+
+    @classmethod
+    def from_meta(cls, record: Mapping, evidence: VisualEvidence, index_word: Sequence[str]) -> "ObjectWordBias":
+        """From meta.json ``decoding.evidence_bias``: ``{"weight": ..., "floor": ...}``."""
+        return cls(evidence, index_word, float(record["weight"]), float(record["floor"]))
+
+    def to_meta(self) -> dict:
+        return {"weight": self.weight, "floor": self.floor}
+
+    def of(self, probabilities: np.ndarray) -> np.ndarray:
+        """(n, concepts) head probabilities -> (n, vocabulary) float32 bias (0 or negative)."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        group_p = np.stack([probabilities[:, cols].max(axis=1) for cols in self.group_columns], axis=1)
+        shortfall = np.minimum(0.0, np.log(np.maximum(group_p, MIN_PROBABILITY) / self.floor))
+        bias = np.zeros((len(probabilities), self.vocab_size), dtype=np.float32)
+        bias[:, self.token_ids] = self.weight * shortfall[:, self.token_groups]
+        return bias
 
 
 @dataclass

@@ -15,6 +15,10 @@ Why it is built this way:
   raised to ``length_alpha``). Finished hypotheses stay in the beam and compete on that score.
 * With a beam wider than 1, the greedy path is decoded as an extra lane next to the beam (plain
   beam search can prune it), so beam search never returns a lower-scoring caption than greedy.
+* A per-image (vocabulary,) ``bias`` is added to the log-probabilities the search CHOOSES by
+  (captioning.evidence.ObjectWordBias: words naming objects the photo shows no evidence of);
+  the scores it returns are the model's own log-probabilities. It is an input of the compiled
+  search (zeros when unused), so any bias runs in the same graph.
 
 No Django imports: the Django glue is ``captioning.services``.
 """
@@ -30,7 +34,7 @@ import numpy as np
 
 from . import features as feature_store
 from .efficientnet import as_classifier_network
-from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
+from .evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from .files import ModelFileError, sha256_file
 from .inception import extract_features, preprocess_image
 from .objects import WORDS_PATH, ObjectWords, default_words
@@ -189,15 +193,21 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
     def normalise(total, length):
         return total / tf.pow(tf.maximum(tf.cast(length, tf.float32), 1.0), length_alpha)
 
-    @tf.function(input_signature=[tf.TensorSpec((None, locations, cfg.feature_depth), tf.float32)])
-    def search(features):
+    @tf.function(input_signature=[
+        tf.TensorSpec((None, locations, cfg.feature_depth), tf.float32),
+        tf.TensorSpec((None, vocab), tf.float32),  # per image, added to the log-probabilities the search chooses by
+    ])
+    def search(features, bias):
         batch = tf.shape(features)[0]
         rows = batch * lanes
         enc, keys = captioner.encode(features)
         lane_image = tf.range(rows) // lanes
         enc, keys = tf.gather(enc, lane_image), tf.gather(keys, lane_image)
+        lane_bias = tf.gather(bias, lane_image)
         # Only the first lane of each group is alive at first (the others would duplicate it).
+        # ``total`` (biased) chooses the beam; ``raw`` is the model's own log-probability, the score returned.
         total = tf.tile(tf.where(lane_starts, 0.0, _NEG), [batch])
+        raw = tf.zeros([rows])
         length = tf.zeros([rows], tf.int32)
         finished = tf.zeros([rows], tf.bool)
         tokens = tf.fill([rows], START_ID)
@@ -210,11 +220,11 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
         def cond(step, tokens, state, finished, *_):
             return (step < max_len - 1) & ~tf.reduce_all(finished)
 
-        def body(step, tokens, state, finished, total, length, seq, alphas):
+        def body(step, tokens, state, finished, total, raw, length, seq, alphas):
             logits, new_state, alpha = captioner.decode_step(tokens, state, enc, keys)
             logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
             logp = tf.where(forbidden_tokens(seq, step, vocab, max_len), _NEG, logp)
-            live = normalise(total[:, None] + logp, length[:, None] + 1)
+            live = normalise(total[:, None] + logp + lane_bias, length[:, None] + 1)
             done = tf.where(is_pad, normalise(total, length)[:, None], _NEG)  # finished: pad, same score
             candidates = tf.reshape(tf.where(finished[:, None], done, live), [batch, lanes, vocab])
             parents, picks = [], []
@@ -226,8 +236,10 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
             parent = tf.reshape(tf.concat(parents, axis=1) + image_offsets, [-1])
             token = tf.reshape(tf.concat(picks, axis=1), [-1])
             was_finished = tf.gather(finished, parent)
-            token_logp = tf.gather_nd(logp, tf.stack([parent, token], axis=1))
-            total = tf.gather(total, parent) + tf.where(was_finished, 0.0, token_logp)
+            picked = tf.stack([parent, token], axis=1)
+            token_logp = tf.where(was_finished, 0.0, tf.gather_nd(logp, picked))
+            total = tf.gather(total, parent) + token_logp + tf.where(was_finished, 0.0, tf.gather_nd(lane_bias, picked))
+            raw = tf.gather(raw, parent) + token_logp
             length = tf.gather(length, parent) + tf.cast(~was_finished, tf.int32)
             token = tf.where(was_finished, PAD_ID, token)
             finished = was_finished | tf.equal(token, END_ID)
@@ -235,11 +247,11 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
             alphas = tf.gather(alphas, parent) + (
                 tf.one_hot(step, max_len - 1)[None, :, None] * tf.gather(alpha, parent)[:, None, :]
             )
-            return step + 1, token, tf.gather(new_state, parent), finished, total, length, seq, alphas
+            return step + 1, token, tf.gather(new_state, parent), finished, total, raw, length, seq, alphas
 
-        loop_vars = (tf.constant(0), tokens, state, finished, total, length, seq, alphas)
-        _, _, _, finished, total, length, seq, alphas = tf.while_loop(cond, body, loop_vars)
-        score = tf.reshape(tf.where(finished, normalise(total, length), _NEG), [batch, lanes])
+        loop_vars = (tf.constant(0), tokens, state, finished, total, raw, length, seq, alphas)
+        _, _, _, finished, total, raw, length, seq, alphas = tf.while_loop(cond, body, loop_vars)
+        score = tf.reshape(tf.where(finished, normalise(raw, length), _NEG), [batch, lanes])
         return (
             tf.reshape(seq, [batch, lanes, max_len]),  # every lane: the n best distinct captions
             tf.reshape(alphas, [batch, lanes, max_len - 1, locations]),
@@ -251,20 +263,26 @@ def _build_search(captioner, beam_width: int, length_alpha: float):
 
 
 def decode_candidates(
-    captioner, tokenizer, features, *, beam_width: int = DEFAULT_BEAM_WIDTH, length_alpha: float = 1.0
+    captioner, tokenizer, features, *, beam_width: int = DEFAULT_BEAM_WIDTH, length_alpha: float = 1.0, bias=None
 ) -> list[list[CaptionResult]]:
     """Per image, the distinct finished captions of one compiled search, best score first.
 
     The n-best list is what a reranker (captioning.evidence) chooses from; each candidate carries
-    its own attention, so whichever is chosen can be plotted.
+    its own attention, so whichever is chosen can be plotted. ``bias``: (n, vocabulary) added to
+    the log-probabilities the search chooses by (None: none); scores stay the model's own.
     """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 3:
         raise ValueError(f"expected features of shape (n, 64, 2048), got {features.shape}")
     if len(features) == 0:
         return []
+    if bias is None:
+        bias = np.zeros((len(features), captioner.config.vocab_size), np.float32)
+    bias = np.asarray(bias, dtype=np.float32)
+    if bias.shape != (len(features), captioner.config.vocab_size):
+        raise ValueError(f"expected a bias of shape ({len(features)}, {captioner.config.vocab_size}), got {bias.shape}")
     lane_seq, lane_alphas, lane_scores, lane_lengths = (
-        t.numpy() for t in _search_function(captioner, int(beam_width), length_alpha)(features)
+        t.numpy() for t in _search_function(captioner, int(beam_width), length_alpha)(features, bias)
     )
     max_words = captioner.config.max_length - 2
     out = []
@@ -358,6 +376,7 @@ class ImageCaptioner:
         object_words: ObjectWords | None = None,
         reranker: EvidenceReranker | None = None,
         confidence: CaptionConfidence | None = None,
+        word_bias: ObjectWordBias | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
             raise ModelMismatchError(
@@ -377,10 +396,11 @@ class ImageCaptioner:
         # InceptionV3 inputs to probabilities, or the Keras network (run on TensorFlow).
         self.object_classifier = None if object_classifier is None else as_classifier_network(object_classifier)
         self.object_words = object_words or (default_words() if object_classifier is not None else None)
-        if (reranker or confidence) and concepts is None:
-            raise ValueError("reranking and confidence need the concept head's evidence")
+        if (reranker or confidence or word_bias) and concepts is None:
+            raise ValueError("reranking, confidence and the evidence bias need the concept head's evidence")
         self.reranker = reranker
         self.confidence = confidence
+        self.word_bias = word_bias
 
     @classmethod
     def from_dirs(
@@ -440,9 +460,11 @@ class ImageCaptioner:
             )
             _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         reranking, calibration = loaded.meta.get("reranking"), loaded.meta.get("confidence")
-        evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and (reranking or calibration) else None
-        if (reranking or calibration) and evidence is None:
-            raise ModelFileError(f"{loaded.path}: meta.json has reranking/confidence settings but no concept head")
+        biased = tuned.get("evidence_bias")
+        needs_evidence = reranking or calibration or biased
+        evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and needs_evidence else None
+        if needs_evidence and evidence is None:
+            raise ModelFileError(f"{loaded.path}: meta.json has reranking/confidence/evidence-bias settings but no concept head")
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -460,6 +482,7 @@ class ImageCaptioner:
             object_classifier=object_classifier,
             reranker=EvidenceReranker.from_meta(reranking, evidence) if reranking else None,
             confidence=CaptionConfidence.from_meta(calibration, evidence) if calibration else None,
+            word_bias=ObjectWordBias.from_meta(biased, evidence, loaded.tokenizer.index_word) if biased else None,
         )
 
     def n_best_features(self, features, *, beam_width: int | None = None) -> list[tuple[list[CaptionResult], np.ndarray | None]]:
@@ -468,8 +491,11 @@ class ImageCaptioner:
         width = self.beam_width if beam_width is None else int(beam_width)
         out: list[tuple[list[CaptionResult], np.ndarray | None]] = []
         for chunk in _batches(features, self.batch_size):
-            ranked = decode_candidates(self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha)
-            probabilities = self.concepts.probabilities(chunk) if self.concepts is not None else [None] * len(ranked)
+            probabilities = self.concepts.probabilities(chunk) if self.concepts is not None else [None] * len(chunk)
+            bias = self.word_bias.of(probabilities) if self.word_bias is not None else None
+            ranked = decode_candidates(
+                self.captioner, self.tokenizer, chunk, beam_width=width, length_alpha=self.length_alpha, bias=bias
+            )
             out += list(zip(ranked, probabilities))
         return out
 

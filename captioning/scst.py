@@ -13,6 +13,9 @@ Guards against SCST's known failure, captions that end in "with a" or "and a":
 * the reward scores the caption WITH its ``<end>`` token (and the references with theirs), so an
   ending that people never write earns no 2-, 3- or 4-gram credit;
 * a cross-entropy term on the image's human captions (``xe_weight``) keeps the language model;
+* optionally (``chair_weight``), the reward loses that much per object group the caption names
+  that none of the image's training captions names (captioning.chair's groups, as CHAIR counts
+  them), so invented objects cost more than CIDEr-D alone charges for them;
 * each "epoch" ends with a greedy decode of the dev images scored by CIDEr-D, CHAIR, BLEU-4 and
   the count of degenerate captions and of captions ending in a function word; the exported
   checkpoint is the best dev CIDEr-D among those without degenerate or badly ending captions,
@@ -40,6 +43,7 @@ import tensorflow as tf
 
 from . import features as feature_store
 from .files import atomic_directory, sha256_file, write_atomic
+from .chair import ObjectVocabulary, load_object_vocabulary
 from .evaluation import is_degenerate, score_captions
 from .inference import decode_features, forbidden_tokens
 from .model import Captioner
@@ -50,6 +54,9 @@ from .vocabulary import END, END_ID, PAD_ID, START_ID, Tokenizer, normalize_word
 # Words a finished caption should not end with (SCST's degenerate endings: "... with a", "... and").
 BAD_LAST_WORDS = frozenset({"a", "an", "the", "and", "with", "of", "in", "on", "at", "to", "for", "his", "her", "their", "its", "is", "are", "while", "from", "by"})
 _NEG = -1e9
+# What picks the exported epoch on dev: CIDEr-D alone, or CIDEr-D minus CHAIR-i (evaluation.best_try's rule,
+# for runs that also train against invented objects).
+SELECT_BY = ("CIDEr-D", "CIDEr-D-CHAIR-i")
 
 
 # ------------------------------------------------------------------------------------ the reward
@@ -103,6 +110,25 @@ class CiderD:
                     dot = sum(min(v, ref_k[g]) * ref_k[g] for g, v in hyp_vec[k].items() if g in ref_k)
                     total += penalty * dot / (hyp_norm[k] * ref_norm[k])
         return 10.0 * total / (self.n * len(refs))
+
+
+class InventedObjects:
+    """Per image, the object groups its human captions support (captioning.chair); counts the
+    groups a caption names that they do not (CHAIR's "hallucinated" objects)."""
+
+    def __init__(self, references: Sequence[Sequence[str]], objects: ObjectVocabulary | None = None):
+        self.objects = objects or load_object_vocabulary()
+        self.supported = [self.objects.supported(refs) for refs in references]
+
+    def count(self, image: int, words: Sequence[str]) -> int:
+        return sum(group not in self.supported[image] for group in self.objects.groups_named(words))
+
+
+def penalised_reward(cider: CiderD, invented: InventedObjects | None, chair_weight: float) -> Callable[[int, Sequence[str]], float]:
+    """reward(image, words) = CIDEr-D - chair_weight x the number of object groups the caption invents."""
+    if not chair_weight or invented is None:
+        return cider.score
+    return lambda image, words: cider.score(image, words) - chair_weight * invented.count(image, words)
 
 
 def self_critical_advantages(rewards: np.ndarray) -> np.ndarray:
@@ -172,10 +198,16 @@ class ScstConfig:
     clipnorm: float = 5.0
     xe_weight: float = 0.2  # weight of the cross-entropy on the human captions
     xe_captions: int | None = None  # human captions per image in that term, drawn at random (None: all)
+    chair_weight: float = 0.0  # reward penalty per object group the caption invents (see InventedObjects)
     end_token_reward: bool = True
     seed: int = 1234
     deadline: float | None = None  # unix time: no epoch starts that would end after it
     average: tuple[int, ...] = ()  # also try the mean weights of these epochs; exported if better on dev
+    select_by: str = "CIDEr-D"  # or "CIDEr-D-CHAIR-i": the dev figure that picks the exported epoch (see dev_merit)
+
+    def __post_init__(self):
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {', '.join(SELECT_BY)}, not {self.select_by!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -314,7 +346,9 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
     log(f"loaded features of {len(train_names)} train / {len(dev_names)} dev images in {time.time() - t0:.0f} s")
     max_length = model.config.max_length
     encoded = [[np.asarray(tokenizer.encode(c, max_length=max_length), np.int32) for c in run.train[n]] for n in train_names]
-    reward = CiderD([[normalize_words(c) for c in run.train[n]] for n in train_names], end_token=cfg.end_token_reward)
+    cider = CiderD([[normalize_words(c) for c in run.train[n]] for n in train_names], end_token=cfg.end_token_reward)
+    invented = InventedObjects([run.train[n] for n in train_names]) if cfg.chair_weight else None
+    reward = penalised_reward(cider, invented, cfg.chair_weight)
     trainer = ScstTrainer(model, tokenizer, cfg, log=log)
 
     state_path = work / "state.json"
@@ -347,7 +381,7 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
         sums, batches = Counter(), 0
         for b in range(0, len(picked), cfg.batch_images):
             idx = np.sort(picked[b : b + cfg.batch_images])
-            stats = trainer.step(train_features[idx], [encoded[i] for i in idx], lambda i, w, idx=idx: reward.score(int(idx[i]), w))
+            stats = trainer.step(train_features[idx], [encoded[i] for i in idx], lambda i, w, idx=idx: reward(int(idx[i]), w))
             if not math.isfinite(stats["pg"]) or not math.isfinite(stats["xe"]):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}, batch {batches}")
             sums.update(stats)
@@ -366,6 +400,7 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
             "images": len(picked),
             "learning_rate": cfg.learning_rate,
             "xe_weight": cfg.xe_weight,
+            "chair_weight": cfg.chair_weight,
             "train_reward": round(sums["reward"] / max(batches, 1), 4),
             "train_xe": round(sums["xe"] / max(batches, 1), 4),
             "train_words": round(sums["words"] / max(batches, 1), 2),
@@ -376,11 +411,11 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
         }
         history.append(record)
         state["epoch"] = epoch
-        state["best_epoch"] = best_epoch(history)
+        state["best_epoch"] = best_epoch(history, cfg.select_by)
         _write_json(state_path, state)
         log(f"epoch {epoch}: {json.dumps({k: v for k, v in record.items() if k != 'dev_greedy'})}")
         log(f"  dev greedy: {json.dumps({k: v for k, v in dev.items() if k != 'samples'})}; best epoch {state['best_epoch']}")
-    best = state["best_epoch"]
+    best = state["best_epoch"] = best_epoch(state["history"], cfg.select_by)  # the rule given now (a resumed run may change it)
     if best == 0:
         log("no epoch beat the initial model on dev; exporting it unchanged")
         model.load_weights(str(Path(loaded.path) / loaded.meta["weights"].get("file", WEIGHTS_NAME)))
@@ -396,7 +431,7 @@ def run_scst(run: ScstRun, log: Callable[[str], None] = print) -> Path:
         dev = greedy_dev_report(model, tokenizer, dev_features, dev_names, run.dev)
         state["average"] = {"epochs": epochs, "dev_greedy": dev}
         best_record = next(h for h in state["history"] if h["epoch"] == best)
-        if is_clean(dev) and dev["CIDEr-D"] > best_record["dev_greedy"]["CIDEr-D"]:
+        if is_clean(dev) and dev_merit(dev, cfg.select_by) > dev_merit(best_record["dev_greedy"], cfg.select_by):
             state["exported"] = f"average of epochs {epochs[0]}-{epochs[-1]}"
         else:
             model.set_weights(chosen)
@@ -420,11 +455,16 @@ def is_clean(dev: dict) -> bool:
     return not dev["degenerate"] and not dev["bad_endings"]
 
 
-def best_epoch(history: Sequence[dict]) -> int:
-    """The epoch with the highest greedy dev CIDEr-D among those without degenerate or badly
-    ending captions (epoch 0 is the initial model)."""
+def dev_merit(dev: dict, select_by: str = "CIDEr-D") -> float:
+    """The greedy dev figure an epoch is chosen by (see SELECT_BY)."""
+    return dev["CIDEr-D"] - (dev["CHAIR-i"] if select_by == "CIDEr-D-CHAIR-i" else 0.0)
+
+
+def best_epoch(history: Sequence[dict], select_by: str = "CIDEr-D") -> int:
+    """The epoch with the highest greedy dev figure (:func:`dev_merit`) among those without
+    degenerate or badly ending captions (epoch 0 is the initial model)."""
     clean = [h for h in history if is_clean(h["dev_greedy"])]
-    return max(clean or history, key=lambda h: h["dev_greedy"]["CIDEr-D"])["epoch"]
+    return max(clean or history, key=lambda h: dev_merit(h["dev_greedy"], select_by))["epoch"]
 
 
 def export_model_dir(base: Path, model: Captioner, output: Path, *, version: str, scst: dict) -> Path:
@@ -445,7 +485,7 @@ def export_model_dir(base: Path, model: Captioner, output: Path, *, version: str
         meta["weights"] = {**meta["weights"], "sha256": sha256_file(weights), "bytes": weights.stat().st_size}
         meta["derived_from"] = {"version": base_version, "note": "fine-tuned by self-critical sequence training (captioning.scst)"}
         if "decoding" in meta:
-            meta["decoding"] = {k: v for k, v in meta["decoding"].items() if k in ("beam_width", "length_alpha")}
+            meta["decoding"] = {k: v for k, v in meta["decoding"].items() if k in ("beam_width", "length_alpha", "evidence_bias")}
         inherited = f"inherited from {base_version} (refit with evaluate_captioner --tune --save-tuning)"
         for key, field in (("reranking", "chosen_on"), ("confidence", "fitted_on")):
             if key in meta:

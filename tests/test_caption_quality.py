@@ -12,11 +12,13 @@ from django.urls import reverse
 
 from captioning import concepts
 from captioning.chair import OBJECTS_PATH, ObjectVocabulary, chair, load_object_vocabulary
-from captioning.evaluation import calibrate_confidence, cider, human_reference, rerank_tries, score_captions
-from captioning.evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
+from captioning.evaluation import best_try, calibrate_confidence, cider, human_reference, rerank_tries, score_captions
+from captioning.evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from captioning.files import ModelFileError
-from captioning.inference import CaptionResult, ImageCaptioner
+from captioning.inference import CaptionResult, ImageCaptioner, decode_candidates
+from captioning.model import ModelConfig
 from captioning.storage import update_meta
+from captioning.vocabulary import END_ID, START_ID, Tokenizer
 from gallery.captions import set_human_caption
 
 from .conftest import captioned
@@ -145,6 +147,77 @@ def test_rerank_tries_report_one_row_per_setting():
     rows = rerank_tries(found, REFS, evidence, weights=(0.0, 0.5), floors=(0.1, 0.3), coverages=(0.0,))
     assert [(r["weight"], r["floor"], r["coverage"]) for r in rows] == [(0.0, 0.1, 0.0), (0.5, 0.1, 0.0), (0.5, 0.3, 0.0)]
     assert rows[0]["CHAIR-i"] > 0 and rows[1]["CHAIR-i"] == 0.0 and rows[1]["CIDEr-D"] > rows[0]["CIDEr-D"]
+
+
+class TableCaptioner:
+    """A hand-made captioner for the search: the next word's logits depend only on the last word."""
+
+    def __init__(self, tokenizer, table):
+        import tensorflow as tf
+
+        self.config = ModelConfig(vocab_size=tokenizer.size, max_length=8, feature_locations=2, feature_depth=3)
+        self.table = tf.constant(table, tf.float32)
+
+    def encode(self, features):
+        return features, features
+
+    def initial_state(self, enc):
+        import tensorflow as tf
+
+        return tf.zeros([tf.shape(enc)[0], 1])
+
+    def decode_step(self, tokens, state, enc, keys):
+        import tensorflow as tf
+
+        return tf.gather(self.table, tokens), state, tf.zeros([tf.shape(tokens)[0], 2])
+
+
+def test_evidence_bias_makes_the_beam_drop_an_unsupported_object():
+    tokenizer = Tokenizer(["a", "dog", "cat", "runs"])
+    ids = tokenizer.word_index
+    table = np.full((tokenizer.size, tokenizer.size), -10.0, np.float32)
+    table[START_ID, ids["a"]] = 5.0
+    table[ids["a"], ids["dog"]], table[ids["a"], ids["cat"]] = 3.0, 2.0  # the language model prefers "dog"
+    for word in ("dog", "cat"):
+        table[ids[word], END_ID] = 5.0
+    captioner, features = TableCaptioner(tokenizer, table), np.zeros((2, 2, 3), np.float32)
+    evidence = VisualEvidence(head_over(["dog", "cat", "runs"]))
+    probabilities = np.array([[0.01, 0.9, 0.5], [0.9, 0.9, 0.5]])  # photo 0 shows no dog, photo 1 does
+    word_bias = ObjectWordBias(evidence, tokenizer.index_word, weight=1.0, floor=0.3)
+    bias = word_bias.of(probabilities)
+    assert bias[0, ids["dog"]] == pytest.approx(np.log(0.01 / 0.3)) and bias[0, ids["cat"]] == 0.0
+    assert not bias[1].any() and not bias[:, ids["runs"]].any()  # supported objects and non-objects: no bias
+    plain = decode_candidates(captioner, tokenizer, features, beam_width=1, length_alpha=0.0)
+    biased = decode_candidates(captioner, tokenizer, features, beam_width=1, length_alpha=0.0, bias=bias)
+    assert [c[0].text for c in plain] == ["a dog", "a dog"]
+    assert [c[0].text for c in biased] == ["a cat", "a dog"]
+    # The score stays the model's own log-probability of the caption, without the bias.
+    logp = table - np.log(np.exp(table).sum(axis=1, keepdims=True))
+    assert biased[0][0].score == pytest.approx(logp[START_ID, ids["a"]] + logp[ids["a"], ids["cat"]] + logp[ids["cat"], END_ID], abs=1e-5)
+    assert ObjectWordBias.from_meta(word_bias.to_meta(), evidence, tokenizer.index_word).to_meta() == {"weight": 1.0, "floor": 0.3}
+
+
+def test_a_model_with_an_evidence_bias_decodes_with_it(model_and_feature_dirs, features):
+    model_dir, feature_dir = model_and_feature_dirs
+    path = head_over(["dog", "cat"]).save(model_dir / concepts.CONCEPTS_NAME)
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    assert ImageCaptioner.from_dirs(model_dir, feature_dir).word_bias is None  # older model dirs: no bias
+    update_meta(model_dir, decoding={"beam_width": 2, "evidence_bias": {"weight": 0.5, "floor": 0.2}})
+    captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
+    assert captioner.word_bias.to_meta() == {"weight": 0.5, "floor": 0.2}
+    assert len(captioner.describe_features(features[:2])) == 2
+
+
+def test_best_try_meets_the_targets_first_then_raises_cider_d():
+    rows = [
+        {"name": "fewest invented", "CIDEr-D": 47.0, "CHAIR-i": 11.0, "BLEU-4": 19.5, "degenerate": 0},
+        {"name": "targets met", "CIDEr-D": 52.0, "CHAIR-i": 19.0, "BLEU-4": 20.6, "degenerate": 0},
+        {"name": "most CIDEr-D", "CIDEr-D": 53.0, "CHAIR-i": 23.0, "BLEU-4": 20.9, "degenerate": 0},
+        {"name": "loops", "CIDEr-D": 60.0, "CHAIR-i": 5.0, "BLEU-4": 25.0, "degenerate": 3},
+    ]
+    assert best_try(rows)["name"] == "fewest invented"  # CIDEr-D minus CHAIR-i
+    assert best_try(rows, max_chair_i=19.2, min_bleu_4=19.61)["name"] == "targets met"
+    assert best_try(rows, max_chair_i=5.0)["name"] == "fewest invented"  # none meets it: the plain rule
 
 
 # ---------------------------------------------------------------------------- confidence

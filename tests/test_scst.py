@@ -13,8 +13,8 @@ from django.core.management import CommandError, call_command
 from captioning import features as feature_store
 from captioning.model import ModelConfig, build_captioner
 from captioning.scst import (
-    CiderD, ScstConfig, ScstRun, ScstTrainer, average_checkpoints, best_epoch, build_sampler, ends_badly, policy_loss, run_scst,
-    self_critical_advantages,
+    CiderD, InventedObjects, ScstConfig, ScstRun, ScstTrainer, average_checkpoints, best_epoch, build_sampler, ends_badly,
+    penalised_reward, policy_loss, run_scst, self_critical_advantages,
 )
 from captioning.inference import forbidden_tokens, has_repeated_trigram
 from captioning.storage import load_model_dir, read_meta
@@ -53,6 +53,22 @@ def test_cider_d_rewards_overlap_and_with_end_token_punishes_a_dangling_ending()
     assert 0 < dangling_share(with_end) < dangling_share(plain) - 0.05
 
 
+def test_reward_loses_the_chair_weight_per_invented_object_group():
+    keys = list(REFERENCES)
+    cider = CiderD([[r.split() for r in REFERENCES[k]] for k in keys])
+    invented = InventedObjects([REFERENCES[k] for k in keys])
+    # Photo "b": children (person) and water are supported; "dogs" and "snow" are invented.
+    assert invented.count(1, "two dogs play in the snow".split()) == 2
+    assert invented.count(1, "two kids play in the water".split()) == 0
+    # Photo "c": "cyclist" and "man" are both person, "bike" and "bicycle" one group.
+    assert invented.count(2, "a man on a bike".split()) == 0
+    reward = penalised_reward(cider, invented, 0.25)
+    words = "two dogs play in the snow".split()
+    assert reward(1, words) == pytest.approx(cider.score(1, words) - 0.5)
+    assert reward(2, "a man on a bike".split()) == pytest.approx(cider.score(2, "a man on a bike".split()))
+    assert penalised_reward(cider, invented, 0.0) == cider.score
+
+
 def test_baseline_is_the_mean_of_the_other_samples():
     advantages = self_critical_advantages(np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]]))
     np.testing.assert_allclose(advantages, [[-1.5, 0.0, 1.5], [0.0, 0.0, 0.0]])
@@ -69,6 +85,12 @@ def test_bad_endings_and_best_epoch_skips_unclean_epochs():
         {"epoch": 3, "dev_greedy": {"CIDEr-D": 51.0, "degenerate": 1, "bad_endings": 0}},
     ]
     assert best_epoch(history) == 1
+    history.append({"epoch": 4, "dev_greedy": {"CIDEr-D": 47.0, "CHAIR-i": 20.0, "degenerate": 0, "bad_endings": 0}})
+    for h in history[:4]:
+        h["dev_greedy"]["CHAIR-i"] = 30.0
+    assert best_epoch(history) == 1 and best_epoch(history, "CIDEr-D-CHAIR-i") == 4
+    with pytest.raises(ValueError, match="select_by"):
+        ScstConfig(select_by="BLEU")
 
 
 def test_samples_obey_the_inference_guard(tiny_model, features, tokenizer):

@@ -39,11 +39,26 @@ class Command(BaseCommand):
         parser.add_argument("--tune", action="store_true", help="try reranking settings and calibrate the confidence")
         parser.add_argument(
             "--save-tuning", action="store_true",
-            help="with --tune: record the best reranking and the confidence in meta.json, the reliability diagram beside it",
+            help="with --tune: record the best reranking, evidence bias and the confidence in meta.json, the reliability diagram beside it",
         )
+        parser.add_argument(
+            "--bias-weights", default="", metavar="W,W,...",
+            help="with --tune: evidence-bias weights of the search to try jointly with the reranking (0 = none; default: the model's own)",
+        )
+        parser.add_argument("--bias-floors", default="0.1,0.3", metavar="F,F,...", help="with --bias-weights: the floors to try")
+        parser.add_argument(
+            "--max-chair-i", type=float, default=None,
+            help="with --tune: a CHAIR-i target; among the settings meeting the targets, the highest CIDEr-D is chosen",
+        )
+        parser.add_argument("--min-bleu-4", type=float, default=None, help="with --tune: a BLEU-4 target (see --max-chair-i)")
 
     def handle(self, *args, **opts):
         base = Path(settings.BASE_DIR)
+        try:
+            bias_weights = tuple(float(w) for w in opts["bias_weights"].split(",") if w.strip())
+            bias_floors = tuple(float(f) for f in opts["bias_floors"].split(",") if f.strip())
+        except ValueError:
+            raise CommandError("--bias-weights and --bias-floors take comma-separated numbers") from None
         data_dir = Path(opts["data_dir"])
         try:
             run = EvaluationRun(
@@ -63,6 +78,10 @@ class Command(BaseCommand):
                 save_decoding=opts["save_decoding"],
                 tune=opts["tune"],
                 save_tuning=opts["save_tuning"],
+                bias_weights=bias_weights,
+                bias_floors=bias_floors,
+                max_chair_i=opts["max_chair_i"],
+                min_bleu_4=opts["min_bleu_4"],
             )
             run_evaluation(run, log=self.stdout.write)
         except EvaluationError as exc:

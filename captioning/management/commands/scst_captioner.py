@@ -26,7 +26,7 @@ from captioning import features as feature_store
 from captioning.evaluation import load_split
 from captioning.files import ModelFileError
 from captioning.management.commands.train_captioner import Command as TrainCommand
-from captioning.scst import ScstConfig, ScstRun, run_scst
+from captioning.scst import SELECT_BY, ScstConfig, ScstRun, run_scst
 
 
 class Command(BaseCommand):
@@ -47,6 +47,10 @@ class Command(BaseCommand):
         parser.add_argument("--learning-rate", type=float, default=5e-5)
         parser.add_argument("--xe-weight", type=float, default=0.2, help="weight of the cross-entropy on the human captions")
         parser.add_argument("--xe-captions", type=int, default=None, help="human captions per image in that term (default: all)")
+        parser.add_argument(
+            "--chair-weight", type=float, default=0.0,
+            help="reward penalty per object group a sampled caption names that none of the photo's captions names (CHAIR's groups)",
+        )
         parser.add_argument("--no-end-token-reward", action="store_true", help="score captions without their <end> token")
         parser.add_argument("--seed", type=int, default=1234)
         parser.add_argument("--deadline", help="UTC time HH:MM or unix seconds; no epoch starts that would end later")
@@ -55,9 +59,15 @@ class Command(BaseCommand):
             "--average", default="", metavar="EPOCHS",
             help="comma-separated epochs whose mean weights are also scored (checkpoint averaging); exported when better on dev",
         )
+        parser.add_argument(
+            "--select-by", choices=SELECT_BY, default="CIDEr-D",
+            help="the greedy dev figure that picks the exported epoch (CIDEr-D-CHAIR-i: CIDEr-D minus CHAIR-i)",
+        )
         parser.add_argument("--resume", action="store_true", help="continue after the last epoch in --work-dir")
 
     def handle(self, *args, **opts):
+        if opts["chair_weight"] < 0:
+            raise CommandError("--chair-weight must be at least 0")
         if opts["samples"] < 2:
             raise CommandError("--samples must be at least 2 (the baseline is the other samples' mean reward)")
         try:
@@ -93,10 +103,12 @@ class Command(BaseCommand):
                 learning_rate=opts["learning_rate"],
                 xe_weight=opts["xe_weight"],
                 xe_captions=opts["xe_captions"],
+                chair_weight=opts["chair_weight"],
                 end_token_reward=not opts["no_end_token_reward"],
                 seed=opts["seed"],
                 deadline=TrainCommand._deadline(opts["deadline"]),
                 average=average,
+                select_by=opts["select_by"],
             ),
             version=version,
             resume=opts["resume"],
