@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
+from .consensus import ConsensusReranker
 from .efficientnet import as_classifier_network
 from .evidence import CaptionConfidence, EvidenceReranker, VisualEvidence
 from .files import ModelFileError, sha256_file
@@ -356,7 +357,7 @@ class ImageCaptioner:
         meta: dict | None = None,
         object_classifier=None,
         object_words: ObjectWords | None = None,
-        reranker: EvidenceReranker | None = None,
+        reranker: EvidenceReranker | ConsensusReranker | None = None,
         confidence: CaptionConfidence | None = None,
     ):
         if tokenizer.size != captioner.config.vocab_size:
@@ -443,6 +444,9 @@ class ImageCaptioner:
         evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and (reranking or calibration) else None
         if (reranking or calibration) and evidence is None:
             raise ModelFileError(f"{loaded.path}: meta.json has reranking/confidence settings but no concept head")
+        reranker = EvidenceReranker.from_meta(reranking, evidence) if reranking else None
+        if reranker is not None and reranking.get("consensus"):  # captioning.consensus, with the neighbours file
+            reranker = ConsensusReranker.from_meta(reranking["consensus"], reranker, loaded.neighbours)
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -458,7 +462,7 @@ class ImageCaptioner:
             fingerprint=loaded.fingerprint,
             meta=loaded.meta,
             object_classifier=object_classifier,
-            reranker=EvidenceReranker.from_meta(reranking, evidence) if reranking else None,
+            reranker=reranker,
             confidence=CaptionConfidence.from_meta(calibration, evidence) if calibration else None,
         )
 

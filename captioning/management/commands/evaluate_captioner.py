@@ -1,18 +1,30 @@
 """``manage.py evaluate_captioner``: BLEU/METEOR/ROUGE-L/CIDEr/CIDEr-D/CHAIR and degenerate share on a split.
 
 Prints a table, writes the full report as JSON (``--output``) and attention plots of a few images.
-``--tune`` tries the visual-evidence reranking settings and calibrates the confidence
+``--tune`` tries the visual-evidence reranking settings (with consensus reranking when the model has
+neighbours.npz: ``--consensus-weights`` x ``--consensus-neighbours``) and calibrates the confidence
 (captioning.evaluation.tune); ``--save-tuning`` records both in the model's meta.json.
 The work is ``captioning.evaluation.run_evaluation``; this command only parses the arguments.
 """
 
+import argparse
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from captioning import features as feature_store
-from captioning.evaluation import EvaluationError, EvaluationRun, run_evaluation
+from captioning.evaluation import CONSENSUS_NEIGHBOURS, CONSENSUS_WEIGHTS, EvaluationError, EvaluationRun, run_evaluation
+
+
+def _numbers(kind):
+    """An argparse type: comma-separated numbers of ``kind``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    return parse
 
 
 class Command(BaseCommand):
@@ -41,6 +53,14 @@ class Command(BaseCommand):
             "--save-tuning", action="store_true",
             help="with --tune: record the best reranking and the confidence in meta.json, the reliability diagram beside it",
         )
+        parser.add_argument(
+            "--consensus-weights", type=_numbers(float), default=CONSENSUS_WEIGHTS,
+            help="with --tune: consensus reranking weights to try, comma-separated (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--consensus-neighbours", type=_numbers(int), default=CONSENSUS_NEIGHBOURS,
+            help="with --tune: numbers of neighbour photos to try, comma-separated (default: %(default)s)",
+        )
 
     def handle(self, *args, **opts):
         base = Path(settings.BASE_DIR)
@@ -63,6 +83,8 @@ class Command(BaseCommand):
                 save_decoding=opts["save_decoding"],
                 tune=opts["tune"],
                 save_tuning=opts["save_tuning"],
+                consensus_weights=tuple(opts["consensus_weights"]),
+                consensus_neighbours=tuple(opts["consensus_neighbours"]),
             )
             run_evaluation(run, log=self.stdout.write)
         except EvaluationError as exc:
