@@ -64,7 +64,10 @@ def test_consensus_is_cider_d_against_the_neighbours_with_the_training_document_
     words = "a dog runs on the grass".split()
     near = neighbours.nearest(DOG, 2)
     assert neighbours.consensus([words], DOG, 2)[0] == pytest.approx(np.mean([reference.score(int(i), words) for i in near]))
-    assert reference.scores([0, 3], words) == [reference.score(0, words), reference.score(3, words)]
+    bike = "a man on a bike".split()
+    many = reference.scores([0, 3, 5], [words, bike])  # one vectorised pass: captions x images
+    assert many.shape == (2, 3)
+    assert many[0, 0] == pytest.approx(reference.score(0, words)) and many[1, 1] == pytest.approx(reference.score(3, bike))
 
 
 def test_a_reduced_key_space_finds_the_same_neighbours_and_survives_saving(tmp_path):
