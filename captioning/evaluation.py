@@ -36,12 +36,13 @@ from tqdm import tqdm
 from . import features as feature_store
 from .chair import chair
 from .concepts import reliability
+from .consensus import ConsensusReranker, NeighbourCaptions
 from .datasets import read_flickr8k, read_split
 from .evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from .images import open_upright_rgb
 from .inception import preprocess_image
 from .inference import CaptionResult, ImageCaptioner, has_repeated_trigram
-from .storage import read_meta, update_meta
+from .storage import load_model_neighbours, read_meta, update_meta
 from .vocabulary import normalize_words
 
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CIDEr-D", "CHAIR-i", "CHAIR-s")
@@ -301,6 +302,9 @@ RERANK_COVERAGES = (0.0, 0.25, 0.5, 1.0)
 # A caption is "good" when it names no invented object and its CIDEr-D reaches this (see calibrate_confidence).
 GOOD_CIDER_D = 0.5
 CONFIDENT_FROM = 0.5
+# Consensus reranking (captioning.consensus), tried jointly with the grid above when the model has neighbours.npz.
+CONSENSUS_WEIGHTS = (0.0, 5.0, 10.0, 20.0)
+CONSENSUS_NEIGHBOURS = (10, 15)
 
 
 def rerank_tries(
@@ -311,20 +315,39 @@ def rerank_tries(
     weights: Sequence[float] = RERANK_WEIGHTS,
     floors: Sequence[float] = RERANK_FLOORS,
     coverages: Sequence[float] = RERANK_COVERAGES,
+    neighbours: NeighbourCaptions | None = None,
+    consensus_weights: Sequence[float] = CONSENSUS_WEIGHTS,
+    consensus_neighbours: Sequence[int] = CONSENSUS_NEIGHBOURS,
 ) -> list[dict]:
-    """Score the caption each reranking setting picks from the same n-best lists (all 0: the search's own)."""
+    """Score the caption each reranking setting picks from the same n-best lists (all 0: the search's own).
+
+    With ``neighbours``, every evidence setting is also tried with each consensus weight and number
+    of neighbours (rows then carry ``consensus`` and ``neighbours``).
+    """
+    consensus_settings = [(0.0, 0)]
+    agreement = {}
+    if neighbours is not None:
+        consensus_settings = [(w, k) for w in consensus_weights for k in (consensus_neighbours if w else consensus_neighbours[:1])]
+        most = max(consensus_neighbours)  # the nearest k are the first k of the nearest ``most``
+        agreement = {n: neighbours.agreement([c.words for c in candidates], p, most) for n, (candidates, p) in found.items()}
     rows = []
     for weight in weights:
         for floor in floors if weight else floors[:1]:
             for coverage in coverages:
                 reranker = EvidenceReranker(evidence, weight, floor, coverage)
-                chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
-                scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
-                rows.append({
-                    "weight": weight, "floor": floor, "coverage": coverage, **scored["scores"],
-                    "degenerate": sum(is_degenerate(c) for c in chosen.values()),
-                    "mean_words": round(float(np.mean([len(c.words) for c in chosen.values()])), 2),
-                })
+                adjusted = {n: np.array([reranker.adjusted(c, p) for c in candidates]) for n, (candidates, p) in found.items()}
+                for consensus_weight, k in consensus_settings:
+                    chosen = {
+                        n: found[n][0][int(np.argmax(a + consensus_weight * agreement[n][:, :k].mean(axis=1) if consensus_weight else a))]
+                        for n, a in adjusted.items()
+                    }
+                    scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
+                    rows.append({
+                        "weight": weight, "floor": floor, "coverage": coverage,
+                        **({"consensus": consensus_weight, "neighbours": k} if neighbours is not None else {}), **scored["scores"],
+                        "degenerate": sum(is_degenerate(c) for c in chosen.values()),
+                        "mean_words": round(float(np.mean([len(c.words) for c in chosen.values()])), 2),
+                    })
     return rows
 
 
@@ -401,13 +424,13 @@ def calibrate_confidence(
     }
 
 
-TRIES_COLUMNS = ("bias_weight", "bias_floor", "weight", "floor", "coverage", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
+TRIES_COLUMNS = ("bias_weight", "bias_floor", "weight", "floor", "coverage", "consensus", "neighbours", "CIDEr-D", "CIDEr", "CHAIR-i", "CHAIR-s", "BLEU-4", "degenerate", "mean_words")
 
 
 def format_tries(tuned: dict) -> str:
     """The reranking tries, the chosen setting and the confidence's held-out figures, as text."""
     lines = [" | ".join(TRIES_COLUMNS)]
-    lines += [" | ".join(str(row[c]) for c in TRIES_COLUMNS) for row in tuned["tries"]]
+    lines += [" | ".join(str(row.get(c, "-")) for c in TRIES_COLUMNS) for row in tuned["tries"]]
     confidence = tuned["confidence"]
     lines.append(f"best: {json.dumps({k: v for k, v in tuned['reranking'].items() if k != 'tries'})}, evidence bias {json.dumps(tuned['evidence_bias'])}")
     lines.append(f"confidence: {json.dumps({k: v for k, v in confidence.items() if k != 'held_out'})}")
@@ -468,12 +491,16 @@ def tune(
     good_cider_d: float = GOOD_CIDER_D,
     max_chair_i: float | None = None,
     min_bleu_4: float | None = None,
+    neighbours: NeighbourCaptions | None = None,
+    consensus_weights: Sequence[float] = CONSENSUS_WEIGHTS,
+    consensus_neighbours: Sequence[int] = CONSENSUS_NEIGHBOURS,
 ) -> dict:
     """Reranking tries on the n-best lists of each search (``(evidence bias record or None, n-best)``),
     the best setting of the two together (:func:`best_try`), and the confidence calibrated on its captions.
 
-    Returns ``{"tries": [...], "reranking": {...}, "evidence_bias": {...} or None, "confidence": {...}}``
-    (the last three as meta.json records).
+    Returns ``{"tries": [...], "reranking": {"weight", "floor", "coverage", "consensus"}, "evidence_bias": {...} or None,
+    "confidence": {...}}`` (the last three as meta.json records; ``consensus`` is None unless ``neighbours``
+    and a weight above 0 won).
     """
     if captioner.concepts is None:
         raise ValueError(f"model {captioner.version} has no concept head: nothing to rerank or calibrate with")
@@ -481,18 +508,24 @@ def tune(
     rows, searched = [], {}
     for k, (bias, found) in enumerate(searches):
         searched[k] = (bias, found)
-        for row in rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages):
+        tries = rerank_tries(found, references, evidence, weights=weights, floors=floors, coverages=coverages,
+                             neighbours=neighbours, consensus_weights=consensus_weights, consensus_neighbours=consensus_neighbours)
+        for row in tries:
             rows.append({"bias_weight": bias["weight"] if bias else 0.0, "bias_floor": bias["floor"] if bias else None, **row, "search": k})
     best = best_try(rows, max_chair_i=max_chair_i, min_bleu_4=min_bleu_4)
     bias, found = searched[best["search"]]
     for row in rows:
         del row["search"]
     reranker = EvidenceReranker(evidence, best["weight"], best["floor"], best["coverage"])
+    consensus = {"weight": best["consensus"], "neighbours": best["neighbours"]} if best.get("consensus") else None
+    if consensus:
+        reranker = ConsensusReranker.from_meta(consensus, reranker, neighbours)
     chosen = {n: reranker.rank(candidates, p)[0] for n, (candidates, p) in found.items()}
     scored = score_captions({n: references[n] for n in found}, {n: c.text for n, c in chosen.items()}, meteor=False)
     probabilities = {n: p for n, (_, p) in found.items()}
     confidence = calibrate_confidence(chosen, probabilities, scored["per_image"], evidence, good_cider_d=good_cider_d)
-    reranking = {"weight": best["weight"], "floor": best["floor"], "coverage": best["coverage"]}
+    # consensus None is written too, so that saving replaces an earlier consensus setting (update_meta merges).
+    reranking = {"weight": best["weight"], "floor": best["floor"], "coverage": best["coverage"], "consensus": consensus}
     return {"tries": rows, "reranking": reranking, "evidence_bias": bias, "confidence": confidence}
 
 
@@ -573,10 +606,14 @@ class EvaluationRun:
     bias_floors: tuple[float, ...] = (0.1, 0.3)
     max_chair_i: float | None = None  # with tune: targets to meet first (see best_try)
     min_bleu_4: float | None = None
+    consensus_weights: Sequence[float] = CONSENSUS_WEIGHTS  # with tune, for a model with neighbours.npz
+    consensus_neighbours: Sequence[int] = CONSENSUS_NEIGHBOURS
 
     def __post_init__(self):
         if self.beam_width is not None and self.beam_width < 1:
             raise EvaluationError("--beam must be at least 1")
+        if not self.consensus_weights or not self.consensus_neighbours or min(self.consensus_weights) < 0 or min(self.consensus_neighbours) < 1:
+            raise EvaluationError("--consensus-weights must be at least 0 and --consensus-neighbours at least 1")
         if self.save_tuning and not self.tune:
             raise EvaluationError("--save-tuning needs --tune")
         if (self.bias_weights or self.max_chair_i is not None or self.min_bleu_4 is not None) and not self.tune:
@@ -658,7 +695,11 @@ def _tune_run(run: EvaluationRun, captioner: ImageCaptioner, names, references, 
             found = n_best(captioner, names, run.data_dir / "images", cache_dir=run.cache_dir, progress=bar.update)
         searches.append((bias.to_meta() if bias else None, found))
     try:
-        tuned = tune(captioner, searches, references, max_chair_i=run.max_chair_i, min_bleu_4=run.min_bleu_4)
+        neighbours = load_model_neighbours(run.model_dir)
+        if neighbours is None and captioner.concepts is not None:
+            log(f"no neighbour captions in {run.model_dir}: consensus reranking not tried (manage.py build_neighbours)")
+        tuned = tune(captioner, searches, references, max_chair_i=run.max_chair_i, min_bleu_4=run.min_bleu_4, neighbours=neighbours,
+                     consensus_weights=run.consensus_weights, consensus_neighbours=run.consensus_neighbours)
     except ValueError as exc:
         raise EvaluationError(str(exc)) from exc
     log(format_tries(tuned))

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
+from .consensus import ConsensusReranker
 from .efficientnet import as_classifier_network
 from .evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
 from .files import ModelFileError, sha256_file
@@ -374,7 +375,7 @@ class ImageCaptioner:
         meta: dict | None = None,
         object_classifier=None,
         object_words: ObjectWords | None = None,
-        reranker: EvidenceReranker | None = None,
+        reranker: EvidenceReranker | ConsensusReranker | None = None,
         confidence: CaptionConfidence | None = None,
         word_bias: ObjectWordBias | None = None,
     ):
@@ -465,6 +466,9 @@ class ImageCaptioner:
         evidence = VisualEvidence(loaded.concepts) if loaded.concepts is not None and needs_evidence else None
         if needs_evidence and evidence is None:
             raise ModelFileError(f"{loaded.path}: meta.json has reranking/confidence/evidence-bias settings but no concept head")
+        reranker = EvidenceReranker.from_meta(reranking, evidence) if reranking else None
+        if reranker is not None and reranking.get("consensus"):  # captioning.consensus, with the neighbours file
+            reranker = ConsensusReranker.from_meta(reranking["consensus"], reranker, loaded.neighbours)
         return cls(
             loaded.model,
             loaded.tokenizer,
@@ -480,7 +484,7 @@ class ImageCaptioner:
             fingerprint=loaded.fingerprint,
             meta=loaded.meta,
             object_classifier=object_classifier,
-            reranker=EvidenceReranker.from_meta(reranking, evidence) if reranking else None,
+            reranker=reranker,
             confidence=CaptionConfidence.from_meta(calibration, evidence) if calibration else None,
             word_bias=ObjectWordBias.from_meta(biased, evidence, loaded.tokenizer.index_word) if biased else None,
         )

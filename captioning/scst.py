@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import features as feature_store
+from .cider import CiderD
 from .files import atomic_directory, sha256_file, write_atomic
 from .chair import ObjectVocabulary, load_object_vocabulary
 from .evaluation import is_degenerate, score_captions
@@ -49,7 +50,7 @@ from .inference import decode_features, forbidden_tokens
 from .model import Captioner
 from .storage import META_NAME, WEIGHTS_NAME, load_model_dir, read_meta
 from .training import masked_cross_entropy, teacher_forced
-from .vocabulary import END, END_ID, PAD_ID, START_ID, Tokenizer, normalize_words
+from .vocabulary import END_ID, PAD_ID, START_ID, Tokenizer, normalize_words
 
 # Words a finished caption should not end with (SCST's degenerate endings: "... with a", "... and").
 BAD_LAST_WORDS = frozenset({"a", "an", "the", "and", "with", "of", "in", "on", "at", "to", "for", "his", "her", "their", "its", "is", "are", "while", "from", "by"})
@@ -60,58 +61,6 @@ SELECT_BY = ("CIDEr-D", "CIDEr-D-CHAIR-i")
 
 
 # ------------------------------------------------------------------------------------ the reward
-class CiderD:
-    """CIDEr-D (pycocoevalcap's ``Cider``: clipped counts, Gaussian length penalty sigma 6, x10)
-    of word lists against per-image references, with document frequencies fixed once.
-
-    ``references``: per image, its reference captions as word lists. The document frequency of an
-    n-gram is the number of images whose references contain it, as in pycocoevalcap, so scoring
-    with the references a test split brings reproduces its figures; for training, the document
-    frequencies come from the training captions. ``end_token`` appends ``<end>`` to every caption.
-    """
-
-    def __init__(self, references: Sequence[Sequence[Sequence[str]]], *, n: int = 4, sigma: float = 6.0, end_token: bool = False):
-        self.n, self.sigma, self.end_token = n, sigma, end_token
-        counted = [[self._counts(words) for words in refs] for refs in references]
-        self.document_frequency: Counter = Counter()
-        for refs in counted:
-            self.document_frequency.update({g for counts in refs for g in counts})
-        self.log_images = math.log(float(len(references)))
-        self.references = [[self._vector(counts) for counts in refs] for refs in counted]
-
-    def _counts(self, words: Sequence[str]) -> Counter:
-        words = list(words) + [END] if self.end_token else list(words)
-        return Counter(tuple(words[i : i + k]) for k in range(1, self.n + 1) for i in range(len(words) - k + 1))
-
-    def _vector(self, counts: Counter):
-        """(per-n dict n-gram -> tf-idf, per-n norms, length) as pycocoevalcap's counts2vec."""
-        vec = [{} for _ in range(self.n)]
-        norm = [0.0] * self.n
-        length = 0
-        for gram, tf_ in counts.items():
-            k = len(gram) - 1
-            value = float(tf_) * (self.log_images - math.log(max(1.0, self.document_frequency.get(gram, 0.0))))
-            vec[k][gram] = value
-            norm[k] += value * value
-            if k == 1:  # pycocoevalcap counts the bigrams as the length; kept for equal figures
-                length += tf_
-        return vec, [math.sqrt(x) for x in norm], length
-
-    def score(self, image: int, words: Sequence[str]) -> float:
-        """CIDEr-D of one caption (word list) of image ``image`` (its index in ``references``)."""
-        hyp_vec, hyp_norm, hyp_len = self._vector(self._counts(words))
-        refs = self.references[image]
-        total = 0.0
-        for ref_vec, ref_norm, ref_len in refs:
-            penalty = math.exp(-((hyp_len - ref_len) ** 2) / (2 * self.sigma**2))
-            for k in range(self.n):
-                if hyp_norm[k] and ref_norm[k]:
-                    ref_k = ref_vec[k]
-                    dot = sum(min(v, ref_k[g]) * ref_k[g] for g, v in hyp_vec[k].items() if g in ref_k)
-                    total += penalty * dot / (hyp_norm[k] * ref_norm[k])
-        return 10.0 * total / (self.n * len(refs))
-
-
 class InventedObjects:
     """Per image, the object groups its human captions support (captioning.chair); counts the
     groups a caption names that they do not (CHAIR's "hallucinated" objects)."""

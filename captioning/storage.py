@@ -13,6 +13,8 @@ Layout of ``captioning/models/<version>/``::
                            weights of each description source in the index, tuned on dev
     fingerprint.npz        optional: the projection of visual fingerprints (captioning.fingerprints),
                            its SHA-256 in meta.json ``fingerprint``
+    neighbours.npz         optional: training photos' concept vectors and captions for consensus
+                           reranking (captioning.consensus), its SHA-256 in meta.json ``neighbours``
 
 :func:`load_model_dir` checks every file and raises :class:`ModelFileError` (the same class as
 ``captioning.files.ModelFileError``) with a message naming the file and the problem.
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .concepts import CONCEPTS_NAME, ConceptHead, load_concept_head
+from .consensus import NEIGHBOURS_NAME, NeighbourCaptions, load_neighbours
 from .files import ModelFileError, atomic_directory, sha256_file, write_atomic
 from .fingerprints import FINGERPRINT_NAME, FingerprintProjection, load_projection
 from .vocabulary import Tokenizer, VocabularyError
@@ -58,6 +61,7 @@ class LoadedModel:
     path: Path
     concepts: ConceptHead | None = None
     fingerprint: FingerprintProjection | None = None
+    neighbours: NeighbourCaptions | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -257,7 +261,27 @@ def load_model_dir(
         model=model, tokenizer=tokenizer, meta=meta, path=path,
         concepts=_load_optional(path, meta, "concepts", CONCEPTS_NAME, load_concept_head),
         fingerprint=_load_optional(path, meta, "fingerprint", FINGERPRINT_NAME, load_projection),
+        neighbours=load_model_neighbours(path, meta),
     )
+
+
+def load_model_neighbours(path: str | os.PathLike, meta: dict | None = None) -> NeighbourCaptions | None:
+    """The model directory's neighbour captions (captioning.consensus), None when meta.json records none.
+
+    They are keyed by the concept head's probabilities, so the head they were built with must be the
+    model's (meta.json ``neighbours.concepts_sha256``).
+    """
+    path = resolve_model_dir(path)
+    meta = read_meta(path) if meta is None else meta
+    neighbours = _load_optional(path, meta, "neighbours", NEIGHBOURS_NAME, load_neighbours)
+    if neighbours is None:
+        return None
+    built_with = meta["neighbours"].get("concepts_sha256")
+    if built_with != (meta.get("concepts") or {}).get("sha256"):
+        raise ModelFileError(
+            f"{path / NEIGHBOURS_NAME} was built with another concept head than the model's; run `python manage.py build_neighbours`"
+        )
+    return neighbours
 
 
 def _load_optional(path: Path, meta: dict, key: str, default_name: str, load):

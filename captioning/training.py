@@ -35,12 +35,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import concepts, datasets, fingerprints
+from . import concepts, consensus, datasets, fingerprints
 from . import features as feature_store
 from .files import atomic_directory, atomic_path, sha256_file
 from .model import Captioner, ModelConfig, build_captioner
-from .storage import CARD_NAME, load_model_dir, resolve_model_dir, save_model_dir, update_meta
-from .vocabulary import PAD_ID, Tokenizer
+from .storage import CARD_NAME, load_model_dir, read_meta, resolve_model_dir, save_model_dir, update_meta
+from .vocabulary import PAD_ID, Tokenizer, normalize_words
 
 
 @dataclass
@@ -698,4 +698,43 @@ def install_fingerprint_projection(
     }
     update_meta(model_dir, fingerprint=record)
     log(f"fingerprint projection saved: {path} ({dimensions} dimensions, fitted on {len(names)} photos)")
+    return record
+
+
+def install_neighbour_captions(
+    model_dir: str | os.PathLike,
+    train_captions: Mapping[str, Sequence[str]],
+    cache_dir: str | os.PathLike,
+    *,
+    dimensions: int | None = consensus.DEFAULT_DIMENSIONS,
+    data_name: str = "flickr8k/train",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Build the consensus-reranking neighbours (captioning.consensus) of a model directory from
+    training photos' cached features and their captions; returns the meta.json ``neighbours`` record.
+
+    The photos' concept vectors come from the model's own concept head, whose SHA-256 the record keeps.
+    Written as ``neighbours.npz`` (atomically) and recorded in meta.json ``neighbours``.
+    """
+    model_dir = resolve_model_dir(model_dir)
+    head_record = read_meta(model_dir).get("concepts")
+    if not head_record:
+        raise ValueError(f"model {model_dir} has no concept head: consensus neighbours are found with its probabilities")
+    head = concepts.load_concept_head(model_dir / head_record.get("file", concepts.CONCEPTS_NAME), expected_sha256=head_record["sha256"])
+    names = list(train_captions)
+    probabilities = np.concatenate([
+        head.probabilities(concepts.pooled_from_cache(cache_dir, names[i : i + 256])) for i in range(0, len(names), 256)
+    ])
+    captions = [[normalize_words(c) for c in train_captions[n]] for n in names]
+    neighbours = consensus.build_neighbours(probabilities, captions, dimensions=dimensions)
+    path = neighbours.save(model_dir / consensus.NEIGHBOURS_NAME)
+    record = {
+        "file": consensus.NEIGHBOURS_NAME, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+        "photos": neighbours.photos, "captions": len(neighbours.caption_starts) - 1, "dimensions": int(neighbours.keys.shape[1]),
+        "concepts_sha256": head_record["sha256"],
+        "data": f"{data_name}: the photos' human captions (Flickr8k: research use only, M. Hodosh et al. 2013)",
+        "space": "square roots of the concept head's probabilities, unit length, uncentred PCA, float16",
+    }
+    update_meta(model_dir, neighbours=record)
+    log(f"neighbour captions saved: {path} ({neighbours.photos} photos, {record['dimensions']} dimensions, {record['bytes']} bytes)")
     return record

@@ -1,18 +1,30 @@
 """``manage.py evaluate_captioner``: BLEU/METEOR/ROUGE-L/CIDEr/CIDEr-D/CHAIR and degenerate share on a split.
 
 Prints a table, writes the full report as JSON (``--output``) and attention plots of a few images.
-``--tune`` tries the visual-evidence reranking settings and calibrates the confidence
+``--tune`` tries the visual-evidence reranking settings (with consensus reranking when the model has
+neighbours.npz: ``--consensus-weights`` x ``--consensus-neighbours``) and calibrates the confidence
 (captioning.evaluation.tune); ``--save-tuning`` records both in the model's meta.json.
 The work is ``captioning.evaluation.run_evaluation``; this command only parses the arguments.
 """
 
+import argparse
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from captioning import features as feature_store
-from captioning.evaluation import EvaluationError, EvaluationRun, run_evaluation
+from captioning.evaluation import CONSENSUS_NEIGHBOURS, CONSENSUS_WEIGHTS, EvaluationError, EvaluationRun, run_evaluation
+
+
+def _numbers(kind):
+    """An argparse type: comma-separated numbers of ``kind``."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    return parse
 
 
 class Command(BaseCommand):
@@ -42,23 +54,26 @@ class Command(BaseCommand):
             help="with --tune: record the best reranking, evidence bias and the confidence in meta.json, the reliability diagram beside it",
         )
         parser.add_argument(
-            "--bias-weights", default="", metavar="W,W,...",
+            "--bias-weights", type=_numbers(float), default=(), metavar="W,W,...",
             help="with --tune: evidence-bias weights of the search to try jointly with the reranking (0 = none; default: the model's own)",
         )
-        parser.add_argument("--bias-floors", default="0.1,0.3", metavar="F,F,...", help="with --bias-weights: the floors to try")
+        parser.add_argument("--bias-floors", type=_numbers(float), default=(0.1, 0.3), metavar="F,F,...", help="with --bias-weights: the floors to try")
         parser.add_argument(
             "--max-chair-i", type=float, default=None,
             help="with --tune: a CHAIR-i target; among the settings meeting the targets, the highest CIDEr-D is chosen",
         )
         parser.add_argument("--min-bleu-4", type=float, default=None, help="with --tune: a BLEU-4 target (see --max-chair-i)")
+        parser.add_argument(
+            "--consensus-weights", type=_numbers(float), default=CONSENSUS_WEIGHTS,
+            help="with --tune: consensus reranking weights to try, comma-separated (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--consensus-neighbours", type=_numbers(int), default=CONSENSUS_NEIGHBOURS,
+            help="with --tune: numbers of neighbour photos to try, comma-separated (default: %(default)s)",
+        )
 
     def handle(self, *args, **opts):
         base = Path(settings.BASE_DIR)
-        try:
-            bias_weights = tuple(float(w) for w in opts["bias_weights"].split(",") if w.strip())
-            bias_floors = tuple(float(f) for f in opts["bias_floors"].split(",") if f.strip())
-        except ValueError:
-            raise CommandError("--bias-weights and --bias-floors take comma-separated numbers") from None
         data_dir = Path(opts["data_dir"])
         try:
             run = EvaluationRun(
@@ -78,10 +93,12 @@ class Command(BaseCommand):
                 save_decoding=opts["save_decoding"],
                 tune=opts["tune"],
                 save_tuning=opts["save_tuning"],
-                bias_weights=bias_weights,
-                bias_floors=bias_floors,
+                bias_weights=tuple(opts["bias_weights"]),
+                bias_floors=tuple(opts["bias_floors"]),
                 max_chair_i=opts["max_chair_i"],
                 min_bleu_4=opts["min_bleu_4"],
+                consensus_weights=tuple(opts["consensus_weights"]),
+                consensus_neighbours=tuple(opts["consensus_neighbours"]),
             )
             run_evaluation(run, log=self.stdout.write)
         except EvaluationError as exc:
