@@ -99,6 +99,24 @@ def as_fields(document) -> list[Field]:
     return [item if isinstance(item, Field) else Field(*item) for item in document]
 
 
+# Short field texts (a concept word, an object label) repeat across photos by the thousand: their
+# terms are kept, so that bulk indexing splits and looks up each such text once.
+_FIELD_TERMS: dict[str, tuple[tuple[tuple[str, int], ...], int]] = {}
+_FIELD_TERMS_LIMIT = 200_000
+_SHORT_FIELD = 40  # characters; longer texts (captions) rarely repeat and are analysed each time
+
+
+def _field_terms(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
+    """((term, position within the field), ...) of a field's text, and its number of words."""
+    found = _FIELD_TERMS.get(text)
+    if found is None:
+        words = WORD_RE.findall(_nfc(text))
+        found = (tuple((term, position) for position, word in enumerate(words) if (term := _term(word))), len(words))
+        if len(text) <= _SHORT_FIELD and len(_FIELD_TERMS) < _FIELD_TERMS_LIMIT:
+            _FIELD_TERMS[text] = found
+    return found
+
+
 def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
     """{term: (weighted term frequency, [positions])} of a text or a sequence of fields.
 
@@ -106,21 +124,23 @@ def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
     starts FIELD_GAP positions past the end of the one before. Fields of weight <= 0 and
     non-finite weights are ignored.
     """
-    grouped: dict[str, tuple[float, list[int]]] = {}
+    tfs: dict[str, float] = {}
+    positions: dict[str, list[int]] = {}
     offset = 0
     for item in as_fields(document):
         weight = float(item.weight)
         if not (weight > 0 and math.isfinite(weight)):
             continue
-        words = WORD_RE.findall(_nfc(item.text))
-        for position, word in enumerate(words, start=offset):
-            term = _term(word)
-            if term:
-                tf, positions = grouped.get(term, (0.0, []))
-                positions.append(position)
-                grouped[term] = (tf + weight, positions)
-        offset += len(words) + FIELD_GAP
-    return grouped
+        terms, n_words = _field_terms(item.text)
+        for term, position in terms:
+            if term in tfs:
+                tfs[term] += weight
+                positions[term].append(offset + position)
+            else:
+                tfs[term] = weight
+                positions[term] = [offset + position]
+        offset += n_words + FIELD_GAP
+    return {term: (tf, positions[term]) for term, tf in tfs.items()}
 
 
 def analyze(text: str) -> list[str]:

@@ -19,9 +19,10 @@ weighted counts; for plain texts that is TfidfVectorizer's):
     w(t, q) = tf(t, q) * idf(t)                      query terms absent from the index dropped
     score(q, d) = sum_t w(t, q) w(t, d) / (|q| |d|)  cosine of the L2-normalised vectors
 Because idf moves with every change, document norms |d| are brought up to date with the current
-idf whenever the version changes (View._norms: O(documents) plus the postings of the terms whose
-df moved), so a ranking always equals that of a from-scratch build; see docs/search.md for the
-cost.
+idf whenever the version changes (View._norms: O(documents) plus the postings of the rare terms
+whose df moved; the moves of common terms, too small to matter for most documents, may lag, and
+the documents whose rank they could change are normed exactly when they are ranked), so a ranking
+always equals that of a from-scratch build; see docs/search.md for the cost.
 """
 
 import io
@@ -42,6 +43,13 @@ log = logging.getLogger(__name__)
 OVERLAY_FRACTION = 0.02  # load a fresh snapshot (in the background) once this share of documents changed
 OVERLAY_MIN = 2_000  # ... but never for fewer changed documents than this
 _KEY_BIAS = 1 << 31  # phrase keys pack (document, position - offset + bias) into one int64
+# Norms of a view may lag behind the df moves of common terms (View._norms): a term with at least
+# LAG_MIN_POSTINGS postings whose move changes no norm^2 by more than LAG_SLACK (relative) is left
+# for later; the few documents whose rank that could change are normed exactly at search time.
+LAG_MIN_POSTINGS = 20_000
+LAG_SLACK = 1e-3
+SETTLE_CONTENDERS = 20_000  # more uncertain documents than this in one search: catch the norms up instead
+_ROUNDING = 1e-9  # added to a slack: the decomposition's own rounding (about 1e-13) with room to spare
 
 
 @dataclass(frozen=True)
@@ -310,9 +318,7 @@ class View:
             loc = np.searchsorted(snap.doc_ids, keys).clip(max=n_docs - 1)
             gone = loc[snap.doc_ids[loc] == keys]
             self.superseded[gone] = True
-            starts, counts = snap.d_ptr[gone], snap.d_ptr[gone + 1] - snap.d_ptr[gone]
-            at = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(counts.sum())
-            df -= np.bincount(snap.p_term[snap.d_post[at]], minlength=len(df))
+            df -= np.bincount(snap.p_term[_postings_of(snap, gone)[0]], minlength=len(df))
         new_df = Counter()
         for doc in changed.values():
             for term in doc or ():
@@ -324,7 +330,7 @@ class View:
         self.n = n_docs - int(self.superseded.sum()) + sum(doc is not None for doc in changed.values())
         self.idf = np.log((1 + self.n) / (1 + df)) + 1
         self.new_idf = {term: math.log((1 + self.n) / (1 + c)) + 1 for term, c in new_df.items()}
-        self._norms(previous if previous is not None and previous.snap is snap else None)
+        self.norms = self._norms(previous.norms if previous is not None and previous.snap is snap else None)
         self.overlay = {}  # term -> {doc_id: tf} over changed documents
         self.overlay_norm = {}
         for doc_id, doc in changed.items():
@@ -333,38 +339,79 @@ class View:
                 for term, (tf, _) in doc.items():
                     self.overlay.setdefault(term, {})[doc_id] = tf
 
-    def _norms(self, previous) -> None:
+    def _norms(self, previous: "Norms | None", settle: bool = False) -> "Norms":
         """Norms of the snapshot's documents under the current idf.
 
         idf(t) = A - b(t) with A = ln(1 + n) + 1 and b(t) = ln(1 + df(t)), so
-        |d|^2 = sum tf^2 (A - b)^2 = A^2 s0 - 2 A s1 + s2. s1 and s2 are brought up to date only
-        for the postings of terms whose df moved since the previous view; a new n costs O(D).
+        |d|^2 = A^2 s0 - 2 A s1 + s2. s1 and s2 are brought up to date only for the postings of
+        terms whose df moved since they were summed; a new n costs O(D).
+
+        A move of a common term (millions of postings with rich descriptions) changes each norm by
+        a tiny fraction: replacing b_old by b_new changes |d|^2 by
+        sum tf^2 (b_new - b_old)(idf_old + idf_new), at most slack(t) = |b_new - b_old|
+        (|idf_old| + idf_new) / idf_new^2 of |d|^2 since idf_new >= 1. Such terms (LAG_MIN_POSTINGS
+        postings or more, slack(t) <= LAG_SLACK) are left at their old df until their slack
+        grows past it, and the norms carry the largest slack left: Ranking.top and rank() norm
+        exactly every document whose place that uncertainty could change. settle: lag nothing.
         """
         s = self.snap
-        s1, s2, old_df = (s.s1, s.s2, s.df) if previous is None else (previous.s1, previous.s2, previous.df)
-        moved = np.flatnonzero(self.df != old_df)
-        if len(moved):
-            # The cost of a change at scale: every posting of the moved terms (millions when a
-            # document has common words). np.add.at (one compiled pass per array) into reused
-            # buffers: half the CPU of s1[docs] += ..., which gathers, adds and scatters through
-            # fresh temporaries, with the same sums (a term's documents are distinct).
-            s1, s2 = s1.copy(), s2.copy()
-            longest = int((s.t_ptr[moved + 1] - s.t_ptr[moved]).max())
-            tf2_buffer, term_buffer = np.empty(longest), np.empty(longest)
-            for t, b_old, b_new in zip(moved.tolist(), np.log1p(old_df[moved]).tolist(), np.log1p(self.df[moved]).tolist()):
-                a, b = s.t_ptr[t], s.t_ptr[t + 1]
-                docs, tf2, part = s.p_doc[a:b], tf2_buffer[: b - a], term_buffer[: b - a]
-                np.square(s.p_tf[a:b], out=tf2)
-                np.add.at(s1, docs, np.multiply(tf2, b_new - b_old, out=part))
-                np.add.at(s2, docs, np.multiply(tf2, b_new * b_new - b_old * b_old, out=part))
-        self.s1, self.s2 = s1, s2
+        s1, s2, applied = (s.s1, s.s2, s.df) if previous is None else (previous.s1, previous.s2, previous.applied_df)
         big_a = math.log(1 + self.n) + 1
+        moved = np.flatnonzero(self.df != applied)
+        slack = 0.0
+        if len(moved):
+            b_old, b_new = np.log1p(applied[moved]), np.log1p(self.df[moved])
+            idf_new = big_a - b_new
+            term_slack = np.abs(b_new - b_old) * (np.abs(big_a - b_old) + idf_new) / np.maximum(idf_new, 1.0) ** 2
+            lag = (s.t_ptr[moved + 1] - s.t_ptr[moved] >= LAG_MIN_POSTINGS) & (term_slack <= LAG_SLACK)
+            if settle:
+                lag[:] = False
+            if lag.any():
+                slack = float(term_slack[lag].max()) + _ROUNDING
+            if not lag.all():
+                s1, s2, applied = self._catch_up(moved[~lag], s1, s2, applied)
         norms = s.s0 * (big_a * big_a)
         norms -= (2 * big_a) * s1
         norms += s2
         norms = np.sqrt(np.maximum(norms, 0.0, out=norms), out=norms)
         # Reciprocals, so that scoring multiplies; zero for documents without terms (never matched).
-        self.inv_norms = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return Norms(s1, s2, applied, inv, slack)
+
+    def _catch_up(self, terms, s1, s2, applied):
+        """s1, s2 and applied_df (copies) with the postings of these terms at their current df."""
+        s = self.snap
+        # The cost of a change at scale: every posting of these terms. np.add.at (one compiled pass
+        # per array) into reused buffers: half the CPU of s1[docs] += ..., which gathers, adds and
+        # scatters through fresh temporaries, with the same sums (a term's documents are distinct).
+        s1, s2, applied = s1.copy(), s2.copy(), applied.copy()
+        longest = int((s.t_ptr[terms + 1] - s.t_ptr[terms]).max())
+        tf2_buffer, term_buffer = np.empty(longest), np.empty(longest)
+        for t, b_old, b_new in zip(terms.tolist(), np.log1p(applied[terms]).tolist(), np.log1p(self.df[terms]).tolist()):
+            a, b = s.t_ptr[t], s.t_ptr[t + 1]
+            docs, tf2, part = s.p_doc[a:b], tf2_buffer[: b - a], term_buffer[: b - a]
+            np.square(s.p_tf[a:b], out=tf2)
+            np.add.at(s1, docs, np.multiply(tf2, b_new - b_old, out=part))
+            np.add.at(s2, docs, np.multiply(tf2, b_new * b_new - b_old * b_old, out=part))
+        applied[terms] = self.df[terms]
+        return s1, s2, applied
+
+    def _exact_factors(self, norms: "Norms", docs: np.ndarray) -> np.ndarray:
+        """Per snapshot document, exact reciprocal norm / norms.inv: what makes a score under norms exact.
+
+        Few documents: each normed from its own postings. Many (SETTLE_CONTENDERS): this view's
+        norms catch up with every lagging term instead, once for all later searches.
+        """
+        if len(docs) > SETTLE_CONTENDERS:
+            current = self.norms
+            if current.slack:
+                current = self.norms = self._norms(current, settle=True)
+            return current.inv[docs] / norms.inv[docs]
+        at, counts = _postings_of(self.snap, docs)
+        s = self.snap
+        weights = s.p_tf[at] * self.idf[s.p_term[at]]
+        squares = np.bincount(np.repeat(np.arange(len(docs)), counts), weights=weights * weights, minlength=len(docs))
+        return 1.0 / np.sqrt(squares) / norms.inv[docs]
 
     def idf_of(self, term: str) -> float | None:
         """Current idf of a term, None when no document contains it."""
@@ -394,8 +441,14 @@ class View:
         return np.unique(keys >> 32)
 
     def rank(self, parsed, weights: dict, min_score, exclude_ids) -> "Ranking":
-        """Every matching document with its score (cosine); weights: query term -> tf * idf."""
+        """Every matching document with its score (cosine); weights: query term -> tf * idf.
+
+        Under lagging norms (slack > 0) a snapshot document's score may be off by the factor
+        bounds of Norms; Ranking.top makes exact those that can reach the page, and here those
+        that min_score could cut wrongly.
+        """
         s = self.snap
+        norms = self.norms  # read once: another thread may settle the view meanwhile
         n_docs = len(s.doc_ids)
         qnorm = math.sqrt(sum(w * w for w in weights.values()))
         doc_parts, dot_parts = [], []
@@ -407,15 +460,15 @@ class View:
                 dot_parts.append(s.p_tf[a:b] * (self.idf[t] * w / qnorm))
         if len(doc_parts) == 1:  # one term: its postings are already unique and sorted
             cand = doc_parts[0]
-            scores = dot_parts[0] * self.inv_norms[cand]
+            scores = dot_parts[0] * norms.inv[cand]
         elif doc_parts:
             docs, contributions = np.concatenate(doc_parts), np.concatenate(dot_parts)
             if len(docs) * 8 < n_docs:  # few postings: sort them rather than scan every document
                 cand, inverse = np.unique(docs, return_inverse=True)
-                scores = np.bincount(inverse, weights=contributions) * self.inv_norms[cand]
+                scores = np.bincount(inverse, weights=contributions) * norms.inv[cand]
             else:
                 dense = np.bincount(docs, weights=contributions, minlength=n_docs)
-                dense *= self.inv_norms
+                dense *= norms.inv
                 cand = np.flatnonzero(dense)
                 scores = dense[cand]
         else:
@@ -431,10 +484,19 @@ class View:
         if len(excluded) and n_docs:
             loc = np.searchsorted(s.doc_ids, excluded).clip(max=n_docs - 1)
             drop = _or(drop, np.isin(cand, loc[s.doc_ids[loc] == excluded]))
+        exact = None  # which scores are known exact, under lagging norms
+        if norms.slack:
+            exact = np.zeros(len(cand), dtype=bool)
+            if min_score is not None:
+                low, high = norms.bounds()
+                unsure = np.flatnonzero((scores * low < min_score) & (scores * high >= min_score))
+                scores[unsure] *= self._exact_factors(norms, cand[unsure])
+                exact[unsure] = True
         if min_score is not None:
             drop = _or(drop, scores < min_score)
         if drop is not None and drop.any():
             cand, scores = cand[~drop], scores[~drop]
+            exact = None if exact is None else exact[~drop]
 
         extra = self._rank_overlay(parsed, weights, qnorm, set(excluded.tolist()))
         if min_score is not None:
@@ -443,7 +505,11 @@ class View:
         if len(extra):
             scores = np.concatenate((scores, np.fromiter(extra.values(), dtype=np.float64, count=len(extra))))
             cand = np.concatenate((cand, -1 - np.arange(len(extra))))
-        return Ranking(scores, cand.astype(np.int64, copy=False), s.doc_ids, extra_ids)
+            exact = None if exact is None else np.concatenate((exact, np.ones(len(extra), dtype=bool)))
+        refs = cand.astype(np.int64, copy=False)
+        if exact is None:
+            return Ranking(scores, refs, s.doc_ids, extra_ids)
+        return Ranking(scores, refs, s.doc_ids, extra_ids, exact, norms.bounds(), lambda docs: self._exact_factors(norms, docs))
 
     def _rank_overlay(self, parsed, weights, qnorm, excluded_ids) -> dict:
         """Scores of the matching changed documents (few: plain Python over the overlay)."""
@@ -480,6 +546,32 @@ class View:
         return out
 
 
+def _postings_of(snap: Snapshot, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every posting (index into p_*) of these snapshot documents, grouped by document, and how many each has."""
+    starts, counts = snap.d_ptr[docs], snap.d_ptr[docs + 1] - snap.d_ptr[docs]
+    at = np.repeat(starts - np.concatenate(([0], np.cumsum(counts)[:-1])), counts) + np.arange(counts.sum())
+    return snap.d_post[at], counts
+
+
+@dataclass(frozen=True)
+class Norms:
+    """Reciprocal document norms of a view and the sums they come from (View._norms).
+
+    s1 and s2 hold each term at applied_df; where that lags behind the view's df, every norm^2
+    is within `slack` (relative) of the exact one.
+    """
+
+    s1: np.ndarray
+    s2: np.ndarray
+    applied_df: np.ndarray
+    inv: np.ndarray  # 1 / |d|, 0 for documents without terms
+    slack: float
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high): a score made with these norms times low <= the exact score <= times high."""
+        return math.sqrt(1.0 - self.slack), math.sqrt(1.0 + self.slack)
+
+
 def _or(mask, more):
     """Combine drop masks; None stands for "nothing dropped yet" and saves an all-False array."""
     return more if mask is None else mask | more
@@ -493,6 +585,11 @@ class Ranking:
     refs: np.ndarray
     doc_ids: np.ndarray  # the snapshot's
     extra_ids: np.ndarray  # changed documents, from the overlay
+    # Under lagging norms: which scores are exact yet, the bounds of the others (Norms.bounds) and
+    # what makes them exact (snapshot documents -> factors); None when every score is exact.
+    exact: np.ndarray | None = None
+    bounds: tuple[float, float] = (1.0, 1.0)
+    exact_factors: object = None
 
     def ids(self, which) -> np.ndarray:
         refs = self.refs[which]
@@ -506,16 +603,43 @@ class Ranking:
         """Positions of ranks [start, stop): by score (equal to 1e-12 counts as a tie), then doc_id.
 
         Only documents within 1e-12 of the stop-th best raw score can rank before `stop`, so only
-        those are rounded and sorted.
+        those are rounded and sorted (and, under lagging norms, made exact first).
         """
         n = len(self.scores)
         if n > stop:
             threshold = np.partition(self.scores, n - stop)[n - stop]
-            chosen = np.flatnonzero(self.scores >= threshold - 1e-12)
+            if self.exact is None:
+                chosen = np.flatnonzero(self.scores >= threshold - 1e-12)
+            else:
+                chosen = self._exact_contenders(threshold, stop)
         else:
             chosen = np.arange(n)
+            if self.exact is not None:
+                self._make_exact(chosen)
         key = np.round(self.scores[chosen], 12)
         return chosen[np.lexsort((self.ids(chosen), -key))][start:stop]
+
+    def _exact_contenders(self, kth: float, stop: int) -> np.ndarray:
+        """Under lagging norms: the positions that can rank before `stop`, their scores made exact.
+
+        kth is the stop-th best score under the lagging norms; times low, it is at most the exact
+        stop-th best, so a document ranks before stop only if its exact score reaches that minus
+        1e-12, which its lagging score times high must then reach too. Those contenders include
+        the stop documents at kth or above, whose exact scores are all above every other
+        document's: the exact stop-th best is theirs.
+        """
+        low, high = self.bounds
+        contenders = np.flatnonzero(self.scores * high >= kth * low - 1e-12)
+        self._make_exact(contenders)
+        scores = self.scores[contenders]
+        threshold = np.partition(scores, len(scores) - stop)[len(scores) - stop]
+        return contenders[scores >= threshold - 1e-12]
+
+    def _make_exact(self, positions: np.ndarray) -> None:
+        unsure = positions[~self.exact[positions]]
+        if len(unsure):
+            self.scores[unsure] *= self.exact_factors(self.refs[unsure])
+            self.exact[unsure] = True
 
 
 def _overlay_limit(n_docs: int) -> float:

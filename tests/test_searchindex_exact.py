@@ -83,8 +83,22 @@ def test_scores_and_top10_equal_scikit_learn_on_real_captions(captions):
     assert_matches_reference(corpus, make_queries(captions, 200))
 
 
-@pytest.mark.parametrize("mode", ["overlay", "reload", "pruned-log"])
+def assert_min_score_cuts_like_reference(corpus, queries):
+    """min_score halfway between two distinct reference scores keeps exactly the documents above it."""
+    for query, expected in zip(queries, reference(corpus, queries)):
+        scores = sorted(set(np.round(list(expected.values()), 9)), reverse=True)
+        if len(scores) > 3:
+            cut = (scores[2] + scores[3]) / 2
+            assert si.search(query, min_score=cut).total == sum(s > cut for s in expected.values()), query
+
+
+@pytest.mark.parametrize("mode", ["overlay", "reload", "pruned-log", "lagging-norms", "settled-norms"])
 def test_any_sequence_of_changes_ranks_like_a_fresh_build(captions, monkeypatch, mode):
+    if mode in ("lagging-norms", "settled-norms"):  # every moved term lags as long as it may
+        monkeypatch.setattr(engine, "LAG_MIN_POSTINGS", 0)
+        monkeypatch.setattr(engine, "LAG_SLACK", 0.5)
+    if mode == "settled-norms":  # ... and every search catches the norms up instead of norming a few
+        monkeypatch.setattr(engine, "SETTLE_CONTENDERS", 0)
     if mode == "reload":  # a fresh snapshot is loaded in the background at almost every refresh
         monkeypatch.setattr(engine, "OVERLAY_MIN", 5)
         monkeypatch.setattr(engine, "OVERLAY_FRACTION", 0.0)
@@ -115,6 +129,9 @@ def test_any_sequence_of_changes_ranks_like_a_fresh_build(captions, monkeypatch,
     if loader is not None:
         loader.join()  # its connection closes before the test database is flushed
     assert_matches_reference(corpus, queries)
+    assert_min_score_cuts_like_reference(corpus, queries)
+    if mode == "lagging-norms":
+        assert engine.cache._view.norms.slack > 0
     before = [[(h.doc_id, h.score) for h in everything(q)] for q in queries]
     si.rebuild(corpus.items())
     after = [[(h.doc_id, h.score) for h in everything(q)] for q in queries]
