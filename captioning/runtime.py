@@ -473,14 +473,15 @@ _CALIBRATION_STRIDE = 1
 
 
 def quantize_onnx(source: str | os.PathLike, dest: str | os.PathLike, *, ranges_path: str | os.PathLike,
-                  calibration: Iterable[np.ndarray] | None = None, method: str = "percentile", exclude: Sequence[str] = ()) -> None:
+                  calibration: Iterable[np.ndarray] | None = None, method: str = "percentile", keep_float: Sequence[str] = ()) -> None:
     """Write the float ONNX graph ``source`` as an int8 graph at ``dest`` (static quantisation).
 
     The batch norms are folded into the convolutions first (ONNX Runtime's basic optimisations),
     then every convolution, pooling and concatenation gets QuantizeLinear/DequantizeLinear pairs
     (QDQ), which ONNX Runtime fuses into its integer kernels when it loads the graph: activations
     uint8 with the calibrated ranges, weights int8 per output channel (U8S8, the layout MLAS runs
-    on VNNI and AMX). ``exclude``: node names kept in float32.
+    on VNNI and AMX). ``keep_float``: blocks kept in float32, by the name of their Keras layer
+    (the nodes named so or ``<name>.``..., e.g. ``mixed_10`` for InceptionV3's last block).
 
     The activation ranges are read from ``ranges_path`` (ONNX Runtime's calibration file, JSON)
     when it exists, so the same file always gives the same graph; otherwise they are calibrated
@@ -504,7 +505,9 @@ def quantize_onnx(source: str | os.PathLike, dest: str | os.PathLike, *, ranges_
     with tempfile.TemporaryDirectory(prefix="imagesearch-quantize-") as work:
         folded = Path(work) / "folded.onnx"
         quant_pre_process(str(source), str(folded), skip_symbolic_shape=True)
-        (graph_input,) = onnx.load(str(folded), load_external_data=False).graph.input
+        graph = onnx.load(str(folded), load_external_data=False).graph
+        (graph_input,) = graph.input
+        excluded = [node.name for node in graph.node if any(node.name == block or node.name.startswith(f"{block}.") for block in keep_float)]
         quantize_static(
             str(folded),
             str(dest),
@@ -513,7 +516,7 @@ def quantize_onnx(source: str | os.PathLike, dest: str | os.PathLike, *, ranges_
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=excluded,
             calibrate_method=getattr(CalibrationMethod, method_names[method]),
             calibration_cache_path=str(ranges_path),
             extra_options={"CalibStridedMinMax": _CALIBRATION_STRIDE},  # despite its name, any calibration method
