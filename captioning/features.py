@@ -330,16 +330,18 @@ def _verified_onnx_path(feature_dir: Path, network: OnnxExport) -> Path:
 
 
 def _verified_int8_path(feature_dir: Path, network: OnnxExport) -> Path:
-    """The int8 graph of ``network`` if it matches its record and was made from the installed float graph; else ModelFileError."""
+    """The int8 graph of ``network`` if it matches its record and was made from the float graph recorded
+    for the installed weights; else ModelFileError. (The float file itself is not read: a process
+    that runs int8 never loads it.)"""
     hint = "run `python manage.py prepare_models`"
-    source = _verified_onnx_path(feature_dir, network)
     path, record = int8_path(feature_dir, network), _read_json(int8_record_path(feature_dir, network))
     if not path.is_file() or record is None:
         raise ModelFileError(f"no {network.label} int8 ONNX graph (or its record) in {feature_dir}; {hint}")
     if sha256_file(path) != record.get("sha256"):
         raise ModelFileError(f"{network.label} int8 ONNX graph {path} does not match its recorded SHA-256; {hint}")
-    if record.get("onnx_sha256") != (_read_json(onnx_record_path(feature_dir, network)) or {}).get("sha256"):
-        raise ModelFileError(f"{network.label} int8 ONNX graph {path} was made from another float graph than {source}; {hint}")
+    source = _read_json(onnx_record_path(feature_dir, network)) or {}
+    if record.get("onnx_sha256") != source.get("sha256") or source.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
+        raise ModelFileError(f"{network.label} int8 ONNX graph {path} was made from another float graph than the installed weights'; {hint}")
     return path
 
 
@@ -348,8 +350,9 @@ def ensure_int8_model(feature_dir: str | os.PathLike, network: OnnxExport = INCE
                       log: Callable[[str], None] = print) -> dict | None:
     """Quantise ``network``'s float ONNX graph to int8 with its committed activation ranges once; later calls verify.
 
-    Built again when missing, when its checksum, the float graph, the ranges file or the blocks kept
-    in float32 (``keep_float``, default ``network.int8_float_blocks``) no longer match the record, or when ``force``; checked against the float graph on fixed inputs (relative L2
+    Built again when missing, when its checksum, the float graph, the ranges file or the blocks
+    kept in float32 (``keep_float``, default ``network.int8_float_blocks``) no longer match the
+    record, or when ``force``; checked against the float graph on fixed inputs (relative L2
     distance at most INT8_TOLERANCE) before it is installed. Returns the record plus ``"action"``,
     or None (logged) when there is no float graph or no ranges file: the network then runs in fp32.
     """
