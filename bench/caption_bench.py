@@ -1,7 +1,8 @@
 """Captioning speed and memory benchmark (not a timed test): `python bench/caption_bench.py [--json]`.
 
-Measures, in one process, both runtimes of InceptionV3 (ONNX Runtime first, the app's default,
-then the TensorFlow reference) against the tutorial-style eager ``evaluate()`` loop (one image,
+Measures, in one process, the paths of InceptionV3 (ONNX Runtime fp32 first, then ONNX Runtime
+int8 when ``prepare_models`` built it, then the TensorFlow reference) against the tutorial-style
+eager ``evaluate()`` loop (one image,
 features extracted eagerly, then a per-step Python loop calling the decoder eagerly, greedy):
 
 * ``single_ms``: one 640x480 JPEG captioned from its file (decode + InceptionV3 + beam search),
@@ -10,9 +11,11 @@ features extracted eagerly, then a per-step Python loop calling the decoder eage
   batch, as in a long-running worker), plus where the
   time goes (image decoding, InceptionV3, search) so a miss of the target can be explained;
 * ``peak_rss_mb``: the process's peak resident memory (psutil sampling and ``ru_maxrss``), after
-  the ONNX Runtime path, labels included (before TensorFlow's networks are loaded too);
+  the ONNX Runtime fp32 path, labels included (before the other paths' networks are loaded too;
+  bench/worker_memory_bench.py measures each precision in a process of its own);
 * same-run ratios per path: ``single_vs_eager`` (time of one photo / the eager loop's) and
-  ``bulk_vs_eager`` (bulk images/s x the eager loop's seconds per photo);
+  ``bulk_vs_eager`` (bulk images/s x the eager loop's seconds per photo); ``int8_vs_fp32_bulk`` and
+  ``int8_vs_fp32_inception`` (bulk images/s, and InceptionV3's own time per photo, int8 over fp32);
 * ``sources`` per path: the same bulk captioning as the caption alone and with the other sources
   of a photo's description, alternated twice in this process (A B A B): images/s, CPU-s/image,
   the throughput lost to the sources, one photo with them and the peak RSS with all of them
@@ -93,6 +96,7 @@ def load_captioner(args) -> tuple[ImageCaptioner, str]:
     feature_store.ensure_classifier_weights(args.feature_dir, log=log)
     for network in feature_store.ONNX_EXPORTS:
         feature_store.ensure_onnx_model(args.feature_dir, network, log=log)
+        feature_store.ensure_int8_model(args.feature_dir, network, log=log)
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not args.random_model:
         captioner = ImageCaptioner.from_dirs(
@@ -317,14 +321,20 @@ def main(argv=None) -> dict:
         names = (FLICKR / "dev.txt").read_text().split()[: args.images + args.batch]
         warm_up = [FLICKR / "images" / n for n in names[: args.batch]]
         bulk_paths = [FLICKR / "images" / n for n in names[args.batch :]]
-        for image_runtime in ("onnx", "tensorflow"):
-            # The captioner was loaded with InceptionV3 on ONNX Runtime (load_captioner).
-            network = captioner.image_network if image_runtime == "onnx" else feature_store.load_extractor(args.feature_dir, image_runtime=image_runtime)
-            classifier = None if "objects" not in args.switched else feature_store.load_classifier_network(args.feature_dir, image_runtime=image_runtime)
-            paths[network.runtime] = measure_path(captioner, network, classifier, jpeg, warm_up, bulk_paths, args, rss)
-            if image_runtime == "onnx":
+        for image_runtime, precision in (("onnx", "fp32"), ("onnx", "int8"), ("tensorflow", "fp32")):
+            # The captioner was loaded with InceptionV3 on ONNX Runtime, fp32 (load_captioner).
+            network = (captioner.image_network if (image_runtime, precision) == ("onnx", "fp32")
+                       else feature_store.load_extractor(args.feature_dir, image_runtime=image_runtime, precision=precision))
+            if network.precision != precision:
+                print(f"no int8 graph of InceptionV3 in {args.feature_dir}: the int8 path is not measured", file=sys.stderr)
+                continue
+            classifier = None if "objects" not in args.switched else feature_store.load_classifier_network(
+                args.feature_dir, image_runtime=image_runtime, precision=precision)
+            label = network.runtime if precision == "fp32" else f"{network.runtime}_{precision}"
+            paths[label] = measure_path(captioner, network, classifier, jpeg, warm_up, bulk_paths, args, rss)
+            if label == "onnxruntime":
                 onnx_peak_mb = rss.peak_mb()
-        reference = captioner.image_network
+        reference = captioner.image_network  # TensorFlow's, measured last
 
         comparison = compare_models(captioner, args, bulk_paths) if args.compare_model_dir else {}
 
@@ -335,16 +345,16 @@ def main(argv=None) -> dict:
     for figures in paths.values():
         figures["single_vs_eager"] = round(figures["single_ms"] / baseline_ms, 3)
         figures["bulk_vs_eager"] = round(figures["bulk_images_per_s"] * baseline_ms / 1000, 2)
+    breakdown = {label: figures["bulk_s_per_image_breakdown"]["inception"] for label, figures in paths.items()}
     report = {
-        "onnxruntime": paths["onnxruntime"],
-        "tensorflow": paths["tensorflow"],
+        **paths,
         "baseline_single_ms": round(baseline_ms, 1),
         "baseline_single_cpu_ms": round(baseline_cpu_ms, 1),
         "onnx_vs_tensorflow_bulk": round(paths["onnxruntime"]["bulk_images_per_s"] / paths["tensorflow"]["bulk_images_per_s"], 2),
-        "onnx_vs_tensorflow_inception": round(
-            paths["tensorflow"]["bulk_s_per_image_breakdown"]["inception"]
-            / paths["onnxruntime"]["bulk_s_per_image_breakdown"]["inception"], 2
-        ),
+        "onnx_vs_tensorflow_inception": round(breakdown["tensorflow"] / breakdown["onnxruntime"], 2),
+        **({"int8_vs_fp32_bulk": round(paths["onnxruntime_int8"]["bulk_images_per_s"] / paths["onnxruntime"]["bulk_images_per_s"], 2),
+            "int8_vs_fp32_inception": round(breakdown["onnxruntime"] / breakdown["onnxruntime_int8"], 2)}
+           if "onnxruntime_int8" in paths else {}),
         "peak_rss_mb": round(onnx_peak_mb, 1),
         "peak_rss_with_tensorflow_and_baseline_mb": round(rss.stop(), 1),
         "model": model_note,

@@ -1,7 +1,7 @@
 """Peak memory and speed of one captioning process as the app builds it: `python bench/worker_memory_bench.py`.
 
 Loads the captioner through ``captioning.services.get_captioner`` (so every setting of the
-environment applies: IMAGESEARCH_IMAGE_RUNTIME, IMAGESEARCH_IMAGE_MEMORY_ARENA,
+environment applies: IMAGESEARCH_IMAGE_RUNTIME, IMAGESEARCH_IMAGE_PRECISION, IMAGESEARCH_IMAGE_MEMORY_ARENA,
 IMAGESEARCH_MALLOC_MMAP_THRESHOLD, IMAGESEARCH_CAPTION_BATCH, object labels...), describes one warm-up
 batch and then ``--images`` Flickr8k dev photos from their files, and prints one JSON line: images/s,
 CPU-s per image (robust to other processes on the cores), the peak resident memory (the kernel's
@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
         "peak_rss_mb": high_water_mb(),
         "peak_rss_after_warm_up_mb": warm_mb,
         "runtimes": [captioner.image_network.runtime, getattr(captioner.object_classifier, "runtime", None)],
+        "precisions": [captioner.image_network.precision, getattr(captioner.object_classifier, "precision", None)],
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(report))

@@ -595,6 +595,7 @@ class EvaluationRun:
     beam_width: int | None = None  # None: the model's tuned width
     length_alpha: float | None = None  # None: the model's tuned one
     batch_size: int = 32
+    image_precision: str = "fp32"  # InceptionV3's graph for photos not in the cache (runtime.PRECISIONS)
     plots: int = 3
     meteor: bool = True
     save_decoding: bool = False  # record this beam width and length alpha in meta.json
@@ -634,7 +635,8 @@ def run_evaluation(run: EvaluationRun, log: Callable[[str], None] = print) -> di
     names = names[: run.limit] if run.limit else names
     try:
         captioner = ImageCaptioner.from_dirs(
-            run.model_dir, run.feature_dir, beam_width=run.beam_width, length_alpha=run.length_alpha, batch_size=run.batch_size
+            run.model_dir, run.feature_dir, beam_width=run.beam_width, length_alpha=run.length_alpha, batch_size=run.batch_size,
+            image_precision=run.image_precision,
         )
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"cannot load the captioner: {exc}") from exc

@@ -9,9 +9,14 @@
   ``<feature_dir>/inceptionv3.onnx`` and ``efficientnet-lite0.onnx`` (each recorded in
   ``<name>.json`` with its SHA-256, the weights it was made from and its agreement with Keras),
   for the faster ONNX Runtime path.
+* :func:`ensure_int8_model` quantises each exported graph to int8 (``<name>.int8.onnx``, recorded
+  the same way) with the activation ranges in ``captioning/calibration/<name>.int8-ranges.json``,
+  which :func:`calibrate_int8` computes once on Flickr8k training photos (committed, so a clone
+  builds the same int8 graph without the data set).
 * :func:`load_extractor` (InceptionV3) and :func:`load_classifier_network` (EfficientNet-Lite0)
-  load the network on ONNX Runtime or TensorFlow (see :mod:`captioning.runtime`), falling back to
-  TensorFlow when ONNX Runtime or its file is missing or damaged, and log which one runs.
+  load the network on ONNX Runtime (int8 or fp32) or TensorFlow (see :mod:`captioning.runtime`),
+  falling back from int8 to fp32 to TensorFlow when ONNX Runtime or a file is missing or damaged,
+  and log which one runs.
 * :func:`cache_features` featurises images in batches and stores each image's (64, 2048)
   features as a float16 ``.npy`` (written atomically, existing files skipped).
 * :func:`load_features` stacks (or memory-maps) cached features for training.
@@ -21,11 +26,13 @@ Plain Python + TensorFlow, no Django.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +56,17 @@ CLASSIFIER_META_NAME = "efficientnet-lite0.json"
 # An ONNX graph must reproduce the Keras outputs on the check images to within this fraction of
 # the largest output (float32 arithmetic in another order: measured 2e-6 for InceptionV3).
 ONNX_TOLERANCE = 1e-4
+# The int8 graph's outputs on the check inputs (noise and a gradient, far from the calibration
+# photos) may differ from the float graph's by at most this relative L2 distance: measured 0.48
+# for InceptionV3 (0.15 on dev photos, docs/benchmarks.md). Ranges of another graph fail outright;
+# this catches ranges far too narrow. The agreement on real photos is tested in tests/test_image_runtime.py.
+INT8_TOLERANCE = 0.6
+# Where the committed activation ranges of each network's int8 graph live.
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+# Flickr8k training photos the ranges are calibrated on: every (train size // n)-th name in sorted order.
+CALIBRATION_PHOTOS = 256
+# ONNX Runtime's calibration method for the ranges (runtime.CALIBRATION_METHODS; docs/benchmarks.md).
+CALIBRATION_METHOD = "percentile"
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +176,8 @@ class OnnxExport:
     file_name: str
     read_weights_meta: Callable[[Path], dict | None]
     keras_graph: Callable[[Path], Any]
+    # Blocks its int8 graph keeps in float32 (runtime.quantize_onnx's keep_float; docs/benchmarks.md).
+    int8_float_blocks: tuple[str, ...] = ()
 
 
 def _keras_extractor(feature_dir: Path):
@@ -165,7 +185,10 @@ def _keras_extractor(feature_dir: Path):
     return inception.load_feature_extractor(feature_weights_path(feature_dir), expected_sha256=meta.get("sha256"))
 
 
-INCEPTION_ONNX = OnnxExport("InceptionV3", FEATURE_EXTRACTOR_ID, "inceptionv3.onnx", read_feature_meta, _keras_extractor)
+# InceptionV3's last block stays float32 in the int8 graph: it computes the features themselves
+# (docs/benchmarks.md, "int8").
+INCEPTION_ONNX = OnnxExport("InceptionV3", FEATURE_EXTRACTOR_ID, "inceptionv3.onnx", read_feature_meta, _keras_extractor,
+                            int8_float_blocks=("mixed_10",))
 CLASSIFIER_ONNX = OnnxExport("EfficientNet-Lite0", efficientnet.ARCHITECTURE, "efficientnet-lite0.onnx", read_classifier_meta,
                              lambda feature_dir: efficientnet.inception_input_graph(load_classifier(feature_dir)))
 ONNX_EXPORTS = (INCEPTION_ONNX, CLASSIFIER_ONNX)
@@ -177,6 +200,18 @@ def onnx_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ON
 
 def onnx_record_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX) -> Path:
     return Path(feature_dir) / f"{network.file_name}.json"
+
+
+def int8_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX) -> Path:
+    return Path(feature_dir) / network.file_name.replace(".onnx", ".int8.onnx")
+
+
+def int8_record_path(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX) -> Path:
+    return Path(f"{int8_path(feature_dir, network)}.json")
+
+
+def calibration_ranges_path(network: OnnxExport = INCEPTION_ONNX) -> Path:
+    return CALIBRATION_DIR / network.file_name.replace(".onnx", ".int8-ranges.json")
 
 
 def _check_images() -> np.ndarray:
@@ -236,11 +271,54 @@ def ensure_onnx_model(
     return {**record, "action": "exported"}
 
 
-def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_arena: bool) -> runtime.OnnxNetwork:
-    """``network`` on ONNX Runtime if ONNX Runtime, the file and its record are all sound; else ModelFileError."""
+def calibration_photos(data_dir: str | os.PathLike, count: int = CALIBRATION_PHOTOS) -> list[Path]:
+    """``count`` Flickr8k training photos spread evenly over the sorted split: the same ones on every machine."""
+    from .datasets import read_split
+
+    data_dir = Path(data_dir)
+    names = sorted(read_split(data_dir / "train.txt"))
+    if len(names) < count:
+        raise ValueError(f"{data_dir / 'train.txt'} lists {len(names)} photos; calibration takes {count}")
+    return [data_dir / "images" / names[i * (len(names) // count)] for i in range(count)]
+
+
+def calibrate_int8(network: OnnxExport, feature_dir: str | os.PathLike, photos: Sequence[Path], *,
+                   ranges_path: str | os.PathLike | None = None, method: str = CALIBRATION_METHOD,
+                   log: Callable[[str], None] = print) -> dict:
+    """Compute the activation ranges of ``network``'s int8 graph on ``photos`` (preprocessed as
+    for serving) and write them to ``ranges_path`` (default: the committed file), with the photos'
+    names and their checksum; then build the int8 graph from them (:func:`ensure_int8_model`).
+
+    Needs the float ONNX graph (:func:`ensure_onnx_model`). Returns ensure_int8_model's record.
+    """
+    ranges_path = Path(ranges_path or calibration_ranges_path(network))
+    source = _verified_onnx_path(Path(feature_dir), network)
+    t0 = time.time()
+    names = [Path(p).name for p in photos]
+
+    def batches():
+        for start in range(0, len(photos), 8):
+            yield np.stack([inception.preprocess_image(p) for p in photos[start : start + 8]])
+
+    with atomic_path(ranges_path, suffix=".json") as candidate, tempfile.TemporaryDirectory() as work:
+        Path(candidate).unlink()  # quantize_static calibrates only when the ranges file is absent
+        runtime.quantize_onnx(source, Path(work) / "int8.onnx", ranges_path=candidate, calibration=batches(), method=method)
+        ranges = json.loads(Path(candidate).read_text(encoding="utf-8"))
+        ranges["imagesearch"] = {
+            "network": network.architecture,
+            "method": method,
+            "photos": len(names),
+            "photo_names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+            "photo_names": names,
+        }
+        Path(candidate).write_text(json.dumps(ranges, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    log(f"Calibrated {network.label} on {len(names)} photos in {time.time() - t0:.0f} s: {ranges_path}")
+    return ensure_int8_model(feature_dir, network, force=True, ranges_path=ranges_path, log=log)
+
+
+def _verified_onnx_path(feature_dir: Path, network: OnnxExport) -> Path:
+    """The float ONNX graph of ``network`` if it matches its record and the installed weights; else ModelFileError."""
     hint = "run `python manage.py prepare_models`"
-    if not runtime.onnxruntime_available():
-        raise ModelFileError("onnxruntime is not installed")
     path, record = onnx_path(feature_dir, network), _read_json(onnx_record_path(feature_dir, network))
     if not path.is_file() or record is None:
         raise ModelFileError(f"no {network.label} ONNX graph (or its record) in {feature_dir}; {hint}")
@@ -248,8 +326,94 @@ def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_aren
         raise ModelFileError(f"{network.label} ONNX graph {path} does not match its recorded SHA-256; {hint}")
     if record.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
         raise ModelFileError(f"{network.label} ONNX graph {path} was exported from other weights than those installed; {hint}")
+    return path
+
+
+def _verified_int8_path(feature_dir: Path, network: OnnxExport) -> Path:
+    """The int8 graph of ``network`` if it matches its record and was made from the float graph recorded
+    for the installed weights; else ModelFileError. (The float file itself is not read: a process
+    that runs int8 never loads it.)"""
+    hint = "run `python manage.py prepare_models`"
+    path, record = int8_path(feature_dir, network), _read_json(int8_record_path(feature_dir, network))
+    if not path.is_file() or record is None:
+        raise ModelFileError(f"no {network.label} int8 ONNX graph (or its record) in {feature_dir}; {hint}")
+    if sha256_file(path) != record.get("sha256"):
+        raise ModelFileError(f"{network.label} int8 ONNX graph {path} does not match its recorded SHA-256; {hint}")
+    source = _read_json(onnx_record_path(feature_dir, network)) or {}
+    if record.get("onnx_sha256") != source.get("sha256") or source.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
+        raise ModelFileError(f"{network.label} int8 ONNX graph {path} was made from another float graph than the installed weights'; {hint}")
+    return path
+
+
+def ensure_int8_model(feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX, *, force: bool = False,
+                      ranges_path: str | os.PathLike | None = None, keep_float: Sequence[str] | None = None,
+                      log: Callable[[str], None] = print) -> dict | None:
+    """Quantise ``network``'s float ONNX graph to int8 with its committed activation ranges once; later calls verify.
+
+    Built again when missing, when its checksum, the float graph, the ranges file or the blocks
+    kept in float32 (``keep_float``, default ``network.int8_float_blocks``) no longer match the
+    record, or when ``force``; checked against the float graph on fixed inputs (relative L2
+    distance at most INT8_TOLERANCE) before it is installed. Returns the record plus ``"action"``,
+    or None (logged) when there is no float graph or no ranges file: the network then runs in fp32.
+    """
+    feature_dir = Path(feature_dir)
+    ranges_path = Path(ranges_path or calibration_ranges_path(network))
+    if not ranges_path.is_file():
+        log(f"no activation ranges for the {network.label} int8 graph ({ranges_path}): it runs in fp32")
+        return None
     try:
-        loaded = runtime.OnnxNetwork(path, threads=threads, memory_arena=memory_arena)
+        source = _verified_onnx_path(feature_dir, network)
+    except ModelFileError as exc:
+        log(f"no int8 {network.label} graph: {exc}")
+        return None
+    dest, record = int8_path(feature_dir, network), _read_json(int8_record_path(feature_dir, network))
+    ranges_sha256, onnx_sha256 = sha256_file(ranges_path), _read_json(onnx_record_path(feature_dir, network))["sha256"]
+    keep_float = list(network.int8_float_blocks if keep_float is None else keep_float)
+    wanted = (ranges_sha256, onnx_sha256, keep_float)
+    if not force and dest.is_file() and record and (record.get("ranges_sha256"), record.get("onnx_sha256"), record.get("float_blocks")) == wanted:
+        actual = sha256_file(dest)
+        if actual == record.get("sha256"):
+            log(f"{network.label} int8 ONNX graph OK: {dest} (sha256 {actual[:12]}...)")
+            return {**record, "action": "verified"}
+        log(f"{network.label} int8 ONNX graph {dest} does not match its record (sha256 {actual[:12]}...); quantising again")
+    import onnxruntime
+
+    t0 = time.time()
+    calibration = json.loads(ranges_path.read_text(encoding="utf-8")).get("imagesearch", {})
+    with atomic_path(dest, suffix=".onnx") as candidate:
+        runtime.quantize_onnx(source, candidate, ranges_path=ranges_path, keep_float=keep_float)
+        images = _check_images()
+        reference = runtime.OnnxNetwork(source).run(images).reshape(len(images), -1)
+        quantised = runtime.OnnxNetwork(candidate).run(images).reshape(len(images), -1)
+        distance = float((np.linalg.norm(quantised - reference, axis=1) / np.linalg.norm(reference, axis=1)).max())
+        if not distance <= INT8_TOLERANCE:
+            raise ValueError(f"the {network.label} int8 graph differs from the float graph by {distance:.3f} (relative L2 > {INT8_TOLERANCE})")
+    record = {
+        "architecture": network.architecture,
+        "path": str(dest),
+        "sha256": sha256_file(dest),
+        "onnx_sha256": onnx_sha256,
+        "ranges": str(ranges_path),
+        "ranges_sha256": ranges_sha256,
+        "float_blocks": keep_float,
+        "calibration": {k: v for k, v in calibration.items() if k != "photo_names"},
+        "check_relative_l2": distance,
+        "onnxruntime_version": onnxruntime.__version__,
+        "quantised_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _write_json_atomic(int8_record_path(feature_dir, network), record)
+    log(f"Quantised in {time.time() - t0:.1f} s: {dest} (sha256 {record['sha256'][:12]}..., differs from fp32 by {distance:.3f} on the check inputs)")
+    return {**record, "action": "quantised"}
+
+
+def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_arena: bool, precision: str = "fp32") -> runtime.OnnxNetwork:
+    """``network``'s ``precision`` graph on ONNX Runtime if ONNX Runtime, the files and their records are all sound; else ModelFileError."""
+    hint = "run `python manage.py prepare_models`"
+    if not runtime.onnxruntime_available():
+        raise ModelFileError("onnxruntime is not installed")
+    path = _verified_int8_path(feature_dir, network) if precision == "int8" else _verified_onnx_path(feature_dir, network)
+    try:
+        loaded = runtime.OnnxNetwork(path, threads=threads, memory_arena=memory_arena, precision=precision)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise ModelFileError(f"{network.label} ONNX graph {path} could not be loaded ({exc}); {hint}") from exc
     if loaded.input_shape[1:] != (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3):
@@ -257,49 +421,63 @@ def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_aren
     return loaded
 
 
-def _load_network(feature_dir, network: OnnxExport, image_runtime: str, threads: int, memory_arena: bool,
+def _load_network(feature_dir, network: OnnxExport, image_runtime: str, precision: str, threads: int, memory_arena: bool,
                   on_tensorflow: Callable[[], runtime.ImageNetwork]) -> runtime.ImageNetwork:
-    """``network`` on ONNX Runtime or, as ``image_runtime`` says or as the fallback, ``on_tensorflow()``; logged."""
+    """``network`` on ONNX Runtime in ``precision`` or, as ``image_runtime`` says or as the fallback, ``on_tensorflow()``; logged.
+
+    int8 falls back to fp32 (a warning says why), fp32 to TensorFlow unless ``image_runtime`` is "onnx".
+    """
     feature_dir = Path(feature_dir)
     if image_runtime not in runtime.RUNTIMES:
         raise ValueError(f"unknown image runtime {image_runtime!r}; choose one of {', '.join(runtime.RUNTIMES)}")
+    if precision not in runtime.PRECISIONS:
+        raise ValueError(f"unknown image precision {precision!r}; choose one of {', '.join(runtime.PRECISIONS)}")
     if image_runtime != "tensorflow":
         try:
-            loaded = _load_onnx(feature_dir, network, threads, memory_arena)
+            if precision == "int8":
+                try:
+                    loaded = _load_onnx(feature_dir, network, threads, memory_arena, "int8")
+                except ModelFileError as exc:
+                    logger.warning("%s falls back to fp32: %s", network.label, exc)
+                    loaded = _load_onnx(feature_dir, network, threads, memory_arena)
+            else:
+                loaded = _load_onnx(feature_dir, network, threads, memory_arena)
         except ModelFileError as exc:
             if image_runtime == "onnx":
                 raise
             logger.warning("%s falls back to TensorFlow: %s", network.label, exc)
         else:
-            logger.info("%s runs on ONNX Runtime (%s)", network.label, loaded.path)
+            logger.info("%s runs on ONNX Runtime, %s (%s)", network.label, loaded.precision, loaded.path)
             return loaded
     loaded = on_tensorflow()
-    logger.info("%s runs on TensorFlow (%s)", network.label, feature_dir)
+    logger.info("%s runs on TensorFlow, fp32 (%s)", network.label, feature_dir)
     return loaded
 
 
 def load_extractor(
-    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0, memory_arena: bool = False
+    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", precision: str = "fp32", threads: int = 0, memory_arena: bool = False
 ) -> runtime.ImageNetwork:
     """InceptionV3 from ``feature_dir`` on ``image_runtime`` (one of :data:`runtime.RUNTIMES`), files checksum-verified.
 
     ``"auto"`` takes ONNX Runtime when it and the exported graph are installed and sound, else
     TensorFlow (a warning says why); ``"onnx"`` raises ModelFileError instead of falling back;
-    ``"tensorflow"`` is the reference path. ``threads``: ONNX Runtime's intra-op threads (0: one
-    per core); ``memory_arena``: see :class:`runtime.OnnxNetwork`. The choice is logged.
+    ``"tensorflow"`` is the reference path. ``precision`` (:data:`runtime.PRECISIONS`): ``"int8"``
+    runs the quantised graph on ONNX Runtime when it is built and sound, else the float one (a
+    warning says why); TensorFlow always runs fp32. ``threads``: ONNX Runtime's intra-op threads
+    (0: one per core); ``memory_arena``: see :class:`runtime.OnnxNetwork`. The choice is logged.
     """
-    return _load_network(feature_dir, INCEPTION_ONNX, image_runtime, threads, memory_arena,
+    return _load_network(feature_dir, INCEPTION_ONNX, image_runtime, precision, threads, memory_arena,
                          lambda: runtime.KerasNetwork(_keras_extractor(Path(feature_dir))))
 
 
 def load_classifier_network(
-    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", threads: int = 0, memory_arena: bool = False
+    feature_dir: str | os.PathLike, *, image_runtime: str = "auto", precision: str = "fp32", threads: int = 0, memory_arena: bool = False
 ) -> runtime.ImageNetwork:
     """EfficientNet-Lite0 from InceptionV3 inputs to class probabilities, chosen like :func:`load_extractor`.
 
     The TensorFlow path is :func:`efficientnet.as_classifier_network` of :func:`load_classifier`.
     """
-    return _load_network(feature_dir, CLASSIFIER_ONNX, image_runtime, threads, memory_arena,
+    return _load_network(feature_dir, CLASSIFIER_ONNX, image_runtime, precision, threads, memory_arena,
                          lambda: efficientnet.as_classifier_network(load_classifier(feature_dir)))
 
 
@@ -309,15 +487,16 @@ def cache_name(image_name: str) -> str:
     return str(image_name).replace(os.sep, "__").replace("/", "__") + ".npy"
 
 
-def default_cache_dir(var_dir: str | os.PathLike, images_dir: str | os.PathLike) -> Path:
+def default_cache_dir(var_dir: str | os.PathLike, images_dir: str | os.PathLike, precision: str = "fp32") -> Path:
     """``<var_dir>/features/<extractor id>/<data set>``: where training and evaluation share features.
 
     The data set is named by its images folder, or by the folder above when that is just
-    ``images`` (``.../flickr8k/images`` -> ``flickr8k``).
+    ``images`` (``.../flickr8k/images`` -> ``flickr8k``). The features of the int8 graph (for
+    comparing it with the reference) go beside them, in ``<data set>-int8``.
     """
     images_dir = Path(images_dir).resolve()
     data_name = images_dir.parent.name if images_dir.name == "images" else images_dir.name
-    return Path(var_dir) / "features" / FEATURE_EXTRACTOR_ID.replace("/", "_") / data_name
+    return Path(var_dir) / "features" / FEATURE_EXTRACTOR_ID.replace("/", "_") / (data_name if precision == "fp32" else f"{data_name}-{precision}")
 
 
 def cache_path(cache_dir: str | os.PathLike, image_name: str) -> Path:
@@ -336,6 +515,7 @@ def cache_features(
     feature_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     flip: bool = False,
+    precision: str = "fp32",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -343,7 +523,9 @@ def cache_features(
 
     ``images``: ``(name, path)`` pairs (name = cache key, e.g. the Flickr8k file name) or plain
     paths (name = file name).  ``flip=True`` featurises the horizontally mirrored image instead
-    (for augmentation; use a separate ``cache_dir``).  Image decoding runs in a background
+    (for augmentation; use a separate ``cache_dir``).  ``precision``: InceptionV3's graph when it
+    is loaded from ``feature_dir`` (fp32, the reference that training uses, or int8; use a separate
+    ``cache_dir`` for int8, see :func:`default_cache_dir`).  Image decoding runs in a background
     thread while InceptionV3 computes the previous batch.
     """
     def extractor_of():
@@ -351,7 +533,7 @@ def cache_features(
             return extractor
         if feature_dir is None:
             raise ValueError("cache_features needs an extractor or a feature_dir")
-        return load_extractor(feature_dir)
+        return load_extractor(feature_dir, precision=precision)
 
     return _cache_outputs(images, cache_dir, extractor_of, inception.extract_features, desc="features",
                           batch_size=batch_size, flip=flip, progress=progress, log=log)

@@ -414,6 +414,7 @@ class ImageCaptioner:
         batch_size: int = 16,
         object_labels: bool = False,
         image_runtime: str = "auto",
+        image_precision: str = "fp32",
         image_threads: int = 0,
         image_memory_arena: bool = False,
     ):
@@ -421,8 +422,8 @@ class ImageCaptioner:
 
         ``beam_width`` / ``length_alpha`` default to the decoding settings tuned for this model
         (meta.json ``decoding``, written by ``evaluate_captioner --save-decoding``), else 3 / 1.0.
-        ``image_runtime`` / ``image_threads`` / ``image_memory_arena``: where and how the image
-        networks run (see :func:`captioning.features.load_extractor`).
+        ``image_runtime`` / ``image_precision`` / ``image_threads`` / ``image_memory_arena``: where
+        and how the image networks run (see :func:`captioning.features.load_extractor`).
 
         ``object_labels``: also load the EfficientNet-Lite0 classifier converted into ``feature_dir``
         by ``prepare_models``, so that each description carries object labels.
@@ -457,7 +458,7 @@ class ImageCaptioner:
         object_classifier = None
         if object_labels:
             object_classifier = feature_store.load_classifier_network(  # verified against its record
-                feature_dir, image_runtime=image_runtime, threads=image_threads, memory_arena=image_memory_arena
+                feature_dir, image_runtime=image_runtime, precision=image_precision, threads=image_threads, memory_arena=image_memory_arena
             )
             _check_object_labels(loaded.path, loaded.meta.get("objects") or {}, feature_dir)
         reranking, calibration = loaded.meta.get("reranking"), loaded.meta.get("confidence")
@@ -474,7 +475,7 @@ class ImageCaptioner:
             loaded.tokenizer,
             # Also verifies the files against their records.
             feature_store.load_extractor(
-                feature_dir, image_runtime=image_runtime, threads=image_threads, memory_arena=image_memory_arena
+                feature_dir, image_runtime=image_runtime, precision=image_precision, threads=image_threads, memory_arena=image_memory_arena
             ),
             version=loaded.version,
             beam_width=beam_width or tuned.get("beam_width", DEFAULT_BEAM_WIDTH),

@@ -48,6 +48,7 @@ def get_captioner():
                         batch_size=settings.IMAGESEARCH_CAPTION_BATCH,
                         object_labels=settings.IMAGESEARCH_OBJECT_LABELS,
                         image_runtime=settings.IMAGESEARCH_IMAGE_RUNTIME,
+                        image_precision=settings.IMAGESEARCH_IMAGE_PRECISION,
                         image_threads=settings.IMAGESEARCH_IMAGE_THREADS,
                         image_memory_arena=settings.IMAGESEARCH_IMAGE_MEMORY_ARENA,
                     )

@@ -79,12 +79,12 @@ def resaved_copy(path) -> bytes:
     return buffer.getvalue()
 
 
-def cache_resaved_features(names, images_dir, cache_dir, *, feature_dir, class_dir=None, progress=True) -> None:
-    """Featurise the re-saved copies once (they take an InceptionV3 pass each; and a classifier pass with ``class_dir``)."""
+def cache_resaved_features(names, images_dir, cache_dir, *, feature_dir, class_dir=None, precision="fp32", progress=True) -> None:
+    """Featurise the re-saved copies once (they take an InceptionV3 pass each, in ``precision``; and a classifier pass with ``class_dir``)."""
     missing = [n for n in names if not feature_store.cache_path(cache_dir, n).is_file()
                or (class_dir and not feature_store.cache_path(class_dir, n).is_file())]
     copies = [(n, resaved_copy(Path(images_dir) / n)) for n in missing]
-    feature_store.cache_features(copies, cache_dir, feature_dir=feature_dir, progress=progress)
+    feature_store.cache_features(copies, cache_dir, feature_dir=feature_dir, precision=precision, progress=progress)
     if class_dir:
         feature_store.cache_class_probabilities(copies, class_dir, feature_dir=feature_dir, progress=progress)
 

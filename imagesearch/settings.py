@@ -13,7 +13,7 @@ from pathlib import Path
 
 import environ
 
-from captioning.runtime import DEFAULT_MMAP_THRESHOLD, RUNTIMES
+from captioning.runtime import DEFAULT_MMAP_THRESHOLD, PRECISIONS, RUNTIMES
 
 from .local import read_secret_key_file
 
@@ -188,6 +188,15 @@ IMAGESEARCH_IMAGE_RUNTIME = env.str("IMAGESEARCH_IMAGE_RUNTIME", default="auto")
 if IMAGESEARCH_IMAGE_RUNTIME not in RUNTIMES:
     raise environ.ImproperlyConfigured(
         f"IMAGESEARCH_IMAGE_RUNTIME={IMAGESEARCH_IMAGE_RUNTIME!r} is not one of {', '.join(RUNTIMES)}"
+    )
+# The precision of InceptionV3 on ONNX Runtime: int8 = the quantised graph that prepare_models builds
+# (2x faster, 1.06 GB per worker, but dev CIDEr-D 1.7 % lower: not the default; falls back to fp32
+# when it is missing or damaged), fp32 = the exported float graph. EfficientNet-Lite0 and TensorFlow
+# always run fp32. docs/benchmarks.md, "InceptionV3 in int8".
+IMAGESEARCH_IMAGE_PRECISION = env.str("IMAGESEARCH_IMAGE_PRECISION", default="fp32").strip().lower()
+if IMAGESEARCH_IMAGE_PRECISION not in PRECISIONS:
+    raise environ.ImproperlyConfigured(
+        f"IMAGESEARCH_IMAGE_PRECISION={IMAGESEARCH_IMAGE_PRECISION!r} is not one of {', '.join(PRECISIONS)}"
     )
 # ONNX Runtime threads per process (0 = one per core).
 IMAGESEARCH_IMAGE_THREADS = env.int("IMAGESEARCH_IMAGE_THREADS", default=0)

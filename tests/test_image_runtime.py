@@ -22,6 +22,10 @@ REAL_PHOTOS = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "100267
 PHOTO_TOLERANCE = 1e-4
 # EfficientNet-Lite0's class probabilities: at most this far from TensorFlow's (measured about 1e-6).
 PROBABILITY_TOLERANCE = 1e-4
+# The int8 graph's InceptionV3 features: relative L2 distance from the fp32 graph's, per photo
+# (quantisation error, not float rounding: 0.146 on average, at most 0.224, over 32 dev photos;
+# the captioner's and the search's dev figures with these features are in docs/benchmarks.md).
+INT8_PHOTO_TOLERANCE = 0.25
 
 
 def small_network():
@@ -87,6 +91,8 @@ def feature_dir(tmp_path_factory):
         record = feature_store.ensure_onnx_model(directory, network, log=lambda message: None)
         assert record["action"] == "exported"
         assert record["max_relative_difference"] <= feature_store.ONNX_TOLERANCE
+    # InceptionV3's int8 graph from the committed activation ranges (the classifier has none: fp32).
+    assert feature_store.ensure_int8_model(directory, log=lambda message: None)["action"] == "quantised"
     return directory
 
 
@@ -289,3 +295,102 @@ def test_both_networks_load_with_the_memory_arena_asked_for(feature_dir):
         for network in (feature_store.load_extractor(feature_dir, image_runtime="onnx", memory_arena=arena),
                         feature_store.load_classifier_network(feature_dir, image_runtime="onnx", memory_arena=arena)):
             assert network.session.get_session_options().enable_cpu_mem_arena is arena
+
+
+# ------------------------------------------------------------------------------ int8
+
+
+def relative_l2(fast: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per item: the L2 norm of the difference over the reference's."""
+    fast, reference = fast.reshape(len(fast), -1), reference.reshape(len(reference), -1)
+    return np.linalg.norm(fast - reference, axis=1) / np.linalg.norm(reference, axis=1)
+
+
+def test_int8_features_agree_with_fp32_on_real_photos(feature_dir):
+    paths = [FLICKR_IMAGES / name for name in REAL_PHOTOS]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("the Flickr8k photos in ../shared are not here")
+    batch = np.stack([inception.preprocess_image(p) for p in paths])
+    int8_network = feature_store.load_extractor(feature_dir, image_runtime="onnx", precision="int8")
+    reference = inception.extract_features(feature_store.load_extractor(feature_dir, image_runtime="onnx"), batch)
+    fast = inception.extract_features(int8_network, batch)
+
+    assert (int8_network.runtime, int8_network.precision) == ("onnxruntime", "int8")
+    assert fast.shape == reference.shape == (3, 64, 2048)
+    assert relative_l2(fast, reference).max() <= INT8_PHOTO_TOLERANCE
+    # Each photo's int8 features are far nearer its own fp32 features than another photo's.
+    assert relative_l2(fast, reference).max() < 0.5 * relative_l2(reference[[1, 2, 0]], reference).min()
+
+
+def test_quantisation_is_reproducible_from_the_ranges_file(tmp_path):
+    """Calibrated once (on random inputs here), the ranges file alone gives the same int8 graph again."""
+    runtime.export_onnx(small_network(), tmp_path / "small.onnx")
+    rng = np.random.default_rng(5)
+    batches = [rng.normal(size=(4, 33, 29, 3)).astype(np.float32) for _ in range(3)]
+    ranges = tmp_path / "ranges.json"
+    runtime.quantize_onnx(tmp_path / "small.onnx", tmp_path / "a.onnx", ranges_path=ranges, calibration=batches, method="minmax")
+    runtime.quantize_onnx(tmp_path / "small.onnx", tmp_path / "b.onnx", ranges_path=ranges)
+
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    fast = runtime.OnnxNetwork(tmp_path / "a.onnx", precision="int8").run(batches[0])
+    reference = runtime.OnnxNetwork(tmp_path / "small.onnx").run(batches[0])
+    assert relative_l2(fast, reference).max() < 0.1
+    with pytest.raises(ValueError, match="no activation ranges"):
+        runtime.quantize_onnx(tmp_path / "small.onnx", tmp_path / "c.onnx", ranges_path=tmp_path / "none.json")
+
+
+def test_int8_falls_back_to_fp32_when_its_file_is_corrupt_then_prepare_repairs_it(damaged_dir, caplog):
+    path = feature_store.int8_path(damaged_dir)
+    path.write_bytes(path.read_bytes()[:1000])
+    with caplog.at_level(logging.INFO, logger="captioning.features"):
+        network = feature_store.load_extractor(damaged_dir, precision="int8")
+    assert (network.runtime, network.precision) == ("onnxruntime", "fp32")
+    assert "InceptionV3 falls back to fp32" in caplog.text and "int8 ONNX graph" in caplog.text
+    assert "runs on ONNX Runtime, fp32" in caplog.text
+    # With the float graph damaged too: TensorFlow (auto), or a clear error (onnx).
+    feature_store.onnx_path(damaged_dir).write_bytes(b"damaged")
+    assert feature_store.load_extractor(damaged_dir, precision="int8").runtime == "tensorflow"
+    with pytest.raises(ModelFileError, match="does not match its recorded SHA-256"):
+        feature_store.load_extractor(damaged_dir, image_runtime="onnx", precision="int8")
+    # prepare_models repairs both.
+    assert feature_store.ensure_onnx_model(damaged_dir, log=lambda message: None)["action"] == "exported"
+    assert feature_store.ensure_int8_model(damaged_dir, log=lambda message: None)["action"] == "quantised"
+    assert feature_store.load_extractor(damaged_dir, precision="int8").precision == "int8"
+
+
+def test_int8_falls_back_to_fp32_when_it_is_missing_or_its_ranges_are(damaged_dir, tmp_path, caplog):
+    feature_store.int8_path(damaged_dir).unlink()
+    with caplog.at_level(logging.INFO, logger="captioning.features"):
+        assert feature_store.load_extractor(damaged_dir, precision="int8").precision == "fp32"
+    assert "no InceptionV3 int8 ONNX graph" in caplog.text
+    messages = []
+    assert feature_store.ensure_int8_model(damaged_dir, ranges_path=tmp_path / "absent.json", log=messages.append) is None
+    assert "runs in fp32" in messages[0]
+    # The classifier has no committed ranges: it stays fp32 whatever the setting.
+    assert feature_store.ensure_int8_model(damaged_dir, feature_store.CLASSIFIER_ONNX, log=messages.append) is None
+
+
+def test_an_int8_graph_of_another_float_graph_is_refused(damaged_dir):
+    import json
+
+    record_path = feature_store.int8_record_path(damaged_dir)
+    record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "onnx_sha256": "0" * 64}))
+    with pytest.raises(ModelFileError, match="made from another float graph"):
+        feature_store._load_onnx(damaged_dir, feature_store.INCEPTION_ONNX, 0, False, "int8")
+    assert feature_store.ensure_int8_model(damaged_dir, log=lambda message: None)["action"] == "quantised"
+
+
+def test_an_unknown_precision_is_refused(damaged_dir):
+    with pytest.raises(ValueError, match="unknown image precision 'int4'"):
+        feature_store.load_extractor(damaged_dir, precision="int4")
+
+
+def test_the_precision_setting_reaches_the_captioner(settings, monkeypatch):
+    from captioning import services
+
+    calls = []
+    monkeypatch.setattr(services, "_captioner", None)
+    monkeypatch.setattr(services, "map_large_allocations", lambda threshold: None)
+    monkeypatch.setattr(services.ImageCaptioner, "from_dirs", lambda *a, **kw: calls.append(kw["image_precision"]) or "loaded")
+    settings.IMAGESEARCH_IMAGE_PRECISION = "int8"
+    assert services.get_captioner() == "loaded" and calls == ["int8"]

@@ -180,3 +180,18 @@ def test_a_known_image_runtime_is_accepted_in_any_case(tmp_path):
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_RUNTIME=" TensorFlow "),
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "tensorflow", proc.stderr
+
+
+@pytest.mark.parametrize("value", ["int4", "float32", ""])
+def test_an_unknown_image_precision_is_refused_where_settings_are_read(tmp_path, value):
+    proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_PRECISION=value)
+    assert proc.returncode != 0
+    assert "ImproperlyConfigured" in proc.stderr and "IMAGESEARCH_IMAGE_PRECISION" in proc.stderr, proc.stderr
+    assert "fp32, int8" in proc.stderr
+
+
+def test_a_known_image_precision_is_accepted_in_any_case(tmp_path):
+    probe = "import django; from django.conf import settings as s; print(s.IMAGESEARCH_IMAGE_PRECISION)"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_PRECISION=" INT8 "),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "int8", proc.stderr

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from captioning import features as feature_store
 from captioning.evaluation import CONSENSUS_NEIGHBOURS, CONSENSUS_WEIGHTS, EvaluationError, EvaluationRun, run_evaluation
+from captioning.runtime import PRECISIONS
 
 
 def _numbers(kind):
@@ -39,7 +40,9 @@ class Command(BaseCommand):
         parser.add_argument("--length-alpha", type=float, default=None, help="length normalisation exponent")
         parser.add_argument("--model-dir", default=None, help="model directory (default: settings)")
         parser.add_argument("--feature-dir", default=None, help="converted InceptionV3 weights (default: settings)")
-        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache; with int8 the one beside it)")
+        parser.add_argument("--image-precision", choices=PRECISIONS, default="fp32",
+                            help="InceptionV3's graph for photos not in the cache (default: fp32, the reference)")
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--output", default=None, help="JSON report (default: var/eval/<version>-<split>-beam<N>.json)")
         parser.add_argument("--plots", type=int, default=3, help="attention plots to save (0 = none)")
@@ -81,7 +84,8 @@ class Command(BaseCommand):
                 split=opts["split"],
                 model_dir=Path(opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR),
                 feature_dir=Path(opts["feature_dir"] or settings.IMAGESEARCH_FEATURE_DIR),
-                cache_dir=Path(opts["cache_dir"] or feature_store.default_cache_dir(base / "var", data_dir / "images")),
+                cache_dir=Path(opts["cache_dir"] or feature_store.default_cache_dir(base / "var", data_dir / "images", opts["image_precision"])),
+                image_precision=opts["image_precision"],
                 report_dir=base / "var" / "eval",
                 output=Path(opts["output"]) if opts["output"] else None,
                 limit=opts["limit"],

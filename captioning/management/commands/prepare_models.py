@@ -9,7 +9,12 @@
 3. Both networks exported as ONNX graphs (``inceptionv3.onnx``, ``efficientnet-lite0.onnx``) for
    ONNX Runtime, checked against Keras, recorded and verified later, unless onnx/onnxruntime are
    not installed (they then run on TensorFlow).
-4. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
+4. The int8 graph of each network that has committed activation ranges
+   (``captioning/calibration/<name>.int8-ranges.json``): ``inceptionv3.int8.onnx``, checked
+   against the float graph and recorded the same way (IMAGESEARCH_IMAGE_PRECISION=int8 runs it).
+   ``--calibrate-int8 DATA_DIR`` computes InceptionV3's ranges again on that Flickr8k-layout
+   directory's training photos (``features.calibration_photos``) and rewrites the committed file.
+5. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
    and complete (``--check-captioner`` also loads it and checks its shapes).
 """
 
@@ -28,6 +33,8 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="convert the InceptionV3 and EfficientNet-Lite0 weights again")
         parser.add_argument("--check-captioner", action="store_true", help="also load the captioner to check it")
         parser.add_argument("--skip-captioner", action="store_true", help="do not look at the captioner directory")
+        parser.add_argument("--calibrate-int8", metavar="DATA_DIR", default=None,
+                            help="calibrate InceptionV3's int8 graph again on this Flickr8k directory's training photos")
 
     def handle(self, *args, **opts):
         from captioning import features
@@ -52,6 +59,16 @@ class Command(BaseCommand):
                 raise CommandError(f"could not export {network.label} to ONNX: {exc}") from exc
             if exported:
                 self.stdout.write(f"{role} (ONNX Runtime): {exported['action']} {features.onnx_path(feature_dir, network)}")
+                try:
+                    if opts["calibrate_int8"] and network is features.INCEPTION_ONNX:
+                        photos = features.calibration_photos(opts["calibrate_int8"])
+                        quantised = features.calibrate_int8(network, feature_dir, photos, log=self.stdout.write)
+                    else:
+                        quantised = features.ensure_int8_model(feature_dir, network, force=opts["force"], log=self.stdout.write)
+                except (OSError, ValueError) as exc:
+                    raise CommandError(f"could not build the int8 {network.label} graph: {exc}") from exc
+                if quantised:
+                    self.stdout.write(f"{role} (ONNX Runtime, int8): {quantised['action']} {features.int8_path(feature_dir, network)}")
 
         if opts["skip_captioner"]:
             return

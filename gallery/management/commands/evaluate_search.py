@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from captioning import evaluation
 from captioning import features as feature_store
 from captioning.inference import ImageCaptioner
+from captioning.runtime import PRECISIONS
 from captioning.storage import update_meta
 from gallery import search_quality
 from gallery.descriptions import SearchWeights
@@ -52,7 +53,9 @@ class Command(BaseCommand):
         parser.add_argument("--split", default="dev")
         parser.add_argument("--limit", type=int, default=None, help="only the first N photos of the split")
         parser.add_argument("--model-dir", default=None, help="model directory (default: settings)")
-        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache; with int8 the one beside it)")
+        parser.add_argument("--image-precision", choices=PRECISIONS, default="fp32",
+                            help="InceptionV3's graph for features not yet cached (default: fp32, the reference)")
         parser.add_argument("--no-resaved", action="store_true", help="skip the re-saved copies (an InceptionV3 pass per photo)")
         parser.add_argument("--no-objects", action="store_true", help="describe without the ImageNet object labels")
         parser.add_argument("--tune", action="store_true", help="try the weighting grid and report the best designs")
@@ -76,18 +79,18 @@ class Command(BaseCommand):
         references = {n: references[n] for n in names}
         model_dir = Path(opts["model_dir"] or settings.IMAGESEARCH_MODEL_DIR)
         try:
-            captioner = ImageCaptioner.from_dirs(model_dir, settings.IMAGESEARCH_FEATURE_DIR, batch_size=32)
+            captioner = ImageCaptioner.from_dirs(model_dir, settings.IMAGESEARCH_FEATURE_DIR, batch_size=32, image_precision=opts["image_precision"])
         except (OSError, ValueError) as exc:
             raise CommandError(f"cannot load the captioner: {exc}") from exc
         var = Path(settings.BASE_DIR) / "var"
-        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(var, data_dir / "images"))
+        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(var, data_dir / "images", opts["image_precision"]))
         class_dir = None if opts["no_objects"] else feature_store.default_class_cache_dir(var, data_dir / "images")
         from tqdm import tqdm
 
         log = sys.stderr
         photos = [(n, data_dir / "images" / n) for n in names]
         try:
-            feature_store.cache_features(photos, cache_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
+            feature_store.cache_features(photos, cache_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR, precision=opts["image_precision"], log=log.write)
             if class_dir:
                 feature_store.cache_class_probabilities(photos, class_dir, feature_dir=settings.IMAGESEARCH_FEATURE_DIR, log=log.write)
         except ValueError as exc:  # ModelFileError: weights missing or damaged
@@ -99,7 +102,8 @@ class Command(BaseCommand):
             resaved_dir = cache_dir.with_name(cache_dir.name + "-resaved")
             resaved_classes = class_dir.with_name(class_dir.name + "-resaved") if class_dir else None
             search_quality.cache_resaved_features(names, data_dir / "images", resaved_dir,
-                                                  feature_dir=settings.IMAGESEARCH_FEATURE_DIR, class_dir=resaved_classes)
+                                                  feature_dir=settings.IMAGESEARCH_FEATURE_DIR, class_dir=resaved_classes,
+                                                  precision=opts["image_precision"])
             resaved = search_quality.describe_cached(captioner, names, resaved_dir, class_dir=resaved_classes)
         words = search_quality.word_queries(references)
         current = SearchWeights.from_meta(captioner.meta)
