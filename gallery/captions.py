@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from captioning.fingerprints import to_bytes
-from imagesearch.bulk import BulkWriter
+from imagesearch.bulk import BulkWriter, copy_escape
 from captioning.services import model_meta
 from searchindex import index as search_index
 
@@ -96,16 +96,17 @@ def _replace_model_tags(descriptions: list["ModelDescription"], model_version: s
     image_ids = [d.image_id for d in descriptions]
     removed = set(Tag.objects.filter(image_id__in=image_ids, removed=True).values_list("image_id", "kind", "word"))
     Tag.objects.filter(image_id__in=image_ids, kind__in=Tag.Kind.values, removed=False).delete()
-    rows = {}  # the most probable of a word's occurrences (a word cut to 64 characters may repeat)
+    lines = {}  # the most probable of a word's occurrences (a word cut to 64 characters may repeat)
+    version = copy_escape(model_version)
     for d in descriptions:
         for kind, words in ((Tag.Kind.CONCEPT, d.concepts), (Tag.Kind.OBJECT, d.objects)):
             for word, p in words:
                 key = (d.image_id, kind, word[:64])
-                if key not in removed and key not in rows:
-                    rows[key] = (*key, float(p), model_version, False)
+                if key not in removed and key not in lines:
+                    lines[key] = f"{d.image_id}\t{kind}\t{copy_escape(key[2])}\t{float(p)!r}\t{version}\tf\n"
     # A batch of photos has thousands of tags: written by COPY (imagesearch.bulk).
     writer = BulkWriter()
-    writer.write(Tag, ("image_id", "kind", "word", "probability", "model_version", "removed"), list(rows.values()), free_text=True)
+    writer.write_lines(Tag, ("image_id", "kind", "word", "probability", "model_version", "removed"), list(lines.values()))
     writer.finish()
 
 

@@ -7,6 +7,7 @@ rows as text.
 """
 
 import io
+import re
 import threading
 
 from django.db import connection
@@ -34,15 +35,15 @@ class BulkWriter:
         if not self.copy:
             model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
             return
-        field = _copy_escape if free_text else str
+        field = copy_escape if free_text else str
         self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows))
 
     def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
-        """Rows already in COPY's text format, one "\\t"-separated line each (no escapes needed)."""
+        """Rows already in COPY's text format, one "\\t"-separated line each (free text through copy_escape)."""
         if not lines:
             return
         if not self.copy:
-            self.write(model, columns, [line[:-1].split("\t") for line in lines])
+            self.write(model, columns, [[_copy_unescape(value) for value in line[:-1].split("\t")] for line in lines])
             return
         self._send(model, columns, "".join(lines))
 
@@ -72,5 +73,13 @@ class BulkWriter:
             raise error
 
 
-def _copy_escape(value) -> str:
+_COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}
+
+
+def _copy_unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), text) if "\\" in text else text
+
+
+def copy_escape(value) -> str:
+    """A value as COPY's text format must spell it (for write_lines: free text such as a word)."""
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
