@@ -16,7 +16,7 @@ from django.conf import settings
 
 from .files import ModelFileError
 from .inception import DECODE_SIZE, preprocess_image
-from .inference import ImageCaptioner
+from .inference import FEATURE_BATCH, ImageCaptioner
 from .native_log import native_notices_dropped
 from .runtime import map_large_allocations
 from .storage import read_meta
@@ -55,6 +55,19 @@ def get_captioner():
     return _captioner
 
 
+def warm_up_captioner(photos: int):
+    """The process-wide captioner, loaded and run once on ``photos`` blank photos; returns it.
+
+    TensorFlow traces its graphs on the first call (seconds) and ONNX Runtime plans its memory for
+    each new batch size, which would otherwise delay the first upload's caption or a worker's first
+    batch. Warm up with the batch size that will come (at most FEATURE_BATCH photos run at once).
+    """
+    captioner = get_captioner()
+    blank = preprocess_image(Image.new("RGB", (299, 299), "gray"))
+    captioner.describe_arrays([blank] * min(max(1, photos), FEATURE_BATCH))
+    return captioner
+
+
 def captioner_loading() -> bool:
     """Whether this process is loading the model right now (pages say that captions follow soon)."""
     return (_captioner is None and _lock.locked()) or _warming_up.is_set()
@@ -64,10 +77,7 @@ def _load_and_log():
     started = time.monotonic()
     _warming_up.set()
     try:
-        captioner = get_captioner()
-        # One caption of a blank photo: TensorFlow traces its graphs on the first call (seconds),
-        # which would otherwise delay the first upload's caption.
-        captioner.describe_arrays([preprocess_image(Image.new("RGB", (299, 299), "gray"))])
+        captioner = warm_up_captioner(photos=1)
     except Exception:  # the first caption request retries the load and reports the error
         logger.exception("The captioning model could not be loaded")
         return

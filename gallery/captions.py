@@ -7,11 +7,15 @@ active, to the tags or to whether the image is visible re-indexes the image in t
 transaction, with its whole description (gallery.descriptions).
 """
 
-from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
 from django.utils import timezone
 
 from captioning.fingerprints import to_bytes
+from imagesearch.bulk import BulkWriter, copy_escape
 from captioning.services import model_meta
 from searchindex import index as search_index
 
@@ -43,49 +47,78 @@ def _description_fields(caption: Caption, tags: list, weights: SearchWeights) ->
 
 def all_descriptions(weights: SearchWeights | None = None):
     """(image id, weighted fields) of every visible image's active description, in id order (for rebuilding the index)."""
+    return _descriptions(Caption.objects.filter(is_active=True, image__hidden=False), weights)
+
+
+def _descriptions(active_captions, weights: SearchWeights | None):
+    """(image id, weighted fields) of these active captions' images, in id order.
+
+    Tags are read as plain rows, 2,000 images' at a time: a photo has a few hundred, and a model
+    instance each cost more than the rest of storing a captioned batch.
+    """
     weights = weights or search_weights()
-    captions = (
-        Caption.objects.filter(is_active=True, image__hidden=False)
-        .select_related("image")
-        .prefetch_related(Prefetch("image__tags", queryset=Tag.objects.filter(removed=False), to_attr="kept_tags"))
-        .order_by("image_id")
-    )
-    for caption in captions.iterator(chunk_size=2_000):
-        tags = [(tag.kind, tag.word, tag.probability) for tag in caption.image.kept_tags]
-        yield caption.image_id, _description_fields(caption, tags, weights)
+    chunk = []
+    for caption in active_captions.order_by("image_id").iterator(chunk_size=2_000):
+        chunk.append(caption)
+        if len(chunk) == 2_000:
+            yield from _described(chunk, weights)
+            chunk = []
+    yield from _described(chunk, weights)
+
+
+def _described(captions: list[Caption], weights: SearchWeights):
+    tags = {caption.image_id: [] for caption in captions}
+    kept = Tag.objects.filter(image_id__in=list(tags), removed=False).order_by("image_id", "-probability", "word")
+    for image_id, kind, word, probability in kept.values_list("image_id", "kind", "word", "probability"):
+        tags[image_id].append((kind, word, probability))
+    for caption in captions:
+        yield caption.image_id, _description_fields(caption, tags[caption.image_id], weights)
 
 
 def sync_index(image: Image) -> None:
     """Index the image's description, or drop it from the index when hidden or uncaptioned."""
-    caption = image.captions.filter(is_active=True).first()
-    if caption is None or image.hidden:
-        search_index.delete_document(image.pk)
-    else:
-        search_index.index_document(image.pk, image_fields(image, caption, search_weights()))
+    sync_indexes([image])
 
 
-def _replace_model_tags(image: Image, tags_by_kind: dict, model_version: str) -> None:
-    """The image's tags of each kind become this model version's; words a curator removed stay removed."""
-    removed = set(image.tags.filter(removed=True).values_list("kind", "word"))
-    image.tags.filter(kind__in=list(tags_by_kind), removed=False).delete()
-    Tag.objects.bulk_create(
-        [
-            Tag(image=image, kind=kind, word=word[:64], probability=float(p), model_version=model_version)
-            for kind, words in tags_by_kind.items()
-            for word, p in words
-            if (kind, word[:64]) not in removed
-        ],
-        ignore_conflicts=True,
-    )
+def sync_indexes(images) -> None:
+    """Index the images' descriptions, dropping the hidden or uncaptioned ones, in one index transaction.
+
+    Whether an image is hidden is read from the objects given (callers hold them current).
+    """
+    visible = [image.pk for image in images if not image.hidden]
+    described = dict(_descriptions(Caption.objects.filter(is_active=True, image_id__in=visible), None))
+    search_index.delete_documents([image.pk for image in images if image.pk not in described])
+    search_index.index_documents(described.items())
 
 
-def _replace_fingerprint(image: Image, fingerprint, projection: str, model_version: str) -> None:
-    """The image's fingerprint becomes this model version's (or none, for a model without fingerprints)."""
-    if fingerprint is None or not projection:
-        Fingerprint.objects.filter(image=image).delete()
-        return
-    Fingerprint.objects.update_or_create(
-        image=image, defaults={"projection": projection, "model_version": model_version, "vector": to_bytes(fingerprint)}
+def _replace_model_tags(descriptions: list["ModelDescription"], model_version: str) -> None:
+    """The images' tags of each kind become this model version's; words a curator removed stay removed."""
+    image_ids = [d.image_id for d in descriptions]
+    removed = set(Tag.objects.filter(image_id__in=image_ids, removed=True).values_list("image_id", "kind", "word"))
+    Tag.objects.filter(image_id__in=image_ids, kind__in=Tag.Kind.values, removed=False).delete()
+    lines = {}  # the most probable of a word's occurrences (a word cut to 64 characters may repeat)
+    version = copy_escape(model_version)
+    for d in descriptions:
+        for kind, words in ((Tag.Kind.CONCEPT, d.concepts), (Tag.Kind.OBJECT, d.objects)):
+            for word, p in words:
+                key = (d.image_id, kind, word[:64])
+                if key not in removed and key not in lines:
+                    lines[key] = f"{d.image_id}\t{kind}\t{copy_escape(key[2])}\t{float(p)!r}\t{version}\tf\n"
+    # A batch of photos has thousands of tags: written by COPY (imagesearch.bulk).
+    writer = BulkWriter()
+    writer.write_lines(Tag, ("image_id", "kind", "word", "probability", "model_version", "removed"), list(lines.values()))
+    writer.finish()
+
+
+def _replace_fingerprints(descriptions: list["ModelDescription"], projection: str, model_version: str) -> None:
+    """The images' fingerprints become this model version's (or none, for a model without fingerprints)."""
+    with_print = [d for d in descriptions if d.fingerprint is not None and projection]
+    printed = {d.image_id for d in with_print}
+    Fingerprint.objects.filter(image_id__in=[d.image_id for d in descriptions if d.image_id not in printed]).delete()
+    Fingerprint.objects.bulk_create(
+        [Fingerprint(image_id=d.image_id, projection=projection, model_version=model_version, vector=to_bytes(d.fingerprint))
+         for d in with_print],
+        update_conflicts=True, unique_fields=["image"], update_fields=["projection", "model_version", "vector"],
     )
 
 
@@ -96,40 +129,81 @@ def _activate(image: Image, caption: Caption) -> None:
         caption.save(update_fields=["is_active"])
 
 
-@transaction.atomic
-def add_model_caption(
-    image: Image, text: str, *, model_version: str, score=None, attention=None, alternatives=(), concepts=(), objects=(),
-    fingerprint=None, fingerprint_projection: str = "", confidence=None,
-) -> Caption:
-    """Store a model's description (caption, alternatives, concept and object tags, fingerprint) and mark the image done.
+@dataclass(frozen=True, eq=False)  # eq would compare fingerprint arrays
+class ModelDescription:
+    """A model's description of one stored photo, as add_model_captions stores it.
 
-    Idempotent per (image, model version): a second call with the same version changes nothing.
+    alternatives: [(text, score), ...] of the beam, best first; concepts and objects: [(word,
+    probability), ...]; fingerprint: the photo's fingerprint vector or None.
     """
-    image = Image.objects.select_for_update().get(pk=image.pk)
-    caption = image.captions.filter(source=Caption.Source.MODEL, model_version=model_version).first()
-    if caption is None:
-        try:
-            with transaction.atomic():
-                caption = Caption.objects.create(
-                    image=image,
-                    text=text,
-                    source=Caption.Source.MODEL,
-                    model_version=model_version,
-                    score=score,
-                    confidence=confidence,
-                    attention=attention,
-                    alternatives=[[t, s] for t, s in alternatives],
+
+    image_id: int
+    text: str
+    score: float | None = None
+    confidence: float | None = None
+    attention: list | None = None
+    alternatives: Sequence = ()
+    concepts: Sequence = ()
+    objects: Sequence = ()
+    fingerprint: Any = None
+
+
+def add_model_caption(image: Image, text: str, *, model_version: str, fingerprint_projection: str = "", **description) -> Caption:
+    """Store a model's description of one image (see add_model_captions); ``description``: the
+    other fields of ModelDescription. Raises Image.DoesNotExist when the image is gone."""
+    stored = add_model_captions(
+        [ModelDescription(image.pk, text, **description)], model_version=model_version, fingerprint_projection=fingerprint_projection
+    )
+    if image.pk not in stored:
+        raise Image.DoesNotExist(f"Image {image.pk} no longer exists.")
+    return stored[image.pk]
+
+
+@transaction.atomic
+def add_model_captions(descriptions, *, model_version: str, fingerprint_projection: str = "") -> dict[int, Caption]:
+    """Store a model's descriptions (caption, alternatives, concept and object tags, fingerprint)
+    and mark the images done; returns each stored image's caption of this model version.
+
+    Idempotent per (image, model version): a description of a version the image already has
+    changes nothing but the status. Images deleted meanwhile are skipped. One transaction and a
+    fixed handful of statements for the whole batch: a worker stores and indexes a batch of 16
+    photos in about the time one photo took statement by statement.
+    """
+    wanted = {d.image_id: d for d in descriptions}
+    # Locked in id order, so that two transactions over overlapping images cannot deadlock.
+    images = list(Image.objects.select_for_update().filter(pk__in=list(wanted)).order_by("pk"))
+    ids = [image.pk for image in images]
+    model_captions = Caption.objects.filter(image_id__in=ids, source=Caption.Source.MODEL, model_version=model_version)
+    described_before = set(model_captions.values_list("image_id", flat=True))
+    new = [wanted[pk] for pk in ids if pk not in described_before]
+    if new:
+        Caption.objects.bulk_create(
+            [
+                Caption(
+                    image_id=d.image_id, text=d.text, source=Caption.Source.MODEL, model_version=model_version, score=d.score,
+                    confidence=d.confidence, attention=d.attention, alternatives=[[t, s] for t, s in d.alternatives],
                 )
-            _replace_model_tags(image, {Tag.Kind.CONCEPT: concepts, Tag.Kind.OBJECT: objects}, model_version)
-            _replace_fingerprint(image, fingerprint, fingerprint_projection, model_version)
-        except IntegrityError:
-            caption = image.captions.get(source=Caption.Source.MODEL, model_version=model_version)
-    active = image.captions.filter(is_active=True).first()
-    if active is None or active.source != Caption.Source.HUMAN:
-        _activate(image, caption)
-    Image.objects.filter(pk=image.pk).update(status=Image.Status.DONE, error="", status_changed_at=timezone.now())
-    sync_index(image)  # `hidden` is current: the row was just read under its lock
-    return caption
+                for d in new
+            ],
+            ignore_conflicts=True,  # the images' locks make a conflict impossible for writers that take them
+        )
+        _replace_model_tags(new, model_version)
+        _replace_fingerprints(new, fingerprint_projection, model_version)
+    captions = {caption.image_id: caption for caption in model_captions}
+    active = {caption.image_id: caption for caption in Caption.objects.filter(image_id__in=ids, is_active=True)}
+    # A person's caption stays active; otherwise this version's caption becomes the active one.
+    promoted = [
+        caption for pk, caption in captions.items()
+        if pk not in active or (active[pk].source != Caption.Source.HUMAN and active[pk].pk != caption.pk)
+    ]
+    if promoted:
+        Caption.objects.filter(image_id__in=[c.image_id for c in promoted], is_active=True).update(is_active=False)
+        Caption.objects.filter(pk__in=[c.pk for c in promoted]).update(is_active=True)
+        for caption in promoted:
+            caption.is_active = True
+    Image.objects.filter(pk__in=ids).update(status=Image.Status.DONE, error="", status_changed_at=timezone.now())
+    sync_indexes(images)  # `hidden` is current: the rows were just read under their locks
+    return captions
 
 
 @transaction.atomic

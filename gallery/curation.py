@@ -16,7 +16,8 @@ from .models import Caption, Image
 def set_hidden(images, hidden: bool) -> int:
     """Hidden images disappear from public pages and from search."""
     changed = 0
-    for image in Image.objects.select_for_update().filter(pk__in=[i.pk for i in images]):
+    # Locked in id order, as the captioning worker locks its batch: the two cannot deadlock.
+    for image in Image.objects.select_for_update().filter(pk__in=[i.pk for i in images]).order_by("pk"):
         image.hidden = hidden
         image.save(update_fields=["hidden"])
         sync_index(image)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from captioning import services as captioning_services
 
-from .captions import add_model_caption
+from .captions import ModelDescription, add_model_captions
 from .models import Image
 
 logger = logging.getLogger(__name__)
@@ -47,9 +47,11 @@ TASK_OPTIONS = {
 
 @worker_process_init.connect
 def load_model_in_worker_process(**kwargs):
-    """Load the captioner in each pool process right after the fork, before its first task."""
+    """Load and warm up the captioner in each pool process right after the fork, before its first
+    task: the first batch would otherwise also pay for TensorFlow's tracing and ONNX Runtime's
+    planning (seconds)."""
     try:
-        captioning_services.get_captioner()
+        captioning_services.warm_up_captioner(photos=settings.IMAGESEARCH_CAPTION_BATCH)
     except Exception:  # a broken model must not kill the pool; tasks report the error instead
         logger.exception("The captioning model could not be loaded")
 
@@ -75,7 +77,7 @@ def fingerprint_projection_key(captioner) -> str:
 
 @shared_task(**TASK_OPTIONS)
 def caption_images(image_ids: list[int]) -> dict:
-    """Caption a batch of stored images in one model call and index their captions."""
+    """Caption a batch of stored images in one model call; store and index their descriptions in one transaction."""
     captioner = captioning_services.get_captioner()
     version = captioner.version
     images = [
@@ -99,14 +101,17 @@ def caption_images(image_ids: list[int]) -> dict:
                 logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
                 _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
         results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
-    projection = fingerprint_projection_key(captioner)
-    for (image, _), described in zip(readable, results):
-        result = described.caption
-        add_model_caption(
-            image, result.text, model_version=version, score=result.score, attention=result.attention_json(),
-            alternatives=result.alternatives, concepts=described.concepts, objects=described.objects,
-            fingerprint=described.fingerprint, fingerprint_projection=projection, confidence=result.confidence,
-        )
+    add_model_captions(
+        [
+            ModelDescription(
+                image.pk, d.caption.text, score=d.caption.score, confidence=d.caption.confidence,
+                attention=d.caption.attention_json(), alternatives=d.caption.alternatives, concepts=d.concepts,
+                objects=d.objects, fingerprint=d.fingerprint,
+            )
+            for (image, _), d in zip(readable, results)
+        ],
+        model_version=version, fingerprint_projection=fingerprint_projection_key(captioner),
+    )
     return {"captioned": len(readable), "failed": failed, "skipped": done_already}
 
 

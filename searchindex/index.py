@@ -20,16 +20,17 @@ Callers that hold other row locks should index last in their transaction: the In
 held until commit.
 """
 
-import io
 import math
-import threading
 import uuid
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.db.models import Count, F, Sum
+
+from imagesearch.bulk import BulkWriter
 
 from . import engine
 from .analysis import Field, analyze, analyze_with_positions, as_fields, highlight_terms, normalize_word, tokens, weighted_terms
@@ -46,8 +47,10 @@ __all__ = [
     "analyze_with_positions",
     "as_fields",
     "delete_document",
+    "delete_documents",
     "highlight_terms",
     "index_document",
+    "index_documents",
     "index_stats",
     "normalize_word",
     "rebuild",
@@ -90,20 +93,16 @@ def _lock_state() -> IndexState:
     return state
 
 
-def _record_change(state: IndexState, doc_id: int) -> None:
-    """Give the change the next version; searches fetch the documents changed since theirs."""
-    state.version += 1
-    IndexChange.objects.create(version=state.version, doc_id=doc_id)
-    if state.version % PRUNE_EVERY == 0 and state.version - KEEP_CHANGES > state.log_floor:
+def _record_changes(state: IndexState, doc_ids: list[int]) -> None:
+    """Give each change the next version; searches fetch the documents changed since theirs."""
+    first = state.version + 1
+    state.version += len(doc_ids)
+    IndexChange.objects.bulk_create([IndexChange(version=first + i, doc_id=doc_id) for i, doc_id in enumerate(doc_ids)])
+    crossed_prune_mark = state.version // PRUNE_EVERY > (first - 1) // PRUNE_EVERY
+    if crossed_prune_mark and state.version - KEEP_CHANGES > state.log_floor:
         state.log_floor = state.version - KEEP_CHANGES
         IndexChange.objects.filter(version__lte=state.log_floor).delete()
     state.save(update_fields=["version", "log_floor"])
-
-
-def _remove_terms(term_ids) -> None:
-    if term_ids:
-        Term.objects.filter(pk__in=term_ids).update(df=F("df") - 1)
-        Term.objects.filter(pk__in=term_ids, df=0).delete()
 
 
 def _positions_text(positions) -> str:
@@ -116,103 +115,91 @@ def _length(grouped) -> int:
 
 def index_document(doc_id: int, document) -> None:
     """Index a document (a text or a sequence of Fields), replacing any earlier version, in one transaction."""
-    doc_id = int(doc_id)
-    grouped = weighted_terms(document)
+    index_documents([(doc_id, document)])
+
+
+def index_documents(documents: Iterable[tuple[int, object]]) -> None:
+    """Index (doc_id, text or Fields) documents, replacing earlier versions, in one transaction.
+
+    A batch costs a fixed handful of statements however many documents it holds (a captioning
+    worker indexes a whole batch of photos at once; per document, the statements cost more than
+    the model). A doc_id given twice raises ValueError and changes nothing.
+    """
+    grouped_by_doc: dict[int, dict] = {}
+    for doc_id, document in documents:
+        doc_id = int(doc_id)
+        if doc_id in grouped_by_doc:
+            raise ValueError(f"Document {doc_id} appears twice in one index_documents call.")
+        grouped_by_doc[doc_id] = weighted_terms(document)
+    if not grouped_by_doc:
+        return
+    doc_ids = list(grouped_by_doc)
     with transaction.atomic():
         state = _lock_state()
-        old = dict(Posting.objects.filter(document_id=doc_id).values_list("term__text", "term_id"))
-        Posting.objects.filter(document_id=doc_id).delete()
+        old: dict[int, set[str]] = {doc_id: set() for doc_id in doc_ids}
+        for doc_id, term in Posting.objects.filter(document_id__in=doc_ids).values_list("document_id", "term__text"):
+            old[doc_id].add(term)
+        Posting.objects.filter(document_id__in=doc_ids).delete()
         Document.objects.bulk_create(
-            [Document(doc_id=doc_id, length=_length(grouped))],
+            [Document(doc_id=doc_id, length=_length(grouped)) for doc_id, grouped in grouped_by_doc.items()],
             update_conflicts=True, unique_fields=["doc_id"], update_fields=["length"],
         )
-        _remove_terms([tid for term, tid in old.items() if term not in grouped])
-        new = [term for term in grouped if term not in old]
-        if new:
-            Term.objects.bulk_create([Term(text=term) for term in new], ignore_conflicts=True)
-            Term.objects.filter(text__in=new).update(df=F("df") + 1)
-        ids = dict(Term.objects.filter(text__in=list(grouped)).values_list("text", "id"))
-        Posting.objects.bulk_create(
-            Posting(document_id=doc_id, term_id=ids[term], tf=tf, positions=_positions_text(pos))
-            for term, (tf, pos) in grouped.items()
-        )
-        _record_change(state, doc_id)
+        # Each term's document frequency moves by the documents that gained it less those that lost it.
+        df_change: Counter[str] = Counter()
+        for doc_id, grouped in grouped_by_doc.items():
+            df_change.update(term for term in grouped if term not in old[doc_id])
+            df_change.subtract(term for term in old[doc_id] if term not in grouped)
+        terms = {term for grouped in grouped_by_doc.values() for term in grouped}
+        ids = dict(Term.objects.filter(text__in=terms).values_list("text", "id"))
+        missing = [term for term in terms if term not in ids]
+        if missing:
+            Term.objects.bulk_create([Term(text=term) for term in missing], ignore_conflicts=True)
+            ids.update(Term.objects.filter(text__in=missing).values_list("text", "id"))
+        _change_dfs(df_change)
+        writer = BulkWriter()  # a batch of photos has thousands of postings
+        writer.write_lines(Posting, POSTING_COLUMNS, [
+            f"{doc_id}\t{ids[term]}\t{tf!r}\t{_positions_text(positions)}\n"
+            for doc_id, grouped in grouped_by_doc.items()
+            for term, (tf, positions) in grouped.items()
+        ])
+        writer.finish()
+        _record_changes(state, doc_ids)
+
+
+def _change_dfs(df_change: Counter) -> None:
+    """Move the terms' document frequencies by their changes (one UPDATE per distinct change); drop terms left in no document."""
+    by_change: dict[int, list[str]] = {}
+    for term, change in df_change.items():
+        if change:
+            by_change.setdefault(change, []).append(term)
+    for change, terms in by_change.items():
+        Term.objects.filter(text__in=terms).update(df=F("df") + change)
+    lost = [term for term, change in df_change.items() if change < 0]
+    if lost:
+        Term.objects.filter(text__in=lost, df=0).delete()
 
 
 def delete_document(doc_id: int) -> None:
     """Remove a document from the index; nothing happens when it is not there."""
-    doc_id = int(doc_id)
+    delete_documents([doc_id])
+
+
+def delete_documents(doc_ids: Iterable[int]) -> None:
+    """Remove documents from the index in one transaction; those not there are ignored."""
+    doc_ids = sorted({int(doc_id) for doc_id in doc_ids})
+    if not doc_ids:
+        return
     with transaction.atomic():
         state = _lock_state()
-        if not Document.objects.filter(doc_id=doc_id).delete()[0]:
+        present = list(Document.objects.filter(doc_id__in=doc_ids).values_list("doc_id", flat=True))
+        if not present:
             return
-        _remove_terms(list(Posting.objects.filter(document_id=doc_id).values_list("term_id", flat=True)))
-        Posting.objects.filter(document_id=doc_id).delete()
-        _record_change(state, doc_id)
-
-
-class _BulkWriter:
-    """Rows written in batches: COPY on PostgreSQL, bulk_create elsewhere.
-
-    On PostgreSQL each COPY runs on a helper thread, on the transaction's own connection, while
-    the caller analyses the next batch: psycopg2 lets go of the GIL while the server parses and
-    indexes the rows, so on two cores the server's share of a rebuild hides behind the Python
-    analysis. At most one COPY is in flight (the next one waits for it); finish() waits for the
-    last and raises its error, if any, so that the transaction rolls back.
-    """
-
-    def __init__(self):
-        self.copy = connection.vendor == "postgresql"
-        self._thread = None
-        self._error = None
-
-    def write(self, model, columns: tuple[str, ...], rows: list[tuple], free_text: bool = False) -> None:
-        """free_text: some values may hold characters that COPY's text format must escape."""
-        if not rows:
-            return
-        if not self.copy:
-            model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
-            return
-        field = _copy_escape if free_text else str
-        self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows))
-
-    def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
-        """Rows already in COPY's text format, one "\\t"-separated line each (no escapes needed)."""
-        if not lines:
-            return
-        if not self.copy:
-            self.write(model, columns, [line[:-1].split("\t") for line in lines])
-            return
-        self._send(model, columns, "".join(lines))
-
-    def _send(self, model, columns, text: str) -> None:
-        self.finish()
-        sql = f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN"
-        raw = connection.connection  # thread-safe in psycopg2; the caller does not use it meanwhile
-        self._thread = threading.Thread(target=self._copy, args=(raw, sql, text.encode()), name="searchindex-copy")
-        self._thread.start()
-
-    def _copy(self, raw, sql: str, data: bytes) -> None:
-        try:
-            with raw.cursor() as cursor:
-                # One read of the whole batch: in 8 kB reads each would wait for the GIL (held by
-                # the analysing thread) for up to the 5 ms switch interval.
-                cursor.copy_expert(sql, io.BytesIO(data), size=len(data))
-        except BaseException as exc:  # raised again by finish(), in the caller's thread
-            self._error = exc
-
-    def finish(self) -> None:
-        """Wait for the COPY in flight, if any; raise its error."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-
-def _copy_escape(value) -> str:
-    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+        Document.objects.filter(doc_id__in=present).delete()
+        _change_dfs(Counter({term: -count for term, count in Counter(
+            Posting.objects.filter(document_id__in=present).values_list("term__text", flat=True)
+        ).items()}))
+        Posting.objects.filter(document_id__in=present).delete()
+        _record_changes(state, present)
 
 
 def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
@@ -223,7 +210,7 @@ def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
     progress, if given, is called with the number of documents done since its last call
     (tqdm's update fits). A doc_id given twice raises ValueError and changes nothing.
     """
-    writer = _BulkWriter()
+    writer = BulkWriter()
     with transaction.atomic():
         try:
             count = _rebuild_rows(writer, documents, progress)
@@ -232,7 +219,7 @@ def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
     return count
 
 
-def _rebuild_rows(writer: "_BulkWriter", documents, progress) -> int:
+def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
     """rebuild()'s work inside its transaction: every row written, the state moved to a new epoch."""
     state = _lock_state()
     for model in (IndexChange, Posting, Document, Term):

@@ -238,6 +238,47 @@ def test_a_human_caption_keeps_the_tags_but_drops_the_models_alternatives(photo,
 
 
 @pytest.mark.django_db
+def test_a_batch_is_stored_and_indexed_as_the_same_descriptions_one_by_one(photo, weighted):
+    """add_model_captions (the worker's one transaction per batch) keeps every rule of add_model_caption."""
+    from gallery.captions import ModelDescription, add_model_captions, set_human_caption
+    from gallery.models import Caption, Fingerprint, Image
+
+    one, by_person, curated, gone = (ingest_bytes(photo(20 + i), f"{i}.jpg").image for i in range(4))
+    set_human_caption(by_person, "my cat Tom")
+    add_model_caption(curated, "a man on skis", model_version="m1", concepts=[("snow", 0.8), ("ski", 0.6)])
+    remove_tag(Tag.objects.get(image=curated, word="snow"))
+    gone_id = gone.pk
+    gone.delete()
+    stored = add_model_captions(
+        [
+            ModelDescription(one.pk, "a dog on a beach", score=-0.4, alternatives=[("a dog in the sand", -0.9)],
+                             concepts=[("dog", 0.9), ("sand", 0.5), ("dog", 0.2)], objects=[("retriever", 0.7)],
+                             fingerprint=np.ones(32, np.float16) / np.sqrt(32)),
+            ModelDescription(by_person.pk, "a cat on a sofa", concepts=[("sofa", 0.7)]),
+            ModelDescription(curated.pk, "a man in the snow", concepts=[("snow", 0.9), ("mountain", 0.6)]),
+            ModelDescription(gone_id, "a lost photo"),
+        ],
+        model_version="m2", fingerprint_projection="p1",
+    )
+    assert set(stored) == {one.pk, by_person.pk, curated.pk}  # a deleted image is skipped
+    assert Image.objects.get(pk=one.pk).active_caption.text == "a dog on a beach"
+    assert Image.objects.get(pk=by_person.pk).active_caption.text == "my cat Tom"  # a person's caption wins
+    assert Image.objects.get(pk=curated.pk).active_caption.text == "a man in the snow"
+    assert Caption.objects.filter(image=curated, is_active=True).count() == 1
+    assert list(Tag.objects.filter(image=one).values_list("kind", "word", "probability")) == [
+        ("concept", "dog", 0.9), ("object", "retriever", 0.7), ("concept", "sand", 0.5)]  # a word's most probable occurrence
+    assert set(Tag.objects.filter(image=curated, removed=False).values_list("word", flat=True)) == {"mountain"}
+    assert Fingerprint.objects.get(image=one).projection == "p1" and not Fingerprint.objects.filter(image=curated).exists()
+    assert set(Image.objects.filter(pk__in=stored).values_list("status", flat=True)) == {"done"}
+    assert [h.doc_id for h in search_index.search("sand").hits] == [one.pk]  # the beam's alternative and the tag
+    assert [h.doc_id for h in search_index.search("sofa").hits] == [by_person.pk]  # tags of a person-captioned photo
+    assert [h.doc_id for h in search_index.search("snow").hits] == [curated.pk]  # by the caption only: the tag stays removed
+    assert [h.doc_id for h in search_index.search("mountain").hits] == [curated.pk]
+    again = add_model_captions([ModelDescription(one.pk, "something else")], model_version="m2")
+    assert again[one.pk].text == "a dog on a beach"  # idempotent per model version
+
+
+@pytest.mark.django_db
 def test_results_below_the_calibrated_relevance_come_after_a_weaker_matches_divider(photo, monkeypatch, client):
     weights = SearchWeights(weak_match_below=0.5)
     monkeypatch.setattr("gallery.captions.search_weights", lambda: weights)

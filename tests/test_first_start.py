@@ -95,3 +95,20 @@ def test_the_model_preloads_in_the_background_and_pages_say_so(client, monkeypat
     assert "The captioning model is loading" not in client.get(reverse("gallery:index")).content.decode()
     assert "Captioning model v-test ready" in caplog.text
     assert Loading.warmed_up  # the first real caption does not pay for TensorFlow's tracing
+
+
+def test_a_worker_process_warms_the_captioner_up_with_a_batch_before_its_first_task(monkeypatch, settings):
+    """The first task must not pay for TensorFlow's tracing and ONNX Runtime's planning of the batch shape."""
+    from captioning.inference import FEATURE_BATCH
+    from gallery import tasks
+
+    batches = []
+
+    class Warming:
+        def describe_arrays(self, arrays):
+            batches.append([a.shape for a in arrays])
+
+    monkeypatch.setattr(services, "get_captioner", Warming)
+    settings.IMAGESEARCH_CAPTION_BATCH = 16
+    tasks.load_model_in_worker_process()
+    assert batches == [[(299, 299, 3)] * FEATURE_BATCH]

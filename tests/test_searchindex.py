@@ -208,3 +208,28 @@ def test_writer_queries_use_indexes(docs):
             cursor.execute("EXPLAIN " + sql)
             plan = "\n".join(row[0] for row in cursor.fetchall())
             assert "Index" in plan and "Seq Scan" not in plan, (sql, plan)
+
+
+@pytest.mark.django_db
+def test_a_batch_of_documents_is_indexed_as_one_by_one():
+    """index_documents / delete_documents (one transaction per batch) leave the index as single writes would."""
+    si.index_documents([(1, "a dog on a beach"), (2, "a cat on a sofa"), (3, "a dog and a cat")])
+    si.index_documents([(1, "a dog in the snow"), (4, [si.Field("snow", 2.0)])])
+    si.delete_documents([2, 99])
+    batched = _index_rows()
+    for model in (Posting, Term, Document):
+        model.objects.all().delete()
+    for doc_id, text in [(1, "a dog in the snow"), (3, "a dog and a cat"), (4, [si.Field("snow", 2.0)])]:
+        si.index_document(doc_id, text)
+    assert batched == _index_rows()
+    assert [h.doc_id for h in si.search("snow").hits] == [4, 1]
+    with pytest.raises(ValueError):
+        si.index_documents([(5, "a"), (5, "b")])
+
+
+def _index_rows():
+    return (
+        sorted(Term.objects.values_list("text", "df")),
+        sorted(Document.objects.values_list("doc_id", "length")),
+        sorted(Posting.objects.values_list("document_id", "term__text", "tf", "positions")),
+    )
