@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from . import features as feature_store
-from .files import ModelFileError, sha256_file, write_atomic
+from .files import ModelFileError, checked_model_file, write_atomic
 
 CONCEPTS_NAME = "concepts.npz"
 # A function returning (written word, key or None) for each word of a caption; None: not a concept (a stop word).
@@ -118,10 +118,7 @@ def pool(features: np.ndarray) -> np.ndarray:
 def load_concept_head(path: str | os.PathLike, *, expected_sha256: str | None = None) -> ConceptHead:
     """Read ``concepts.npz``; raises ModelFileError naming the file for a missing, altered or unreadable one."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"concept head file {path} is missing; reinstall the model directory")
-    if expected_sha256 and sha256_file(path) != expected_sha256:
-        raise ModelFileError(f"concept head file {path} does not match the checksum in meta.json (damaged or replaced)")
+    checked_model_file(path, "concept head", expected_sha256=expected_sha256)
     try:
         with np.load(path, allow_pickle=False) as data:
             return ConceptHead(

@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .cider import CiderD
-from .files import ModelFileError, sha256_file, write_atomic
+from .files import ModelFileError, checked_model_file, write_atomic
 
 NEIGHBOURS_NAME = "neighbours.npz"
 # 256 directions keep dev CIDEr-D with consensus within 0.2 of the full 1,108-word vectors (see build_neighbours).
@@ -158,11 +158,8 @@ def build_neighbours(probabilities: np.ndarray, captions: Sequence[Sequence[Sequ
 def load_neighbours(path: str | os.PathLike, *, expected_sha256: str | None = None) -> NeighbourCaptions:
     """Read ``neighbours.npz``; raises ModelFileError naming the file for a missing, altered or unreadable one."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"neighbour captions file {path} is missing; reinstall the model directory or run `python manage.py build_neighbours`")
-    key = sha256_file(path)
-    if expected_sha256 and key != expected_sha256:
-        raise ModelFileError(f"neighbour captions file {path} does not match the checksum in meta.json (damaged or replaced)")
+    key = checked_model_file(path, "neighbour captions", expected_sha256=expected_sha256,
+                             missing_hint="reinstall the model directory or run `python manage.py build_neighbours`")
     try:
         with np.load(path, allow_pickle=False) as data:
             return NeighbourCaptions(

@@ -222,6 +222,20 @@ def _check_images() -> np.ndarray:
     return np.stack([noise, gradient]).astype(np.float32)
 
 
+def _verified_graph(dest: Path, record: dict, what: str, otherwise: str, log: Callable[[str], None]) -> dict | None:
+    """The record of a built ONNX graph (fp32 export or int8 quantisation) whose file still has
+    the recorded checksum, marked "verified"; None (and a log line saying it is built again) when
+    the file is missing or differs."""
+    if not dest.is_file():
+        return None
+    actual = sha256_file(dest)
+    if actual == record.get("sha256"):
+        log(f"{what} OK: {dest} (sha256 {actual[:12]}...)")
+        return {**record, "action": "verified"}
+    log(f"{what} {dest} does not match its record (sha256 {actual[:12]}...); {otherwise}")
+    return None
+
+
 def ensure_onnx_model(
     feature_dir: str | os.PathLike, network: OnnxExport = INCEPTION_ONNX, *, force: bool = False, log: Callable[[str], None] = print
 ) -> dict | None:
@@ -239,12 +253,10 @@ def ensure_onnx_model(
         return None
     weights = network.read_weights_meta(feature_dir) or {}
     dest, record = onnx_path(feature_dir, network), _read_json(onnx_record_path(feature_dir, network))
-    if not force and dest.is_file() and record and record.get("weights_sha256") == weights.get("sha256"):
-        actual = sha256_file(dest)
-        if actual == record.get("sha256"):
-            log(f"{network.label} ONNX graph OK: {dest} (sha256 {actual[:12]}...)")
-            return {**record, "action": "verified"}
-        log(f"{network.label} ONNX graph {dest} does not match its record (sha256 {actual[:12]}...); exporting again")
+    if not force and record and record.get("weights_sha256") == weights.get("sha256"):
+        verified = _verified_graph(dest, record, f"{network.label} ONNX graph", "exporting again", log)
+        if verified:
+            return verified
     import onnxruntime
 
     t0 = time.time()
@@ -370,12 +382,10 @@ def ensure_int8_model(feature_dir: str | os.PathLike, network: OnnxExport = INCE
     ranges_sha256, onnx_sha256 = sha256_file(ranges_path), _read_json(onnx_record_path(feature_dir, network))["sha256"]
     keep_float = list(network.int8_float_blocks if keep_float is None else keep_float)
     wanted = (ranges_sha256, onnx_sha256, keep_float)
-    if not force and dest.is_file() and record and (record.get("ranges_sha256"), record.get("onnx_sha256"), record.get("float_blocks")) == wanted:
-        actual = sha256_file(dest)
-        if actual == record.get("sha256"):
-            log(f"{network.label} int8 ONNX graph OK: {dest} (sha256 {actual[:12]}...)")
-            return {**record, "action": "verified"}
-        log(f"{network.label} int8 ONNX graph {dest} does not match its record (sha256 {actual[:12]}...); quantising again")
+    if not force and record and (record.get("ranges_sha256"), record.get("onnx_sha256"), record.get("float_blocks")) == wanted:
+        verified = _verified_graph(dest, record, f"{network.label} int8 ONNX graph", "quantising again", log)
+        if verified:
+            return verified
     import onnxruntime
 
     t0 = time.time()

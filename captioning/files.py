@@ -29,6 +29,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def checked_model_file(path: str | os.PathLike, what: str, *, expected_sha256: str | None = None,
+                       missing_hint: str = "reinstall the model directory") -> str:
+    """The SHA-256 of a model-directory file (concept head, fingerprint projection, neighbour
+    captions) after checking that it exists and, when meta.json records one, matches its checksum;
+    ModelFileError naming the file otherwise, so a damaged download is never read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{what} file {path} is missing; {missing_hint}")
+    key = sha256_file(path)
+    if expected_sha256 and key != expected_sha256:
+        raise ModelFileError(f"{what} file {path} does not match the checksum in meta.json (damaged or replaced)")
+    return key
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path in ``path``'s folder that replaces ``path`` when the block succeeds.

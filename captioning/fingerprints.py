@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import ModelFileError, sha256_file, write_atomic
+from .files import ModelFileError, checked_model_file, write_atomic
 
 FINGERPRINT_NAME = "fingerprint.npz"
 DEFAULT_DIMENSIONS = 256
@@ -87,11 +87,7 @@ def fit_projection(signature_rows: np.ndarray, dimensions: int = DEFAULT_DIMENSI
 def load_projection(path: str | os.PathLike, *, expected_sha256: str | None = None) -> FingerprintProjection:
     """Read ``fingerprint.npz``; raises ModelFileError naming the file for a missing, altered or unreadable one."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"fingerprint projection file {path} is missing; reinstall the model directory")
-    key = sha256_file(path)
-    if expected_sha256 and key != expected_sha256:
-        raise ModelFileError(f"fingerprint projection file {path} does not match the checksum in meta.json (damaged or replaced)")
+    key = checked_model_file(path, "fingerprint projection", expected_sha256=expected_sha256)
     try:
         with np.load(path, allow_pickle=False) as data:
             return FingerprintProjection(data["mean"], data["components"], key=key)

@@ -14,7 +14,7 @@ from captioning import concepts
 from captioning.chair import OBJECTS_PATH, ObjectVocabulary, chair, load_object_vocabulary
 from captioning.evaluation import best_try, calibrate_confidence, cider, human_reference, rerank_tries, score_captions
 from captioning.evidence import CaptionConfidence, EvidenceReranker, ObjectWordBias, VisualEvidence
-from captioning.files import ModelFileError
+from captioning.files import ModelFileError, sha256_file
 from captioning.inference import CaptionResult, ImageCaptioner, decode_candidates
 from captioning.model import ModelConfig
 from captioning.storage import update_meta
@@ -200,7 +200,7 @@ def test_evidence_bias_makes_the_beam_drop_an_unsupported_object():
 def test_a_model_with_an_evidence_bias_decodes_with_it(model_and_feature_dirs, features):
     model_dir, feature_dir = model_and_feature_dirs
     path = head_over(["dog", "cat"]).save(model_dir / concepts.CONCEPTS_NAME)
-    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path)})
     assert ImageCaptioner.from_dirs(model_dir, feature_dir).word_bias is None  # older model dirs: no bias
     update_meta(model_dir, decoding={"beam_width": 2, "evidence_bias": {"weight": 0.5, "floor": 0.2}})
     captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
@@ -253,7 +253,7 @@ def test_a_model_with_reranking_and_confidence_uses_them(model_and_feature_dirs,
     path = head_over(["w1", "w2"]).save(model_dir / concepts.CONCEPTS_NAME)
     update_meta(
         model_dir,
-        concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)},
+        concepts={"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path)},
         reranking={"weight": 0.3, "floor": 0.1},
         confidence={"coefficients": [2.0, 1.0, 0.5], "intercept": 1.0},
     )

@@ -103,7 +103,7 @@ def test_training_fits_share_targets_with_the_linear_path():
 
 def install_head(model_dir, head):
     path = head.save(model_dir / concepts.CONCEPTS_NAME)
-    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": concepts.sha256_file(path)})
+    update_meta(model_dir, concepts={"file": concepts.CONCEPTS_NAME, "sha256": sha256_file(path)})
     return path
 
 
@@ -154,7 +154,7 @@ def test_fingerprints_tell_a_copy_from_other_photos():
 
 def install_projection(model_dir, projection):
     path = projection.save(model_dir / fingerprints.FINGERPRINT_NAME)
-    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": fingerprints.sha256_file(path)})
+    update_meta(model_dir, fingerprint={"file": fingerprints.FINGERPRINT_NAME, "sha256": sha256_file(path)})
     return path
 
 
@@ -163,7 +163,7 @@ def test_the_captioner_fingerprints_each_photo_with_the_model_directorys_project
     projection = fingerprints.fit_projection(np.random.default_rng(4).normal(size=(40, 2048)), 8)
     path = install_projection(model_dir, projection)
     captioner = ImageCaptioner.from_dirs(model_dir, feature_dir)
-    assert captioner.fingerprint.key == fingerprints.sha256_file(path)
+    assert captioner.fingerprint.key == sha256_file(path)
     described = captioner.describe_features(features[:3])
     np.testing.assert_array_equal(np.stack([d.fingerprint for d in described]), projection.fingerprints(features[:3]))
     assert_damaged_file_refused(model_dir, path, "fingerprint", "fingerprint projection")

@@ -167,31 +167,27 @@ def test_one_switch_turns_on_https(tmp_path):
     assert on == [True, True, True, 31536000, ["HTTP_X_FORWARDED_PROTO", "https"]]
 
 
-@pytest.mark.parametrize("value", ["onnxruntime", "gpu", ""])
-def test_an_unknown_image_runtime_is_refused_where_settings_are_read(tmp_path, value):
-    proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_RUNTIME=value)
+# Each image-network setting: a value it refuses, the choices the message lists, a value in odd case and what it reads as.
+IMAGE_SETTINGS = {
+    "IMAGESEARCH_IMAGE_RUNTIME": (["onnxruntime", "gpu", ""], "auto, onnx, tensorflow", " TensorFlow ", "tensorflow"),
+    "IMAGESEARCH_IMAGE_PRECISION": (["int4", "float32", ""], "fp32, int8", " INT8 ", "int8"),
+}
+
+
+@pytest.mark.parametrize(
+    "name,value", [(name, value) for name, (refused, *_) in IMAGE_SETTINGS.items() for value in refused]
+)
+def test_an_unknown_image_setting_is_refused_where_settings_are_read(tmp_path, name, value):
+    proc = load_settings(tmp_path, DEBUG="true", **{name: value})
     assert proc.returncode != 0
-    assert "ImproperlyConfigured" in proc.stderr and "IMAGESEARCH_IMAGE_RUNTIME" in proc.stderr, proc.stderr
-    assert "auto, onnx, tensorflow" in proc.stderr
+    assert "ImproperlyConfigured" in proc.stderr and name in proc.stderr, proc.stderr
+    assert IMAGE_SETTINGS[name][1] in proc.stderr
 
 
-def test_a_known_image_runtime_is_accepted_in_any_case(tmp_path):
-    probe = "import django; from django.conf import settings as s; print(s.IMAGESEARCH_IMAGE_RUNTIME)"
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_RUNTIME=" TensorFlow "),
+@pytest.mark.parametrize("name", IMAGE_SETTINGS)
+def test_a_known_image_setting_is_accepted_in_any_case(tmp_path, name):
+    _, _, typed, read = IMAGE_SETTINGS[name]
+    probe = f"import django; from django.conf import settings as s; print(s.{name})"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", **{name: typed}),
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stdout.strip() == "tensorflow", proc.stderr
-
-
-@pytest.mark.parametrize("value", ["int4", "float32", ""])
-def test_an_unknown_image_precision_is_refused_where_settings_are_read(tmp_path, value):
-    proc = load_settings(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_PRECISION=value)
-    assert proc.returncode != 0
-    assert "ImproperlyConfigured" in proc.stderr and "IMAGESEARCH_IMAGE_PRECISION" in proc.stderr, proc.stderr
-    assert "fp32, int8" in proc.stderr
-
-
-def test_a_known_image_precision_is_accepted_in_any_case(tmp_path):
-    probe = "import django; from django.conf import settings as s; print(s.IMAGESEARCH_IMAGE_PRECISION)"
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=clean_env(tmp_path, DEBUG="true", IMAGESEARCH_IMAGE_PRECISION=" INT8 "),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stdout.strip() == "int8", proc.stderr
+    assert proc.returncode == 0 and proc.stdout.strip() == read, proc.stderr
