@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import requests
+from PIL import Image, ImageOps
+from skimage import data
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = re.compile(r"Created admin account '(?P<user>[^']+)' with password: (?P<password>\S+)")
@@ -113,9 +115,6 @@ def wait_for_caption(database: Path, deadline_s: float) -> str:
 def test_photo(scratch: Path) -> Path:
     """A photograph that is not among the demo gallery's (so the upload is new): the demo's
     astronaut, mirrored."""
-    from PIL import Image, ImageOps
-    from skimage import data
-
     photo = scratch / "mirrored-astronaut.jpg"
     ImageOps.mirror(Image.fromarray(data.astronaut())).save(photo, quality=90)
     return photo

@@ -71,6 +71,10 @@ CALIBRATION_METHOD = "percentile"
 logger = logging.getLogger(__name__)
 
 
+# What a missing or mismatched converted model file asks the user to do.
+PREPARE_HINT = "run `python manage.py prepare_models`"
+
+
 def feature_weights_path(feature_dir: str | os.PathLike) -> Path:
     return Path(feature_dir) / FEATURE_WEIGHTS_NAME
 
@@ -156,7 +160,7 @@ def load_classifier(feature_dir: str | os.PathLike):
     meta = read_classifier_meta(feature_dir)
     if meta is None or not meta.get("sha256"):
         raise ModelFileError(
-            f"no EfficientNet-Lite0 conversion record in {feature_dir}; run `python manage.py prepare_models`"
+            f"no EfficientNet-Lite0 conversion record in {feature_dir}; {PREPARE_HINT}"
         )
     return efficientnet.load_classifier(classifier_weights_path(feature_dir), expected_sha256=meta["sha256"])
 
@@ -328,16 +332,21 @@ def calibrate_int8(network: OnnxExport, feature_dir: str | os.PathLike, photos: 
     return ensure_int8_model(feature_dir, network, force=True, ranges_path=ranges_path, log=log)
 
 
+def _check_recorded_graph(path: Path, record: dict | None, what: str, feature_dir: Path) -> None:
+    """ModelFileError unless the built graph (fp32 export or int8 quantisation) and its record
+    exist and the file has the recorded SHA-256."""
+    if not path.is_file() or record is None:
+        raise ModelFileError(f"no {what} (or its record) in {feature_dir}; {PREPARE_HINT}")
+    if sha256_file(path) != record.get("sha256"):
+        raise ModelFileError(f"{what} {path} does not match its recorded SHA-256; {PREPARE_HINT}")
+
+
 def _verified_onnx_path(feature_dir: Path, network: OnnxExport) -> Path:
     """The float ONNX graph of ``network`` if it matches its record and the installed weights; else ModelFileError."""
-    hint = "run `python manage.py prepare_models`"
     path, record = onnx_path(feature_dir, network), _read_json(onnx_record_path(feature_dir, network))
-    if not path.is_file() or record is None:
-        raise ModelFileError(f"no {network.label} ONNX graph (or its record) in {feature_dir}; {hint}")
-    if sha256_file(path) != record.get("sha256"):
-        raise ModelFileError(f"{network.label} ONNX graph {path} does not match its recorded SHA-256; {hint}")
+    _check_recorded_graph(path, record, f"{network.label} ONNX graph", feature_dir)
     if record.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
-        raise ModelFileError(f"{network.label} ONNX graph {path} was exported from other weights than those installed; {hint}")
+        raise ModelFileError(f"{network.label} ONNX graph {path} was exported from other weights than those installed; {PREPARE_HINT}")
     return path
 
 
@@ -345,15 +354,11 @@ def _verified_int8_path(feature_dir: Path, network: OnnxExport) -> Path:
     """The int8 graph of ``network`` if it matches its record and was made from the float graph recorded
     for the installed weights; else ModelFileError. (The float file itself is not read: a process
     that runs int8 never loads it.)"""
-    hint = "run `python manage.py prepare_models`"
     path, record = int8_path(feature_dir, network), _read_json(int8_record_path(feature_dir, network))
-    if not path.is_file() or record is None:
-        raise ModelFileError(f"no {network.label} int8 ONNX graph (or its record) in {feature_dir}; {hint}")
-    if sha256_file(path) != record.get("sha256"):
-        raise ModelFileError(f"{network.label} int8 ONNX graph {path} does not match its recorded SHA-256; {hint}")
+    _check_recorded_graph(path, record, f"{network.label} int8 ONNX graph", feature_dir)
     source = _read_json(onnx_record_path(feature_dir, network)) or {}
     if record.get("onnx_sha256") != source.get("sha256") or source.get("weights_sha256") != (network.read_weights_meta(feature_dir) or {}).get("sha256"):
-        raise ModelFileError(f"{network.label} int8 ONNX graph {path} was made from another float graph than the installed weights'; {hint}")
+        raise ModelFileError(f"{network.label} int8 ONNX graph {path} was made from another float graph than the installed weights'; {PREPARE_HINT}")
     return path
 
 
@@ -418,16 +423,15 @@ def ensure_int8_model(feature_dir: str | os.PathLike, network: OnnxExport = INCE
 
 def _load_onnx(feature_dir: Path, network: OnnxExport, threads: int, memory_arena: bool, precision: str = "fp32") -> runtime.OnnxNetwork:
     """``network``'s ``precision`` graph on ONNX Runtime if ONNX Runtime, the files and their records are all sound; else ModelFileError."""
-    hint = "run `python manage.py prepare_models`"
     if not runtime.onnxruntime_available():
         raise ModelFileError("onnxruntime is not installed")
     path = _verified_int8_path(feature_dir, network) if precision == "int8" else _verified_onnx_path(feature_dir, network)
     try:
         loaded = runtime.OnnxNetwork(path, threads=threads, memory_arena=memory_arena, precision=precision)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-        raise ModelFileError(f"{network.label} ONNX graph {path} could not be loaded ({exc}); {hint}") from exc
+        raise ModelFileError(f"{network.label} ONNX graph {path} could not be loaded ({exc}); {PREPARE_HINT}") from exc
     if loaded.input_shape[1:] != (inception.IMAGE_SIZE, inception.IMAGE_SIZE, 3):
-        raise ModelFileError(f"{network.label} ONNX graph {path} takes {loaded.input_shape}, not 299x299x3 images; {hint}")
+        raise ModelFileError(f"{network.label} ONNX graph {path} takes {loaded.input_shape}, not 299x299x3 images; {PREPARE_HINT}")
     return loaded
 
 

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from captioning.fingerprints import to_bytes
-from imagesearch.bulk import BulkWriter, copy_escape
 from captioning.services import model_meta
+from imagesearch.bulk import BulkWriter, copy_escape
 from searchindex import index as search_index
 
 from .descriptions import SearchWeights, document_fields
@@ -122,11 +122,12 @@ def _replace_fingerprints(descriptions: list["ModelDescription"], projection: st
     )
 
 
-def _activate(image: Image, caption: Caption) -> None:
-    image.captions.filter(is_active=True).exclude(pk=caption.pk).update(is_active=False)
-    if not caption.is_active:
+def _activate(captions: list[Caption]) -> None:
+    """Each caption becomes its image's active one (one caption per image; two statements for all)."""
+    Caption.objects.filter(image_id__in=[c.image_id for c in captions], is_active=True).update(is_active=False)
+    Caption.objects.filter(pk__in=[c.pk for c in captions]).update(is_active=True)
+    for caption in captions:
         caption.is_active = True
-        caption.save(update_fields=["is_active"])
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare fingerprint arrays
@@ -197,10 +198,7 @@ def add_model_captions(descriptions, *, model_version: str, fingerprint_projecti
         if pk not in active or (active[pk].source != Caption.Source.HUMAN and active[pk].pk != caption.pk)
     ]
     if promoted:
-        Caption.objects.filter(image_id__in=[c.image_id for c in promoted], is_active=True).update(is_active=False)
-        Caption.objects.filter(pk__in=[c.pk for c in promoted]).update(is_active=True)
-        for caption in promoted:
-            caption.is_active = True
+        _activate(promoted)
     Image.objects.filter(pk__in=ids).update(status=Image.Status.DONE, error="", status_changed_at=timezone.now())
     sync_indexes(images)  # `hidden` is current: the rows were just read under their locks
     return captions
@@ -217,7 +215,7 @@ def set_human_caption(image: Image, text: str, *, user=None) -> Caption:
     if active is not None and active.source == Caption.Source.HUMAN and active.text == text:
         return active
     caption = Caption.objects.create(image=image, text=text, source=Caption.Source.HUMAN, created_by=user)
-    _activate(image, caption)
+    _activate([caption])
     sync_index(image)
     return caption
 
