@@ -11,9 +11,10 @@
    not installed (they then run on TensorFlow).
 4. The int8 graph of each network that has committed activation ranges
    (``captioning/calibration/<name>.int8-ranges.json``): ``inceptionv3.int8.onnx``, checked
-   against the float graph and recorded the same way (IMAGESEARCH_IMAGE_PRECISION=int8 runs it).
-   ``--calibrate-int8 DATA_DIR`` computes InceptionV3's ranges again on that Flickr8k-layout
-   directory's training photos (``features.calibration_photos``) and rewrites the committed file.
+   against the float graph and recorded the same way; built only when
+   IMAGESEARCH_IMAGE_PRECISION=int8 (which runs it) or with ``--calibrate-int8 DATA_DIR``, which
+   computes InceptionV3's ranges again on that Flickr8k-layout directory's training photos
+   (``features.calibration_photos``) and rewrites the committed file.
 5. The captioner model directory (``settings.IMAGESEARCH_MODEL_DIR``): checks that it is present
    and complete (``--check-captioner`` also loads it and checks its shapes).
 """
@@ -59,6 +60,8 @@ class Command(BaseCommand):
                 raise CommandError(f"could not export {network.label} to ONNX: {exc}") from exc
             if exported:
                 self.stdout.write(f"{role} (ONNX Runtime): {exported['action']} {features.onnx_path(feature_dir, network)}")
+            # The int8 graph only where it will run: every other start would pay for it and log about it.
+            if exported and (settings.IMAGESEARCH_IMAGE_PRECISION == "int8" or opts["calibrate_int8"]):
                 try:
                     if opts["calibrate_int8"] and network is features.INCEPTION_ONNX:
                         photos = features.calibration_photos(opts["calibrate_int8"])
