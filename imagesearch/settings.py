@@ -190,7 +190,7 @@ if IMAGESEARCH_IMAGE_RUNTIME not in RUNTIMES:
         f"IMAGESEARCH_IMAGE_RUNTIME={IMAGESEARCH_IMAGE_RUNTIME!r} is not one of {', '.join(RUNTIMES)}"
     )
 # The precision of InceptionV3 on ONNX Runtime: int8 = the quantised graph that prepare_models builds
-# (2x faster, 1.06 GB per worker, but dev CIDEr-D 1.7 % lower: not the default; falls back to fp32
+# (2x faster, 1.06 GB per worker, but dev CIDEr-D 2.2 % lower with flickr8k-v6: not the default; falls back to fp32
 # when it is missing or damaged), fp32 = the exported float graph. EfficientNet-Lite0 and TensorFlow
 # always run fp32. docs/benchmarks.md, "InceptionV3 in int8".
 IMAGESEARCH_IMAGE_PRECISION = env.str("IMAGESEARCH_IMAGE_PRECISION", default="fp32").strip().lower()
