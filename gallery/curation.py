@@ -26,15 +26,20 @@ def set_hidden(images, hidden: bool) -> int:
 
 
 def delete_images(images) -> int:
-    """Delete images, their captions, their postings and, once committed, their files."""
-    images = list(images)
+    """Delete images, their captions, their postings and, once committed, their files.
+
+    The images are locked in id order before the index, as the captioning worker locks a batch
+    before indexing it: deleting a document first (the index lock) and then its image could
+    deadlock with a worker storing that image's caption.
+    """
     with transaction.atomic():
-        for image in images:
-            search_index.delete_document(image.pk)
+        locked = list(Image.objects.select_for_update().filter(pk__in=[image.pk for image in images]).order_by("pk"))
+        search_index.delete_documents([image.pk for image in locked])
+        for image in locked:
             names = [image.file.name, image.thumbnail.name]
             image.delete()
             transaction.on_commit(lambda names=names: [default_storage.delete(n) for n in names if n])
-    return len(images)
+    return len(locked)
 
 
 def recaption(images) -> int:

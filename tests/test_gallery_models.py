@@ -1,5 +1,7 @@
 """The data model: one image per photo (SHA-256), and the active-caption rules."""
 import hashlib
+import threading
+import time
 from io import BytesIO, StringIO
 from pathlib import Path
 
@@ -8,12 +10,15 @@ import PIL.Image
 import pytest
 from django.contrib import admin
 from django.core.management import call_command
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
+from gallery import curation
 from gallery.captions import add_model_caption, set_human_caption
 from gallery.ingest import ingest_bytes
 from gallery.models import Caption, Image
 from searchindex import index as search_index
+
+from .conftest import captioned
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]
 
@@ -175,3 +180,49 @@ def test_a_large_jpeg_is_checked_and_thumbnailed_at_a_reduced_scale(photo, monke
     assert decoded and all(width <= 4800 // 4 for width, _ in decoded), decoded
     with PIL.Image.open(image.thumbnail.path) as thumbnail:
         assert max(thumbnail.size) == 320
+
+
+def test_delete_removes_the_image_its_captions_its_document_and_its_files(photo, media_root, django_capture_on_commit_callbacks):
+    image, kept = captioned(photo, 1, "a dog runs on the beach"), captioned(photo, 2, "a dog sleeps")
+    files = [Path(media_root) / image.file.name, Path(media_root) / image.thumbnail.name]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert curation.delete_images([image]) == 1
+    assert not Image.objects.filter(pk=image.pk).exists() and not Caption.objects.filter(image_id=image.pk).exists()
+    assert [hit.doc_id for hit in search_index.search("dog").hits] == [kept.pk]
+    assert not any(path.exists() for path in files)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_delete_waits_for_a_worker_storing_the_image_and_cannot_deadlock_with_it(photo, media_root):
+    """A worker locks its batch's images, then the index (gallery.captions.add_model_captions);
+    a deletion of one of them waits for the image first, holding nothing the worker needs."""
+    image = captioned(photo, 1, "a dog runs on the beach")
+    holding, release, errors, deleted = threading.Event(), threading.Event(), [], []
+
+    def in_thread(work):
+        try:
+            work()
+        except Exception as exc:  # a deadlock would surface here, as OperationalError
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def worker():
+        with transaction.atomic():
+            list(Image.objects.select_for_update().filter(pk=image.pk))
+            holding.set()
+            release.wait(10)
+            search_index.index_document(image.pk, "a dog runs fast on the beach")
+
+    storing = threading.Thread(target=in_thread, args=(worker,))
+    storing.start()
+    assert holding.wait(10)
+    deleting = threading.Thread(target=in_thread, args=(lambda: deleted.append(curation.delete_images([image])),))
+    deleting.start()
+    time.sleep(0.5)
+    assert deleting.is_alive()  # waiting for the image's lock
+    release.set()
+    storing.join(10)
+    deleting.join(10)
+    assert not errors and deleted == [1]
+    assert not Image.objects.filter(pk=image.pk).exists() and search_index.search("dog").hits == []
