@@ -29,13 +29,13 @@ class BulkWriter:
         self._error = None
 
     def write(self, model, columns: tuple[str, ...], rows: list[tuple], free_text: bool = False) -> None:
-        """free_text: some values may hold characters that COPY's text format must escape."""
+        """free_text: some values may hold characters that COPY's text format must escape. bytes go to bytea columns."""
         if not rows:
             return
         if not self.copy:
             model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
             return
-        field = copy_escape if free_text else str
+        field = copy_escape if free_text else _copy_plain
         self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows))
 
     def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
@@ -71,6 +71,11 @@ class BulkWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+def _copy_plain(value) -> str:
+    """A number, or bytes in bytea's hex form (its backslash doubled, as COPY's text format wants)."""
+    return "\\\\x" + value.hex() if isinstance(value, bytes) else str(value)
 
 
 _COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}

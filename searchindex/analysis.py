@@ -124,6 +124,15 @@ def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
     starts FIELD_GAP positions past the end of the one before. Fields of weight <= 0 and
     non-finite weights are ignored.
     """
+    tfs, positions = weighted_terms_apart(document)
+    return {term: (tf, positions[term]) for term, tf in tfs.items()}
+
+
+def weighted_terms_apart(document) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """weighted_terms as two dicts with the terms in the same order, {term: tf} and {term: [positions]}.
+
+    For bulk indexing, which takes the values of each dict whole rather than a pair per term.
+    """
     tfs: dict[str, float] = {}
     positions: dict[str, list[int]] = {}
     offset = 0
@@ -140,7 +149,7 @@ def weighted_terms(document) -> dict[str, tuple[float, list[int]]]:
                 tfs[term] = weight
                 positions[term] = [offset + position]
         offset += n_words + FIELD_GAP
-    return {term: (tf, positions[term]) for term, tf in tfs.items()}
+    return tfs, positions
 
 
 def analyze(text: str) -> list[str]:
