@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from itertools import accumulate, chain
+from itertools import chain
 
 import numpy as np
 
@@ -44,8 +44,8 @@ from .analysis import (
     highlight_terms,
     normalize_word,
     tokens,
+    weighted_postings,
     weighted_terms,
-    weighted_terms_apart,
 )
 from .models import POSITION, POSITION_COUNT, STORED_POSTINGS, TERM_ID, TF, Document, IndexChange, IndexState, Term
 from .query import Interpretation, parse_fields, parse_query
@@ -119,18 +119,25 @@ def _record_changes(state: IndexState, doc_ids: list[int]) -> None:
     state.save(update_fields=["version", "log_floor"])
 
 
-def _document_row(doc_id: int, tfs: dict, positions: dict, ids: dict) -> Document:
-    """The Document row of an analysed document (weighted_terms_apart), its terms numbered by ids."""
-    position_lists = positions.values()
-    counts = np.fromiter(map(len, position_lists), POSITION_COUNT, len(tfs))
-    return Document(
-        doc_id=doc_id,
-        length=int(counts.sum()),
-        term_ids=np.fromiter(map(ids.__getitem__, tfs), TERM_ID, len(tfs)).tobytes(),
-        tfs=np.fromiter(tfs.values(), TF, len(tfs)).tobytes(),
-        position_counts=counts.tobytes(),
-        positions=np.fromiter(chain.from_iterable(position_lists), POSITION).tobytes(),
-    )
+def _document_rows(doc_ids: list[int], postings, ids: dict) -> tuple[list[tuple], np.ndarray]:
+    """Document rows (DOCUMENT_COLUMNS) of analysed documents (weighted_postings), terms numbered by ids.
+
+    Also returns every posting's term id. Each column is packed for all documents at once and
+    then cut per document: a few bytes slices per document, nothing per posting.
+    """
+    term_ids = np.array([ids[term] for term in postings.vocabulary], dtype=TERM_ID)[postings.term]
+    columns = (term_ids.tobytes(), postings.tf.astype(TF).tobytes(), postings.position_count.astype(POSITION_COUNT).tobytes(),
+               postings.positions.astype(POSITION).tobytes())
+    term_ends = np.concatenate(([0], np.cumsum(postings.per_document)))
+    position_ends = np.concatenate(([0], np.cumsum(postings.position_count)))[term_ends]
+    ends = [(term_ends * dtype.itemsize).tolist() for _, dtype in STORED_POSTINGS[:3]]
+    ends.append((position_ends * POSITION.itemsize).tolist())
+    lengths = np.diff(position_ends).tolist()
+    rows = [
+        (doc_id, lengths[k], *(column[bounds[k] : bounds[k + 1]] for column, bounds in zip(columns, ends)))
+        for k, doc_id in enumerate(doc_ids)
+    ]
+    return rows, term_ids
 
 
 def _stored_term_ids(packed) -> list[int]:
@@ -149,33 +156,33 @@ def index_documents(documents: Iterable[tuple[int, object]]) -> None:
     worker indexes a whole batch of photos at once; per document, the statements cost more than
     the model). A doc_id given twice raises ValueError and changes nothing.
     """
-    analysed: dict[int, tuple[dict, dict]] = {}
-    for doc_id, document in documents:
-        doc_id = int(doc_id)
-        if doc_id in analysed:
-            raise ValueError(f"Document {doc_id} appears twice in one index_documents call.")
-        analysed[doc_id] = weighted_terms_apart(document)
-    if not analysed:
+    documents = list(documents)
+    doc_ids = [int(doc_id) for doc_id, _ in documents]
+    if len(set(doc_ids)) < len(doc_ids):
+        twice = next(doc_id for doc_id, count in Counter(doc_ids).items() if count > 1)
+        raise ValueError(f"Document {twice} appears twice in one index_documents call.")
+    if not doc_ids:
         return
-    doc_ids = list(analysed)
+    postings = weighted_postings(document for _, document in documents)
     with transaction.atomic():
         state = _lock_state()
         old: dict[int, set[int]] = {doc_id: set() for doc_id in doc_ids}
         for doc_id, term_ids in Document.objects.filter(doc_id__in=doc_ids).values_list("doc_id", "term_ids"):
             old[doc_id] = set(_stored_term_ids(term_ids))
-        terms = {term for tfs, _ in analysed.values() for term in tfs}
-        ids = dict(Term.objects.filter(text__in=terms).values_list("text", "id"))
-        missing = [term for term in terms if term not in ids]
+        ids = dict(Term.objects.filter(text__in=postings.vocabulary).values_list("text", "id"))
+        missing = [term for term in postings.vocabulary if term not in ids]
         if missing:
             Term.objects.bulk_create([Term(text=term) for term in missing], ignore_conflicts=True)
             ids.update(Term.objects.filter(text__in=missing).values_list("text", "id"))
-        rows = [_document_row(doc_id, tfs, positions, ids) for doc_id, (tfs, positions) in analysed.items()]
-        Document.objects.bulk_create(rows, update_conflicts=True, unique_fields=["doc_id"],
-                                     update_fields=["length", *PACKED])
+        rows, term_ids = _document_rows(doc_ids, postings, ids)
+        Document.objects.bulk_create([Document(**dict(zip(DOCUMENT_COLUMNS, row))) for row in rows],
+                                     update_conflicts=True, unique_fields=["doc_id"], update_fields=["length", *PACKED])
         # Each term's document frequency moves by the documents that gained it less those that lost it.
         df_change: Counter[int] = Counter()
-        for doc_id, (tfs, _) in analysed.items():
-            new = {ids[term] for term in tfs}
+        ends = np.cumsum(postings.per_document).tolist()
+        term_ids = term_ids.tolist()
+        for doc_id, end, count in zip(doc_ids, ends, postings.per_document.tolist()):
+            new = set(term_ids[end - count : end])
             df_change.update(new - old[doc_id])
             df_change.subtract(old[doc_id] - new)
         _change_dfs(df_change)
@@ -240,25 +247,20 @@ def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
     for model in (IndexChange, Document, Term):
         model.objects.all().delete()  # DELETE, not TRUNCATE: concurrent readers are not blocked
     term_ids: dict[str, int] = {}
-    known = term_ids.keys()
     dfs = np.zeros(0, dtype=np.int64)
-    seen: set[int] = set()
-    batch = _RebuildBatch()
-    for doc_id, document in documents:
-        doc_id = int(doc_id)
-        if doc_id in seen:
-            raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
-        seen.add(doc_id)
-        tfs, positions = weighted_terms_apart(document)
-        if not known >= tfs.keys():
-            for term in tfs:
-                term_ids.setdefault(term, len(term_ids) + 1)
-        batch.add(doc_id, tfs, positions, term_ids)
-        if len(batch.doc_ids) >= REBUILD_BATCH:
-            dfs = batch.write(writer, dfs, progress)
-            batch = _RebuildBatch()
-    dfs = batch.write(writer, dfs, progress)
-    dfs = np.concatenate((dfs, np.zeros(len(term_ids) - len(dfs), dtype=np.int64))).tolist()
+    count = 0
+    for batch in _batches(documents, REBUILD_BATCH):
+        postings = weighted_postings(document for _, document in batch)
+        for term in postings.vocabulary:
+            term_ids.setdefault(term, len(term_ids) + 1)
+        rows, batch_term_ids = _document_rows([doc_id for doc_id, _ in batch], postings, term_ids)
+        writer.write(Document, DOCUMENT_COLUMNS, rows)
+        dfs = np.concatenate((dfs, np.zeros(len(term_ids) - len(dfs), dtype=np.int64)))
+        dfs += np.bincount(batch_term_ids - 1, minlength=len(term_ids))
+        count += len(batch)
+        if progress:
+            progress(len(batch))
+    dfs = dfs.tolist()
     terms = [(tid, term, dfs[tid - 1]) for term, tid in term_ids.items()]
     writer.write(Term, ("id", "text", "df"), terms, free_text=True)
     writer.finish()
@@ -269,54 +271,24 @@ def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
     state.version += 1
     state.log_floor = state.version
     state.save()
-    return len(seen)
+    return count
 
 
-class _RebuildBatch:
-    """Documents of one rebuild COPY: their postings gathered flat (a few C-level list extends per
-    document, the hot loop) and packed into Document rows with NumPy when written."""
-
-    def __init__(self):
-        self.doc_ids: list[int] = []
-        self.n_terms: list[int] = []
-        self.term_ids: list[int] = []
-        self.tfs: list[float] = []
-        self.counts: list[int] = []
-        self.positions: list[int] = []
-
-    def add(self, doc_id: int, tfs: dict, positions: dict, ids: dict) -> None:
-        position_lists = positions.values()
-        self.doc_ids.append(doc_id)
-        self.n_terms.append(len(tfs))
-        self.term_ids.extend(map(ids.__getitem__, tfs))
-        self.tfs.extend(tfs.values())
-        self.counts.extend(map(len, position_lists))
-        self.positions.extend(chain.from_iterable(position_lists))
-
-    def write(self, writer: "BulkWriter", dfs: np.ndarray, progress) -> np.ndarray:
-        """COPY the batch's Document rows; returns the document frequencies (index term id - 1) with these added."""
-        if not self.doc_ids:
-            return dfs
-        term_ids = np.array(self.term_ids, dtype=TERM_ID)
-        counts = np.array(self.counts, dtype=POSITION_COUNT)
-        packed = (term_ids.tobytes(), np.array(self.tfs, dtype=TF).tobytes(), counts.tobytes(),
-                  np.array(self.positions, dtype=POSITION).tobytes())
-        term_ends = list(accumulate(self.n_terms, initial=0))
-        position_ends = np.concatenate(([0], np.cumsum(counts)))[term_ends].tolist()
-        sizes = (TERM_ID.itemsize, TF.itemsize, POSITION_COUNT.itemsize)
-        rows = []
-        for k, doc_id in enumerate(self.doc_ids):
-            a, b, c, d = term_ends[k], term_ends[k + 1], position_ends[k], position_ends[k + 1]
-            rows.append((doc_id, d - c, *(column[a * size : b * size] for column, size in zip(packed, sizes)),
-                         packed[3][c * POSITION.itemsize : d * POSITION.itemsize]))
-        writer.write(Document, DOCUMENT_COLUMNS, rows)
-        if progress:
-            progress(len(self.doc_ids))
-        added = np.bincount(term_ids - 1) if len(term_ids) else np.zeros(0, dtype=np.int64)
-        if len(added) > len(dfs):
-            dfs = np.concatenate((dfs, np.zeros(len(added) - len(dfs), dtype=np.int64)))
-        dfs[: len(added)] += added
-        return dfs
+def _batches(documents, size: int):
+    """(doc_id, document) pairs in lists of `size`, doc_ids made int; ValueError for a doc_id seen before."""
+    seen: set[int] = set()
+    batch = []
+    for doc_id, document in documents:
+        doc_id = int(doc_id)
+        if doc_id in seen:
+            raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
+        seen.add(doc_id)
+        batch.append((doc_id, document))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def search(
