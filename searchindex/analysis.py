@@ -112,8 +112,10 @@ _SHORT_FIELD = 40  # characters; longer texts (captions) rarely repeat and are a
 def _field_terms(text: str) -> tuple[tuple[str, ...], tuple[int, ...], int]:
     """A field's text as (its terms, their positions within the field, its number of words)."""
     words = WORD_RE.findall(_nfc(text))
-    kept = [(term, position) for position, word in enumerate(words) if (term := _term(word))]
-    found = (tuple(term for term, _ in kept), tuple(position for _, position in kept), len(words))
+    terms = list(map(_TERMS.get, words))  # "" for a stop word, None for a word not seen yet
+    if None in terms:
+        terms = [_term(word) if term is None else term for term, word in zip(terms, words)]
+    found = (tuple(filter(None, terms)), tuple(compress(range(len(terms)), terms)), len(words))
     if len(text) <= _SHORT_FIELD and len(_FIELD_TERMS) < _FIELD_TERMS_LIMIT:
         _FIELD_TERMS[text] = found
     return found
@@ -133,12 +135,6 @@ class Postings:
     tf: np.ndarray  # float64 [postings]: weighted term frequency
     position_count: np.ndarray  # int64 [postings]
     positions: np.ndarray  # int64 [sum of position_count]
-
-    def lengths(self) -> np.ndarray:
-        """Each document's number of positions (of indexed words)."""
-        ends = np.cumsum(self.per_document)
-        counts = np.concatenate(([0], np.cumsum(self.position_count)))
-        return np.diff(counts[np.concatenate(([0], ends))])
 
 
 _TEXT, _WEIGHT = attrgetter("text"), attrgetter("weight")

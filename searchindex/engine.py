@@ -141,14 +141,16 @@ LOAD_PAGE = 20_000  # documents per query of load_snapshot (about 90 MB of rich 
 PACKED = tuple(name for name, _ in STORED_POSTINGS)
 
 
-def _stored_documents() -> tuple[list[int], list[list]]:
-    """Every Document row in doc_id order: the ids, and per packed column the list of its values.
+def _stored_documents() -> tuple[list[int], np.ndarray, list[bytearray]]:
+    """Every Document row in doc_id order: the ids, each one's number of postings, and each packed
+    column's values joined.
 
-    Read a page at a time (doc_id > the last one read), so neither side holds every row as
-    query results at once.
+    Read a page at a time (doc_id > the last one read), so that neither side ever holds more
+    than a page of rows besides the joined columns.
     """
     doc_ids: list[int] = []
-    columns: list[list] = [[] for _ in PACKED]
+    n_terms: list[np.ndarray] = []
+    columns = [bytearray() for _ in PACKED]
     sql = (f"SELECT doc_id, {', '.join(PACKED)} FROM {Document._meta.db_table} "
            "WHERE doc_id > %s ORDER BY doc_id LIMIT %s")
     last = -(2**63)
@@ -157,11 +159,14 @@ def _stored_documents() -> tuple[list[int], list[list]]:
             cursor.execute(sql, [last, LOAD_PAGE])
             rows = cursor.fetchall()
             if not rows:
-                return doc_ids, columns
+                per_doc = np.concatenate(n_terms) if n_terms else np.zeros(0, np.int64)
+                return doc_ids, per_doc // STORED_POSTINGS[0][1].itemsize, columns
             page = list(zip(*rows))
+            del rows
             doc_ids += page[0]
+            n_terms.append(np.fromiter(map(len, page[1]), dtype=np.int64, count=len(page[1])))
             for column, values in zip(columns, page[1:]):
-                column += values
+                column += b"".join(values)
             last = doc_ids[-1]
 
 
@@ -176,13 +181,11 @@ def load_snapshot() -> Snapshot:
         term_rows = cursor.fetchall()
     term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
     terms = {row[1]: i for i, row in enumerate(term_rows)}
-    ids, columns = _stored_documents()
+    ids, n_terms, columns = _stored_documents()
     doc_ids = np.array(ids, dtype=np.int64)
     if not len(doc_ids):
         return Snapshot.empty(terms, doc_ids)
-    n_terms = np.fromiter(map(len, columns[0]), dtype=np.int64, count=len(ids)) // STORED_POSTINGS[0][1].itemsize
-    row_term, row_tf, n_pos, row_pos = stored_postings(*(b"".join(column) for column in columns))
-    del columns
+    row_term, row_tf, n_pos, row_pos = stored_postings(*columns)
     row_doc = np.repeat(np.arange(len(doc_ids), dtype=np.int32), n_terms)  # the rows come in doc_id order
 
     term_loc = np.searchsorted(term_ids, row_term).clip(max=max(len(term_ids) - 1, 0))

@@ -75,6 +75,7 @@ __all__ = [
 REBUILD_BATCH = 5_000  # documents per COPY during rebuild (about 40 MB of COPY text for rich photos)
 PACKED = tuple(name for name, _ in STORED_POSTINGS)
 DOCUMENT_COLUMNS = ("doc_id", "length", *PACKED)
+DOCUMENT_TYPES = ("int8", "int4", *["bytea"] * len(PACKED))  # for COPY's binary format
 PRUNE_EVERY = 1_000  # versions between prunings of the change log
 KEEP_CHANGES = 100_000  # change-log rows kept; a process further behind reloads everything
 MAX_PER_PAGE = 1_000
@@ -254,7 +255,7 @@ def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
         for term in postings.vocabulary:
             term_ids.setdefault(term, len(term_ids) + 1)
         rows, batch_term_ids = _document_rows([doc_id for doc_id, _ in batch], postings, term_ids)
-        writer.write(Document, DOCUMENT_COLUMNS, rows)
+        writer.write_binary(Document, DOCUMENT_COLUMNS, DOCUMENT_TYPES, rows)
         dfs = np.concatenate((dfs, np.zeros(len(term_ids) - len(dfs), dtype=np.int64)))
         dfs += np.bincount(batch_term_ids - 1, minlength=len(term_ids))
         count += len(batch)
