@@ -223,8 +223,12 @@ def load_snapshot() -> Snapshot:
     row_term, row_tf, n_pos, row_pos = stored_postings(*columns)
     row_doc = np.repeat(np.arange(len(doc_ids), dtype=np.int32), n_terms)  # the rows come in doc_id order
 
-    term_loc = np.searchsorted(term_ids, row_term).clip(max=max(len(term_ids) - 1, 0))
-    keep = term_ids[term_loc] == row_term if len(term_ids) else np.zeros(len(row_term), dtype=bool)
+    # Term id -> row, through a table as long as the highest id (ids are dense: one per term ever
+    # created); ids past it were created after the terms were read.
+    row_of = np.full(int(term_ids.max()) + 2 if len(term_ids) else 1, -1, dtype=np.int32)
+    row_of[term_ids] = np.arange(len(term_ids), dtype=np.int32)
+    term_loc = row_of[np.minimum(row_term, len(row_of) - 1)]
+    keep = term_loc >= 0
     pos_start = np.concatenate(([0], np.cumsum(n_pos)[:-1]))
 
     # By term, and by document within a term: a stable sort of postings already in document order
