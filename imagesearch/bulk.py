@@ -3,12 +3,14 @@
 Django's bulk_create builds a model instance and prepares every value of every row in Python; for
 the thousands of rows a search-index rebuild or a captioned batch of photos writes (each photo has
 a few hundred tags and postings), that costs far more than the database's own work. COPY sends the
-rows as text.
+rows as text, or in its binary format where they hold packed arrays (bytes).
 """
 
 import io
 import re
+import struct
 import threading
+from functools import partial
 
 from django.db import connection
 
@@ -36,7 +38,27 @@ class BulkWriter:
             model.objects.bulk_create([model(**dict(zip(columns, row))) for row in rows], batch_size=2_000)
             return
         field = copy_escape if free_text else str
-        self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows))
+        self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows).encode())
+
+    def write_binary(self, model, columns: tuple[str, ...], types: tuple[str, ...], rows: list[tuple]) -> None:
+        """Rows through COPY's binary format; types: each column's, "int8", "int4" or "bytea".
+
+        For rows of packed arrays (bytes): the text format would need them spelled in hex, twice
+        their size, for this process to write and the server to parse.
+        """
+        if not rows:
+            return
+        if not self.copy:
+            self.write(model, columns, rows)
+            return
+        encoders = [_BINARY_ENCODERS[kind] for kind in types]
+        start = _FIELD_COUNT.pack(len(columns))
+        data = [_BINARY_HEADER]
+        for row in rows:
+            data.append(start)
+            data += [encode(value) for encode, value in zip(encoders, row)]
+        data.append(_BINARY_TRAILER)
+        self._send(model, columns, b"".join(data), binary=True)
 
     def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
         """Rows already in COPY's text format, one "\\t"-separated line each (free text through copy_escape)."""
@@ -45,13 +67,13 @@ class BulkWriter:
         if not self.copy:
             self.write(model, columns, [[_copy_unescape(value) for value in line[:-1].split("\t")] for line in lines])
             return
-        self._send(model, columns, "".join(lines))
+        self._send(model, columns, "".join(lines).encode())
 
-    def _send(self, model, columns, text: str) -> None:
+    def _send(self, model, columns, data: bytes, binary: bool = False) -> None:
         self.finish()
-        sql = f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN"
+        sql = f"COPY {model._meta.db_table} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT binary)" if binary else "")
         raw = connection.connection  # thread-safe in psycopg2; the caller does not use it meanwhile
-        self._thread = threading.Thread(target=self._copy, args=(raw, sql, text.encode()), name="searchindex-copy")
+        self._thread = threading.Thread(target=self._copy, args=(raw, sql, data), name="searchindex-copy")
         self._thread.start()
 
     def _copy(self, raw, sql: str, data: bytes) -> None:
@@ -71,6 +93,19 @@ class BulkWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+# COPY's binary format: a signature, flags and extension length; per row the number of fields,
+# then each field's length and bytes (integers big-endian); -1 at the end.
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
+_BINARY_TRAILER = struct.pack(">h", -1)
+_FIELD_COUNT = struct.Struct(">h")
+_LENGTH = struct.Struct(">i")
+_BINARY_ENCODERS = {
+    "int8": partial(struct.Struct(">iq").pack, 8),
+    "int4": partial(struct.Struct(">ii").pack, 4),
+    "bytea": lambda value: _LENGTH.pack(len(value)) + value,
+}
 
 
 _COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}

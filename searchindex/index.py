@@ -25,6 +25,9 @@ import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
 
 from django.core.management.color import no_style
 from django.db import connection, transaction
@@ -33,8 +36,18 @@ from django.db.models import Count, F, Sum
 from imagesearch.bulk import BulkWriter
 
 from . import engine
-from .analysis import Field, analyze, analyze_with_positions, as_fields, highlight_terms, normalize_word, tokens, weighted_terms
-from .models import Document, IndexChange, IndexState, Posting, Term
+from .analysis import (
+    Field,
+    analyze,
+    analyze_with_positions,
+    as_fields,
+    highlight_terms,
+    normalize_word,
+    tokens,
+    weighted_postings,
+    weighted_terms,
+)
+from .models import POSITION, POSITION_COUNT, STORED_POSTINGS, TERM_ID, TF, Document, IndexChange, IndexState, Term
 from .query import Interpretation, parse_fields, parse_query
 
 __all__ = [
@@ -59,8 +72,10 @@ __all__ = [
     "weighted_terms",
 ]
 
-REBUILD_BATCH = 20_000  # documents per COPY during rebuild
-POSTING_COLUMNS = ("document_id", "term_id", "tf", "positions")
+REBUILD_BATCH = 5_000  # documents per COPY during rebuild (about 40 MB of COPY text for rich photos)
+PACKED = tuple(name for name, _ in STORED_POSTINGS)
+DOCUMENT_COLUMNS = ("doc_id", "length", *PACKED)
+DOCUMENT_TYPES = ("int8", "int4", *["bytea"] * len(PACKED))  # for COPY's binary format
 PRUNE_EVERY = 1_000  # versions between prunings of the change log
 KEEP_CHANGES = 100_000  # change-log rows kept; a process further behind reloads everything
 MAX_PER_PAGE = 1_000
@@ -105,12 +120,29 @@ def _record_changes(state: IndexState, doc_ids: list[int]) -> None:
     state.save(update_fields=["version", "log_floor"])
 
 
-def _positions_text(positions) -> str:
-    return str(positions[0]) if len(positions) == 1 else " ".join(map(str, positions))
+def _document_rows(doc_ids: list[int], postings, ids: dict) -> tuple[list[tuple], np.ndarray]:
+    """Document rows (DOCUMENT_COLUMNS) of analysed documents (weighted_postings), terms numbered by ids.
+
+    Also returns every posting's term id. Each column is packed for all documents at once and
+    then cut per document: a few bytes slices per document, nothing per posting.
+    """
+    term_ids = np.array([ids[term] for term in postings.vocabulary], dtype=TERM_ID)[postings.term]
+    columns = (term_ids.tobytes(), postings.tf.astype(TF).tobytes(), postings.position_count.astype(POSITION_COUNT).tobytes(),
+               postings.positions.astype(POSITION).tobytes())
+    term_ends = np.concatenate(([0], np.cumsum(postings.per_document)))
+    position_ends = np.concatenate(([0], np.cumsum(postings.position_count)))[term_ends]
+    ends = [(term_ends * dtype.itemsize).tolist() for _, dtype in STORED_POSTINGS[:3]]
+    ends.append((position_ends * POSITION.itemsize).tolist())
+    lengths = np.diff(position_ends).tolist()
+    rows = [
+        (doc_id, lengths[k], *(column[bounds[k] : bounds[k + 1]] for column, bounds in zip(columns, ends)))
+        for k, doc_id in enumerate(doc_ids)
+    ]
+    return rows, term_ids
 
 
-def _length(grouped) -> int:
-    return sum(len(positions) for _, positions in grouped.values())
+def _stored_term_ids(packed) -> list[int]:
+    return np.frombuffer(packed, dtype=TERM_ID).tolist()
 
 
 def index_document(doc_id: int, document) -> None:
@@ -125,58 +157,50 @@ def index_documents(documents: Iterable[tuple[int, object]]) -> None:
     worker indexes a whole batch of photos at once; per document, the statements cost more than
     the model). A doc_id given twice raises ValueError and changes nothing.
     """
-    grouped_by_doc: dict[int, dict] = {}
-    for doc_id, document in documents:
-        doc_id = int(doc_id)
-        if doc_id in grouped_by_doc:
-            raise ValueError(f"Document {doc_id} appears twice in one index_documents call.")
-        grouped_by_doc[doc_id] = weighted_terms(document)
-    if not grouped_by_doc:
+    documents = list(documents)
+    doc_ids = [int(doc_id) for doc_id, _ in documents]
+    if len(set(doc_ids)) < len(doc_ids):
+        twice = next(doc_id for doc_id, count in Counter(doc_ids).items() if count > 1)
+        raise ValueError(f"Document {twice} appears twice in one index_documents call.")
+    if not doc_ids:
         return
-    doc_ids = list(grouped_by_doc)
+    postings = weighted_postings(document for _, document in documents)
     with transaction.atomic():
         state = _lock_state()
-        old: dict[int, set[str]] = {doc_id: set() for doc_id in doc_ids}
-        for doc_id, term in Posting.objects.filter(document_id__in=doc_ids).values_list("document_id", "term__text"):
-            old[doc_id].add(term)
-        Posting.objects.filter(document_id__in=doc_ids).delete()
-        Document.objects.bulk_create(
-            [Document(doc_id=doc_id, length=_length(grouped)) for doc_id, grouped in grouped_by_doc.items()],
-            update_conflicts=True, unique_fields=["doc_id"], update_fields=["length"],
-        )
-        # Each term's document frequency moves by the documents that gained it less those that lost it.
-        df_change: Counter[str] = Counter()
-        for doc_id, grouped in grouped_by_doc.items():
-            df_change.update(term for term in grouped if term not in old[doc_id])
-            df_change.subtract(term for term in old[doc_id] if term not in grouped)
-        terms = {term for grouped in grouped_by_doc.values() for term in grouped}
-        ids = dict(Term.objects.filter(text__in=terms).values_list("text", "id"))
-        missing = [term for term in terms if term not in ids]
+        old: dict[int, set[int]] = {doc_id: set() for doc_id in doc_ids}
+        for doc_id, term_ids in Document.objects.filter(doc_id__in=doc_ids).values_list("doc_id", "term_ids"):
+            old[doc_id] = set(_stored_term_ids(term_ids))
+        ids = dict(Term.objects.filter(text__in=postings.vocabulary).values_list("text", "id"))
+        missing = [term for term in postings.vocabulary if term not in ids]
         if missing:
             Term.objects.bulk_create([Term(text=term) for term in missing], ignore_conflicts=True)
             ids.update(Term.objects.filter(text__in=missing).values_list("text", "id"))
+        rows, term_ids = _document_rows(doc_ids, postings, ids)
+        Document.objects.bulk_create([Document(**dict(zip(DOCUMENT_COLUMNS, row))) for row in rows],
+                                     update_conflicts=True, unique_fields=["doc_id"], update_fields=["length", *PACKED])
+        # Each term's document frequency moves by the documents that gained it less those that lost it.
+        df_change: Counter[int] = Counter()
+        ends = np.cumsum(postings.per_document).tolist()
+        term_ids = term_ids.tolist()
+        for doc_id, end, count in zip(doc_ids, ends, postings.per_document.tolist()):
+            new = set(term_ids[end - count : end])
+            df_change.update(new - old[doc_id])
+            df_change.subtract(old[doc_id] - new)
         _change_dfs(df_change)
-        writer = BulkWriter()  # a batch of photos has thousands of postings
-        writer.write_lines(Posting, POSTING_COLUMNS, [
-            f"{doc_id}\t{ids[term]}\t{tf!r}\t{_positions_text(positions)}\n"
-            for doc_id, grouped in grouped_by_doc.items()
-            for term, (tf, positions) in grouped.items()
-        ])
-        writer.finish()
         _record_changes(state, doc_ids)
 
 
 def _change_dfs(df_change: Counter) -> None:
-    """Move the terms' document frequencies by their changes (one UPDATE per distinct change); drop terms left in no document."""
-    by_change: dict[int, list[str]] = {}
-    for term, change in df_change.items():
+    """Move the document frequencies of terms (by id) by their changes (one UPDATE per distinct change); drop terms left in no document."""
+    by_change: dict[int, list[int]] = {}
+    for term_id, change in df_change.items():
         if change:
-            by_change.setdefault(change, []).append(term)
-    for change, terms in by_change.items():
-        Term.objects.filter(text__in=terms).update(df=F("df") + change)
-    lost = [term for term, change in df_change.items() if change < 0]
+            by_change.setdefault(change, []).append(term_id)
+    for change, term_ids in by_change.items():
+        Term.objects.filter(id__in=term_ids).update(df=F("df") + change)
+    lost = [term_id for term_id, change in df_change.items() if change < 0]
     if lost:
-        Term.objects.filter(text__in=lost, df=0).delete()
+        Term.objects.filter(id__in=lost, df=0).delete()
 
 
 def delete_document(doc_id: int) -> None:
@@ -191,14 +215,13 @@ def delete_documents(doc_ids: Iterable[int]) -> None:
         return
     with transaction.atomic():
         state = _lock_state()
-        present = list(Document.objects.filter(doc_id__in=doc_ids).values_list("doc_id", flat=True))
-        if not present:
+        stored = list(Document.objects.filter(doc_id__in=doc_ids).values_list("doc_id", "term_ids"))
+        if not stored:
             return
+        present = [doc_id for doc_id, _ in stored]
         Document.objects.filter(doc_id__in=present).delete()
-        _change_dfs(Counter({term: -count for term, count in Counter(
-            Posting.objects.filter(document_id__in=present).values_list("term__text", flat=True)
-        ).items()}))
-        Posting.objects.filter(document_id__in=present).delete()
+        lost = Counter(chain.from_iterable(_stored_term_ids(term_ids) for _, term_ids in stored))
+        _change_dfs(Counter({term_id: -count for term_id, count in lost.items()}))
         _record_changes(state, present)
 
 
@@ -222,38 +245,23 @@ def rebuild(documents: Iterable[tuple[int, object]], progress=None) -> int:
 def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
     """rebuild()'s work inside its transaction: every row written, the state moved to a new epoch."""
     state = _lock_state()
-    for model in (IndexChange, Posting, Document, Term):
+    for model in (IndexChange, Document, Term):
         model.objects.all().delete()  # DELETE, not TRUNCATE: concurrent readers are not blocked
     term_ids: dict[str, int] = {}
-    dfs: list[int] = []
-    seen: set[int] = set()
-    docs, postings = [], []  # postings as COPY lines: formatted once, here (the hot loop)
+    dfs = np.zeros(0, dtype=np.int64)
     count = 0
-    for doc_id, document in documents:
-        doc_id = int(doc_id)
-        if doc_id in seen:
-            raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
-        seen.add(doc_id)
-        grouped = weighted_terms(document)
-        docs.append((doc_id, _length(grouped)))
-        for term, (tf, positions) in grouped.items():
-            tid = term_ids.get(term)
-            if tid is None:
-                tid = term_ids[term] = len(term_ids) + 1
-                dfs.append(0)
-            dfs[tid - 1] += 1
-            postings.append(f"{doc_id}\t{tid}\t{tf!r}\t{_positions_text(positions)}\n")
-        count += 1
-        if len(docs) >= REBUILD_BATCH:
-            writer.write(Document, ("doc_id", "length"), docs)
-            writer.write_lines(Posting, POSTING_COLUMNS, postings)
-            if progress:
-                progress(len(docs))
-            docs, postings = [], []
-    writer.write(Document, ("doc_id", "length"), docs)
-    writer.write_lines(Posting, POSTING_COLUMNS, postings)
-    if progress and docs:
-        progress(len(docs))
+    for batch in _batches(documents, REBUILD_BATCH):
+        postings = weighted_postings(document for _, document in batch)
+        for term in postings.vocabulary:
+            term_ids.setdefault(term, len(term_ids) + 1)
+        rows, batch_term_ids = _document_rows([doc_id for doc_id, _ in batch], postings, term_ids)
+        writer.write_binary(Document, DOCUMENT_COLUMNS, DOCUMENT_TYPES, rows)
+        dfs = np.concatenate((dfs, np.zeros(len(term_ids) - len(dfs), dtype=np.int64)))
+        dfs += np.bincount(batch_term_ids - 1, minlength=len(term_ids))
+        count += len(batch)
+        if progress:
+            progress(len(batch))
+    dfs = dfs.tolist()
     terms = [(tid, term, dfs[tid - 1]) for term, tid in term_ids.items()]
     writer.write(Term, ("id", "text", "df"), terms, free_text=True)
     writer.finish()
@@ -265,6 +273,23 @@ def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
     state.log_floor = state.version
     state.save()
     return count
+
+
+def _batches(documents, size: int):
+    """(doc_id, document) pairs in lists of `size`, doc_ids made int; ValueError for a doc_id seen before."""
+    seen: set[int] = set()
+    batch = []
+    for doc_id, document in documents:
+        doc_id = int(doc_id)
+        if doc_id in seen:
+            raise ValueError(f"Document {doc_id} appears twice in the rebuild input.")
+        seen.add(doc_id)
+        batch.append((doc_id, document))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def search(

@@ -4,12 +4,22 @@ Only searchindex.index writes these tables, always inside one transaction that f
 IndexState row; that lock serialises writers, keeps document frequencies exact and gives every
 change a version number in commit order (see docs/search.md).
 
-Postings reference terms and documents without database foreign-key constraints: per-row
-constraint triggers would dominate the cost of bulk loads (millions of postings), and the one
-writer keeps the references whole.
+A document's postings live in its own row, as four packed little-endian arrays (one entry per
+term, in the same order, plus the positions of each term in turn): a rich photo has about 200
+postings, and one row per posting made bulk indexing and loading cost a row, a COPY line and a
+primary-key entry each (docs/search.md, "Storage"). Bytes rather than PostgreSQL arrays: NumPy
+reads them as they are, and the SQLite fallback stores them too. The term ids reference Term
+rows without a database constraint; the one writer keeps them whole.
 """
 
+import numpy as np
 from django.db import models
+
+TERM_ID = np.dtype("<i4")
+TF = np.dtype("<f8")  # exact: the rankings equal scikit-learn's to the last bits
+POSITION_COUNT = np.dtype("<i4")
+POSITION = np.dtype("<i4")
+STORED_POSTINGS = (("term_ids", TERM_ID), ("tfs", TF), ("position_counts", POSITION_COUNT), ("positions", POSITION))
 
 
 class Term(models.Model):
@@ -23,23 +33,23 @@ class Term(models.Model):
 class Document(models.Model):
     doc_id = models.BigIntegerField(primary_key=True)
     length = models.PositiveIntegerField(help_text="Number of indexed terms (stop words excluded).")
+    term_ids = models.BinaryField(default=b"", help_text="int32 little-endian: the Term id of each posting.")
+    tfs = models.BinaryField(
+        default=b"", help_text="float64 little-endian, per posting: the sum of the weights of the term's occurrences."
+    )
+    position_counts = models.BinaryField(default=b"", help_text="int32 little-endian, per posting: its number of positions.")
+    positions = models.BinaryField(
+        default=b"", help_text="int32 little-endian: word positions (stop words counted), posting after posting."
+    )
 
     def __str__(self):
         return f"document {self.doc_id}"
 
 
-class Posting(models.Model):
-    pk = models.CompositePrimaryKey("document", "term")
-    # No index of its own on document: the primary key (document, term) leads with it.
-    document = models.ForeignKey(
-        Document, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="postings"
-    )
-    term = models.ForeignKey(Term, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
-    tf = models.FloatField(help_text="Weighted term frequency: the sum of the weights of the term's occurrences.")
-    positions = models.TextField(help_text="Space-separated word positions of the term, stop words counted.")
-
-    def __str__(self):
-        return f"{self.term_id} in {self.document_id} x{self.tf}"
+def stored_postings(term_ids, tfs, position_counts, positions) -> tuple[np.ndarray, ...]:
+    """A Document row's four packed columns as arrays (read-only views of the bytes)."""
+    return tuple(np.frombuffer(value, dtype=dtype) for value, (_, dtype) in
+                 zip((term_ids, tfs, position_counts, positions), STORED_POSTINGS))
 
 
 class IndexState(models.Model):

@@ -293,3 +293,18 @@ def test_without_a_writable_directory_each_process_keeps_its_own_copy(settings, 
     settings.IMAGESEARCH_INDEX_DIR = blocker
     si.rebuild(DOCS)
     assert [doc_id for doc_id, _ in hits("snow")] == [2]
+
+
+def test_postings_loaded_page_by_page_equal_one_read(monkeypatch):
+    """The PostgreSQL load reads the Document rows a page at a time (binary COPY); pages join seamlessly."""
+    si.rebuild(DOCS)
+    si.index_documents([(3, "a man in a red shirt"), (9, [si.Field("dog snow", 2.5), si.Field("red", 0.25)])])
+    si.delete_document(2)
+    whole = engine.load_snapshot()
+    monkeypatch.setattr(engine, "LOAD_PAGE", 2)
+    paged = engine.load_snapshot()
+    assert paged.terms == whole.terms and list(paged.doc_ids) == [1, 3, 4, 9]
+    for name in engine.SNAPSHOT_ARRAYS:
+        assert np.array_equal(getattr(paged, name), getattr(whole, name)), name
+    row = paged.terms["dog"]
+    assert paged.p_tf[paged.t_ptr[row] : paged.t_ptr[row + 1]].tolist() == [1.0, 2.5]
