@@ -8,8 +8,8 @@ after the other) and on tasks of `--task-size` photos (the model describes a bat
 while the task stores the one before and decodes the next). Each pass describes every photo
 under a model version of its own, so the task stores whole descriptions each time, as a
 re-captioning does. No broker, import or worker start: what is left is the task's own cost.
-Alternating passes keep the ratios comparable on a shared machine; prints one JSON line with the
-images/s of each pass and the median per-round ratios to `caption_sources`.
+Alternating passes (each first in turn) keep the ratios comparable on a shared machine; prints
+one JSON line with the images/s of each pass and the median per-round ratios to `caption_sources`.
 """
 import argparse
 import json
@@ -74,11 +74,12 @@ def measure(args) -> dict:
         f"tasks_of_{args.task_size}": in_tasks(args.task_size),
     }
     speeds = {name: [] for name in passes}
+    order = list(passes)
     for round_number in range(args.rounds):
-        for name, run in passes.items():
+        for name in order[round_number % 3 :] + order[: round_number % 3]:  # each pass first in turn
             captioner.version = f"{version}-bench-{round_number}-{name}"  # every photo described and stored again
             start = time.perf_counter()
-            run()
+            passes[name]()
             speeds[name].append(round(len(ids) / (time.perf_counter() - start), 2))
     return {
         "images_per_s": speeds,

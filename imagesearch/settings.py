@@ -180,8 +180,8 @@ IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
 IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
 # Photos per captioning task of bulk work (import_images, recaption, the pending sweep): several
-# model batches, so that the worker stores one batch and decodes the next while the model describes
-# a third (gallery.tasks.caption_images). An upload is a task of its own.
+# model batches, so that the model describes one batch while the worker stores the batch before and
+# decodes the batch after (gallery.tasks.caption_images). An upload is a task of its own.
 IMAGESEARCH_CAPTION_TASK_SIZE = env.int("IMAGESEARCH_CAPTION_TASK_SIZE", default=64)
 # Object labels from the EfficientNet-Lite0 ImageNet classifier (converted by prepare_models).
 IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
