@@ -91,21 +91,29 @@ def upload_latencies(stack: Stack, paths: list[Path]) -> list[float]:
     return latencies
 
 
+def wait_worker_warm(stack: Stack):
+    """Return once a worker process has run a task: a pool process loads and warms up the model
+    after the worker says it is ready (worker_process_init), which a running deployment has done
+    long before an import, and the in-process baseline before it is timed."""
+    manage(stack, "shell", "-c", "from gallery.tasks import caption_images; caption_images.delay([]).get(timeout=600)")
+
+
 def count_done() -> int:
     with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=DATABASE) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM gallery_image WHERE status IN ('done', 'failed')")
         return cur.fetchone()[0]
 
 
-def import_throughput(stack: Stack, paths: list[Path], batch: int, workdir: Path) -> float:
-    """Images per second for an import of `paths`, from the first enqueue to the last caption."""
-    folder = workdir / f"import-{batch}-{len(paths)}"
+def import_throughput(stack: Stack, paths: list[Path], task_size: int | None, workdir: Path) -> float:
+    """Images per second for an import of `paths` in tasks of `task_size` photos (None: the app's
+    default), from the first enqueue to the last caption."""
+    folder = workdir / f"import-{task_size}-{len(paths)}"
     folder.mkdir()
     for path in paths:
         (folder / path.name).symlink_to(path)
     before = count_done()
     start = time.perf_counter()
-    manage(stack, "import_images", str(folder), IMAGESEARCH_CAPTION_BATCH=str(batch))
+    manage(stack, "import_images", str(folder), **({} if task_size is None else {"IMAGESEARCH_CAPTION_TASK_SIZE": str(task_size)}))
     wait_until(lambda: count_done() - before >= len(paths), 3600, "the import", interval=0.25)
     return len(paths) / (time.perf_counter() - start)
 
@@ -131,7 +139,8 @@ def main():
     parser.add_argument("--bulk", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="photos imported one per task (baseline)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: the app's setting)")
-    parser.add_argument("--batch", type=int, default=16, help="images per captioning task in the bulk import")
+    parser.add_argument("--task-size", type=int, default=None,
+                        help="photos per captioning task in the bulk import (default: the app's IMAGESEARCH_CAPTION_TASK_SIZE)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the bulk import's workers (repeatable)")
     parser.add_argument("--json", action="store_true")
@@ -157,9 +166,10 @@ def main():
         stack.start_web()
         stack.start_worker(concurrency=args.workers)
         stack.wait_worker_ready()
+        wait_worker_warm(stack)
         offset = args.uploads
         single = import_throughput(stack, photos(args.single, offset), 1, workdir) if args.single else None
-        bulk = import_throughput(stack, photos(args.bulk, offset + args.single), args.batch, workdir)
+        bulk = import_throughput(stack, photos(args.bulk, offset + args.single), args.task_size, workdir)
         stack.stop_all()
         model_speed, image_runtime = model_batch_speed(photos(64, offset + args.single + args.bulk))
     finally:
@@ -170,7 +180,7 @@ def main():
     result = {
         "bulk_images_per_s": round(bulk, 2),
         "workers": args.workers or "default",
-        "bulk_batch": args.batch,
+        "bulk_task_size": args.task_size or "default",
         "worker_env": args.worker_env,
         "image_runtime": image_runtime,
         "model_batch_images_per_s": round(model_speed, 2),

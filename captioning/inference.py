@@ -28,7 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,6 +49,7 @@ __all__ = [
     "ModelMismatchError",
     "decode_candidates",
     "decode_features",
+    "describe_ahead",
     "forbidden_tokens",
     "has_repeated_trigram",
 ]
@@ -351,6 +352,30 @@ def _check_object_labels(model_path, recorded: dict, feature_dir) -> None:
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def describe_ahead(captioner, batches: Iterable[tuple[Any, Sequence[np.ndarray]]]) -> Iterator[tuple[Any, list["Description"]]]:
+    """For each ``(key, arrays)`` of ``batches``: ``(key, captioner.describe_arrays(arrays))``, in order.
+
+    The model describes each batch on a thread of its own, one batch at a time, while the caller
+    works: the next batch is taken from ``batches`` (decoded, say) while the model describes the
+    current one, and the caller handles a batch's descriptions (stores them, say) while the model
+    describes the next. The beam search leaves part of a core idle, which that work fills. At most
+    two batches of arrays are held at once. Exceptions of the model come out of this iterator; a
+    batch queued behind a failure (of the model or of the caller) is dropped.
+    """
+    model = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="describe")
+    try:
+        running = None
+        for key, arrays in batches:
+            following = key, model.submit(captioner.describe_arrays, arrays)
+            if running is not None:
+                yield running[0], running[1].result()
+            running = following
+        if running is not None:
+            yield running[0], running[1].result()
+    finally:
+        model.shutdown(cancel_futures=True)
 
 
 class ImageCaptioner:

@@ -21,6 +21,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from captioning import services as captioning_services
+from captioning.inference import describe_ahead
 
 from .captions import ModelDescription, add_model_captions
 from .models import Image
@@ -77,12 +78,18 @@ def fingerprint_projection_key(captioner) -> str:
 
 @shared_task(**TASK_OPTIONS)
 def caption_images(image_ids: list[int]) -> dict:
-    """Caption a batch of stored images in one model call; store and index their descriptions in one transaction."""
+    """Caption stored images IMAGESEARCH_CAPTION_BATCH at a time (one model call per batch) and
+    store and index each batch's descriptions in a transaction of its own.
+
+    The model describes a batch on a thread while this one stores the batch before and decodes
+    the batch after (captioning.inference.describe_ahead): a task of several batches keeps the
+    model busy. A batch stored stays stored when the task dies later; its re-delivery skips it.
+    """
     captioner = captioning_services.get_captioner()
     version = captioner.version
     images = [
         image
-        for image in Image.objects.filter(pk__in=image_ids).prefetch_related("captions")
+        for image in Image.objects.filter(pk__in=image_ids).order_by("pk").prefetch_related("captions")
         if not any(c.source == "model" and c.model_version == version for c in image.captions.all())
     ]
     done_already = len(image_ids) - len(images)
@@ -90,29 +97,38 @@ def caption_images(image_ids: list[int]) -> dict:
         return {"captioned": 0, "failed": 0, "skipped": done_already}
     # Re-captioning keeps done images done: their current caption stays searchable until replaced.
     _mark([image.pk for image in images if image.status != Image.Status.DONE], Image.Status.PROCESSING)
-    readable, failed = [], 0
+    size = max(1, settings.IMAGESEARCH_CAPTION_BATCH)
+    batches = (_readable(images[start : start + size]) for start in range(0, len(images), size))
+    captioned = 0
     with captioning_slots():
-        for image in images:
-            try:
-                with image.file.open("rb") as handle:
-                    readable.append((image, captioning_services.load_image(handle.read())))
-            except (OSError, ValueError) as exc:
-                failed += 1
-                logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
-                _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
-        results = captioner.describe_arrays([pixels for _, pixels in readable]) if readable else []
-    add_model_captions(
-        [
-            ModelDescription(
-                image.pk, d.caption.text, score=d.caption.score, confidence=d.caption.confidence,
-                attention=d.caption.attention_json(), alternatives=d.caption.alternatives, concepts=d.concepts,
-                objects=d.objects, fingerprint=d.fingerprint,
+        for readable, results in describe_ahead(captioner, batches):
+            add_model_captions(
+                [
+                    ModelDescription(
+                        image.pk, d.caption.text, score=d.caption.score, confidence=d.caption.confidence,
+                        attention=d.caption.attention_json(), alternatives=d.caption.alternatives, concepts=d.concepts,
+                        objects=d.objects, fingerprint=d.fingerprint,
+                    )
+                    for image, d in zip(readable, results)
+                ],
+                model_version=version, fingerprint_projection=fingerprint_projection_key(captioner),
             )
-            for (image, _), d in zip(readable, results)
-        ],
-        model_version=version, fingerprint_projection=fingerprint_projection_key(captioner),
-    )
-    return {"captioned": len(readable), "failed": failed, "skipped": done_already}
+            captioned += len(readable)
+    return {"captioned": captioned, "failed": len(images) - captioned, "skipped": done_already}
+
+
+def _readable(images: list[Image]) -> tuple[list[Image], list]:
+    """The images whose files decode, and their network inputs; the others are marked failed."""
+    readable, pixels = [], []
+    for image in images:
+        try:
+            with image.file.open("rb") as handle:
+                pixels.append(captioning_services.load_image(handle.read()))
+            readable.append(image)
+        except (OSError, ValueError) as exc:
+            logger.warning("Image %s cannot be captioned: %s", image.pk, exc)
+            _mark([image.pk], Image.Status.FAILED, f"The image could not be read for captioning: {exc}")
+    return readable, pixels
 
 
 @shared_task(acks_late=False, max_retries=0)
@@ -163,10 +179,10 @@ def enqueue_captioning(image_ids: list[int]) -> bool:
     Returns whether the work was queued. Pending images are picked up later by the sweep
     (`caption_pending`, also run by Celery beat), so nothing is lost.
     """
-    batch = settings.IMAGESEARCH_CAPTION_BATCH
+    size = max(1, settings.IMAGESEARCH_CAPTION_TASK_SIZE)
     try:
-        for start in range(0, len(image_ids), batch):
-            caption_images.delay(image_ids[start : start + batch])
+        for start in range(0, len(image_ids), size):
+            caption_images.delay(image_ids[start : start + size])
     except Exception as exc:  # the broker being unreachable must not fail the upload
         logger.warning("Captioning not queued (%s); the pending sweep will retry.", exc)
         return False

@@ -179,6 +179,10 @@ IMAGESEARCH_INDEX_DIR = Path(env.str("IMAGESEARCH_INDEX_DIR", default=str(DATA_D
 IMAGESEARCH_BEAM_WIDTH = env.int("IMAGESEARCH_BEAM_WIDTH", default=None)
 IMAGESEARCH_LENGTH_ALPHA = env.float("IMAGESEARCH_LENGTH_ALPHA", default=None)
 IMAGESEARCH_CAPTION_BATCH = env.int("IMAGESEARCH_CAPTION_BATCH", default=16)
+# Photos per captioning task of bulk work (import_images, recaption, the pending sweep): several
+# model batches, so that the model describes one batch while the worker stores the batch before and
+# decodes the batch after (gallery.tasks.caption_images). An upload is a task of its own.
+IMAGESEARCH_CAPTION_TASK_SIZE = env.int("IMAGESEARCH_CAPTION_TASK_SIZE", default=64)
 # Object labels from the EfficientNet-Lite0 ImageNet classifier (converted by prepare_models).
 IMAGESEARCH_OBJECT_LABELS = env.bool("IMAGESEARCH_OBJECT_LABELS", default=True)
 # Where the image networks (InceptionV3, EfficientNet-Lite0) run: auto = ONNX Runtime when installed

@@ -54,10 +54,10 @@ def test_import_images_reports_imported_duplicates_and_rejections(folder):
 
 
 def test_import_images_queues_captioning_in_batches(folder, settings, monkeypatch):
-    """One task per IMAGESEARCH_CAPTION_BATCH photos, not one per photo (workers caption batches faster)."""
+    """One task per IMAGESEARCH_CAPTION_TASK_SIZE photos, not one per photo (workers caption batches faster)."""
     queued = []
     monkeypatch.setattr("gallery.tasks.enqueue_captioning", lambda ids: queued.append(list(ids)))
-    settings.IMAGESEARCH_CAPTION_BATCH = 2
+    settings.IMAGESEARCH_CAPTION_TASK_SIZE = 2
     run("import_images", str(folder), "--recursive")
     ids = sorted(Image.objects.values_list("pk", flat=True))
     assert len(ids) == 3

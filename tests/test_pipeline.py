@@ -98,7 +98,7 @@ def test_upload_is_captioned_by_a_worker_and_found_by_search(stack, session):
 
 def test_worker_killed_mid_task_is_recovered_exactly_once(stack):
     paths = dev_images(17)[1:]
-    stack.env["IMAGESEARCH_CAPTION_BATCH"] = "16"
+    stack.env["IMAGESEARCH_CAPTION_TASK_SIZE"] = "16"  # one task for the 16 photos
     folder = Path(stack.logdir) / "batch"
     folder.mkdir()
     for path in paths:

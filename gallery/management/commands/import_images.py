@@ -1,7 +1,8 @@
 """Import photos from files or folders: validate, dedup, store, queue for captioning.
 
-Captioning is queued in batches of IMAGESEARCH_CAPTION_BATCH photos as the import goes (one model
-call per batch: a worker captions a batch several times faster per photo than single photos).
+Captioning is queued in tasks of IMAGESEARCH_CAPTION_TASK_SIZE photos as the import goes (a
+worker captions a batch several times faster per photo than single photos, and overlaps a task's
+batches: gallery.tasks.caption_images).
 """
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ class Command(BaseCommand):
     def handle(self, *args, paths, recursive, wait, timeout, **options):
         files = list(iter_files(paths, recursive))
         imported, duplicates, rejected = [], 0, []
-        batch = max(1, settings.IMAGESEARCH_CAPTION_BATCH)
+        batch = max(1, settings.IMAGESEARCH_CAPTION_TASK_SIZE)
         for path in tqdm(files, desc="Importing", unit="file", disable=None):
             try:
                 result = ingest_bytes(path.read_bytes(), path.name, enqueue=False)

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         installed = model_meta().get("version", "")
         ids = to_describe(installed, None if every else model_older_than)
         before = described_by(installed)
-        batch = settings.IMAGESEARCH_CAPTION_BATCH
+        batch = settings.IMAGESEARCH_CAPTION_TASK_SIZE
         with tqdm(total=len(ids), desc="described", unit="img", disable=not ids) as bar:
             for start in range(0, len(ids), batch):
                 if not enqueue_captioning(ids[start : start + batch]):
