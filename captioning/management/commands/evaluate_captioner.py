@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from captioning import features as feature_store
 from captioning.evaluation import CONSENSUS_NEIGHBOURS, CONSENSUS_WEIGHTS, EvaluationError, EvaluationRun, run_evaluation
+from captioning.management.training_photos import default_data_dir
 from captioning.runtime import PRECISIONS
 
 
@@ -32,7 +33,7 @@ class Command(BaseCommand):
     help = "Caption a data split (default: Flickr8k dev) and score it with the COCO caption metrics."
 
     def add_arguments(self, parser):
-        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        default_data = default_data_dir()
         parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, <split>.txt, images/")
         parser.add_argument("--split", default="dev", help="split file name without .txt (default: dev)")
         parser.add_argument("--limit", type=int, default=None, help="score only the first N images")

@@ -26,6 +26,7 @@ from captioning import features as feature_store
 from captioning.evaluation import load_split
 from captioning.files import ModelFileError
 from captioning.management.commands.train_captioner import Command as TrainCommand
+from captioning.management.training_photos import default_data_dir
 from captioning.scst import SELECT_BY, ScstConfig, ScstRun, run_scst
 
 
@@ -33,7 +34,7 @@ class Command(BaseCommand):
     help = "Fine-tune a trained captioner with the CIDEr-D reward of sampled captions (self-critical training)."
 
     def add_arguments(self, parser):
-        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        default_data = default_data_dir()
         parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, train.txt, dev.txt, images/")
         parser.add_argument("--init-from", required=True, metavar="MODEL_DIR", help="the model directory to fine-tune")
         parser.add_argument("--output", required=True, help="model directory to write (a copy of --init-from with the new weights)")

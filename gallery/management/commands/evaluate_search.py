@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from captioning import evaluation
 from captioning import features as feature_store
 from captioning.inference import ImageCaptioner
+from captioning.management.training_photos import default_data_dir
 from captioning.runtime import PRECISIONS
 from captioning.storage import update_meta
 from gallery import search_quality
@@ -48,7 +49,7 @@ class Command(BaseCommand):
     help = "Measure search quality on a data split: sentence queries, word queries, re-saved copies."
 
     def add_arguments(self, parser):
-        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
+        default_data = default_data_dir()
         parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, <split>.txt, images/")
         parser.add_argument("--split", default="dev")
         parser.add_argument("--limit", type=int, default=None, help="only the first N photos of the split")

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from captioning import evaluation, training
 from captioning import features as feature_store
+from captioning.management.training_photos import add_model_part_arguments, feature_cache_dir
 from searchindex.index import tokens
 
 
@@ -22,10 +23,8 @@ class Command(BaseCommand):
     help = "Train the concept-word head on the training split's captions and install it in the model directory."
 
     def add_arguments(self, parser):
-        default_data = Path(settings.BASE_DIR).parent / "shared" / "datasets" / "flickr8k"
-        parser.add_argument("--data-dir", default=str(default_data), help="captions.txt, train.txt, dev.txt, images/")
-        parser.add_argument("--model-dir", default=None, help="model directory to install the head in (default: settings)")
-        parser.add_argument("--cache-dir", default=None, help="feature cache (default: the training cache)")
+        add_model_part_arguments(parser, data_help="captions.txt, train.txt, dev.txt, images/",
+                                 model_help="model directory to install the head in (default: settings)")
         parser.add_argument("--min-images", type=int, default=10, help="concept words: used for at least N training images")
         parser.add_argument("--hidden", type=int, default=512)
         parser.add_argument("--any-caption", action="store_true",
@@ -35,7 +34,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         data_dir = Path(opts["data_dir"])
-        cache_dir = Path(opts["cache_dir"] or feature_store.default_cache_dir(Path(settings.BASE_DIR) / "var", data_dir / "images"))
+        cache_dir = feature_cache_dir(opts)
         try:
             train_names, train = evaluation.load_split(data_dir, "train")
             dev_names, dev = evaluation.load_split(data_dir, "dev")
