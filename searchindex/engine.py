@@ -233,7 +233,7 @@ def load_snapshot(allocate=_new_array) -> Snapshot:
     allocate(name, shape, dtype) gives the storage of each large array: the process's memory by
     default, a snapshot file's mapped pages (snapshot_files.NewFolder.allocate) so that a million
     rich photos' postings (about 7 GB) never need a second copy in memory. Two reads of the
-    Document rows: the first counts, the second places each page's postings (_place_postings).
+    Document rows: the first counts, the second places each page's postings (_Placement).
     In one REPEATABLE READ transaction (_consistent_load) they read the same rows; under READ
     COMMITTED a commit between them is detected and the load starts again; whatever the rows and
     the state read before them disagree about was changed after that version, so the overlay
