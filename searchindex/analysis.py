@@ -243,12 +243,12 @@ def _occurrences(texts: list[str]) -> tuple[np.ndarray, ...]:
         total = int(n_terms.sum())
         entry = np.repeat(stored.start[number] - (np.cumsum(n_terms) - n_terms), n_terms) + np.arange(total)
         occ_number, occ_position = stored.terms[entry], stored.positions[entry]
-        order, sorted_numbers = _sort_with_order(occ_number)
-        is_first = np.ones(total, dtype=bool)
-        is_first[1:] = sorted_numbers[1:] != sorted_numbers[:-1]
-        numbers = occ_number[np.sort(order[is_first])]  # the distinct term numbers, by first occurrence
+        first = np.full(len(_cache.term_text), total)  # each term's first occurrence (total: none)
+        np.minimum.at(first, occ_number, np.arange(total))
+        numbers = np.flatnonzero(first < total)
+        numbers = numbers[np.argsort(first[numbers])]  # the distinct term numbers, by first occurrence
         vocabulary = list(map(_cache.term_text.__getitem__, numbers.tolist()))
-        row = np.empty(len(_cache.term_text), dtype=np.int64)
+    row = first  # reused: each term number's row in the vocabulary
     row[numbers] = np.arange(len(numbers))
     return n_words, n_terms, row[occ_number], occ_position, vocabulary
 
@@ -315,7 +315,9 @@ def weighted_postings(documents) -> Postings:
     is_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
     group_start = np.flatnonzero(is_start)
     group_first = order[group_start]
-    by_first = _sort_with_order(group_first)[0]  # the groups in posting order
+    group_at = np.full(len(order), -1)  # the group whose first occurrence each occurrence is, if any
+    group_at[group_first] = np.arange(len(group_first))
+    by_first = group_at[group_at >= 0]  # the groups in posting order
     sizes = np.diff(group_start, append=len(order))[by_first]
     tf = np.bincount(np.cumsum(is_start) - 1, weights=weight[occ_field][order], minlength=len(group_start))[by_first]
     first = group_first[by_first]
