@@ -31,13 +31,13 @@ import math
 import struct
 import threading
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from django.db import connection, transaction
 
 from . import snapshot_files
-from .models import STORED_POSTINGS, Document, IndexChange, IndexState, Term, stored_postings
+from .models import STORED_POSTINGS, TERM_ID, Document, IndexChange, IndexState, Term, stored_postings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Snapshot:
     s0: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
+    # A mapped file's checksums still being verified in the background (snapshot_files.read).
+    check: "snapshot_files.DeferredCheck | None" = field(default=None, compare=False)
 
     @classmethod
     def build(cls, terms, doc_ids, p_doc, p_term, p_tf, pos_ptr, pos):
@@ -130,45 +132,56 @@ class Snapshot:
         return out
 
     @classmethod
-    def from_file(cls, path, epoch: str, version: int) -> "Snapshot":
-        """The snapshot of a folder written by snapshot_files.write, mapped read-only (SnapshotFileError if unusable)."""
-        arrays, terms = snapshot_files.read(path, epoch, version, SNAPSHOT_ARRAYS)
-        return cls(terms={term: row for row, term in enumerate(terms)}, **arrays)
+    def from_file(cls, path, epoch: str, version: int, check_in_background: bool = True) -> "Snapshot":
+        """The snapshot of a folder written by snapshot_files, mapped read-only (SnapshotFileError if unusable).
+
+        The checksums of its large arrays are verified on a background thread (check_in_background,
+        as every process that maps a folder it did not just write does): a mismatch discards the
+        folder and makes the next search take another snapshot (Cache).
+        """
+        arrays, terms, check = snapshot_files.read(path, epoch, version, SNAPSHOT_ARRAYS)
+        if not (check_in_background and check.arrays):
+            check = None
+        else:
+            threading.Thread(target=check.verify, name="searchindex-snapshot-check", daemon=True).start()
+        return cls(terms={term: row for row, term in enumerate(terms)}, check=check, **arrays)
+
+    @property
+    def failed_check(self) -> bool:
+        """Whether the background checksum found its file corrupt."""
+        return self.check is not None and self.check.failed
 
 
-SNAPSHOT_ARRAYS = tuple(f.name for f in fields(Snapshot) if f.name != "terms")
+SNAPSHOT_ARRAYS = tuple(f.name for f in fields(Snapshot) if f.name not in ("terms", "check"))
 
 
-LOAD_PAGE = 20_000  # documents per query of load_snapshot (about 90 MB of rich photos' postings)
+LOAD_PAGE = 20_000  # documents per query of load_snapshot (about 90 MB of rich photos' postings); < 2**16
+LOAD_TRIES = 3  # reads of the postings that may straddle a commit (load_snapshot)
 PACKED = tuple(name for name, _ in STORED_POSTINGS)
 
 
-def _stored_documents() -> tuple[list[int], np.ndarray, list[bytearray]]:
-    """Every Document row in doc_id order: the ids, each one's number of postings, and each packed
-    column's values joined.
+def _document_pages(columns: tuple[str, ...]):
+    """Every Document row in doc_id order, a page (LOAD_PAGE rows) at a time: (doc_ids, number of
+    postings of each, the packed columns' values joined as arrays). columns starts with term_ids.
 
     Read a page at a time (doc_id > the last one read), so that neither side ever holds more
-    than a page of rows besides the joined columns.
+    than a page of rows.
     """
-    doc_ids: list[int] = []
-    n_terms: list[np.ndarray] = []
-    columns = [bytearray() for _ in PACKED]
-    sql = f"SELECT doc_id, {', '.join(PACKED)} FROM {Document._meta.db_table} WHERE doc_id > %s ORDER BY doc_id LIMIT %s"
+    dtypes = dict(STORED_POSTINGS)
+    sql = f"SELECT doc_id, {', '.join(columns)} FROM {Document._meta.db_table} WHERE doc_id > %s ORDER BY doc_id LIMIT %s"
     last = -(2**63)
     with connection.cursor() as cursor:
-        while rows := _page(cursor, sql, last):
+        while rows := _page(cursor, sql, last, len(columns)):
             page = list(zip(*rows))
             del rows
-            doc_ids += page[0]
-            n_terms.append(np.fromiter(map(len, page[1]), dtype=np.int64, count=len(page[1])))
-            for column, values in zip(columns, page[1:]):
-                column += b"".join(values)
-            last = doc_ids[-1]
-    per_doc = np.concatenate(n_terms) if n_terms else np.zeros(0, np.int64)
-    return doc_ids, per_doc // STORED_POSTINGS[0][1].itemsize, columns
+            doc_ids = np.array(page[0], dtype=np.int64)
+            n_postings = np.fromiter(map(len, page[1]), dtype=np.int64, count=len(page[1])) // TERM_ID.itemsize
+            yield doc_ids, n_postings, [np.frombuffer(b"".join(values), dtype=dtypes[name])
+                                        for name, values in zip(columns, page[1:])]
+            last = int(doc_ids[-1])
 
 
-def _page(cursor, sql: str, last: int) -> list:
+def _page(cursor, sql: str, last: int, n_columns: int) -> list:
     """The rows of one page: through COPY's binary format on PostgreSQL (bytea as it is stored:
     in a query's text results it is hex, twice the bytes to make and to decode), a query elsewhere."""
     if connection.vendor != "postgresql":
@@ -176,7 +189,7 @@ def _page(cursor, sql: str, last: int) -> list:
         return cursor.fetchall()
     buffer = io.BytesIO()
     cursor.cursor.copy_expert(f"COPY ({sql % (int(last), LOAD_PAGE)}) TO STDOUT (FORMAT binary)", buffer)
-    return _binary_rows(buffer.getbuffer())
+    return _binary_rows(buffer.getbuffer(), n_columns)
 
 
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0"
@@ -184,8 +197,8 @@ _ROW_START = struct.Struct(">hiqi")  # number of fields, 8, doc_id, length of th
 _LENGTH = struct.Struct(">i")
 
 
-def _binary_rows(data: memoryview) -> list[list]:
-    """(doc_id, packed column, ...) rows of a binary COPY of doc_id and the packed columns (none NULL)."""
+def _binary_rows(data: memoryview, n_columns: int) -> list[list]:
+    """(doc_id, packed column, ...) rows of a binary COPY of doc_id and n_columns packed columns (none NULL)."""
     if bytes(data[:11]) != _COPY_SIGNATURE:
         raise ValueError("not the output of COPY ... (FORMAT binary)")
     pos = 19 + _LENGTH.unpack_from(data, 15)[0]  # after the header and its extension area
@@ -196,7 +209,7 @@ def _binary_rows(data: memoryview) -> list[list]:
         pos += _ROW_START.size
         row = [doc_id, data[pos : pos + size]]
         pos += size
-        for _ in PACKED[1:]:
+        for _ in range(n_columns - 1):
             (size,) = _LENGTH.unpack_from(data, pos)
             pos += 4
             row.append(data[pos : pos + size])
@@ -205,48 +218,153 @@ def _binary_rows(data: memoryview) -> list[list]:
     return rows
 
 
-def load_snapshot() -> Snapshot:
+class _RowsMoved(Exception):
+    """The second read of the postings found rows other than the first (a commit between them)."""
+
+
+def _new_array(name: str, shape, dtype) -> np.ndarray:
+    """load_snapshot's default storage: the process's own memory."""
+    return np.zeros(shape, dtype=dtype)
+
+
+def load_snapshot(allocate=_new_array) -> Snapshot:
     """Read every document's postings; postings of terms not (yet) seen are dropped.
 
-    Under READ COMMITTED the reads may straddle a commit; whatever they disagree about was
-    changed after the version read before them, so the overlay replays it on the next search.
+    allocate(name, shape, dtype) gives the storage of each large array: the process's memory by
+    default, a snapshot file's mapped pages (snapshot_files.NewFolder.allocate) so that a million
+    rich photos' postings (about 7 GB) never need a second copy in memory. Two reads of the
+    Document rows: the first counts, the second places each page's postings (_Placement).
+    In one REPEATABLE READ transaction (_consistent_load) they read the same rows; under READ
+    COMMITTED a commit between them is detected and the load starts again; whatever the rows and
+    the state read before them disagree about was changed after that version, so the overlay
+    replays it on the next search.
     """
+    for _ in range(LOAD_TRIES - 1):
+        try:
+            return _load_postings(allocate)
+        except _RowsMoved:
+            log.info("The index changed while its postings were read; reading them again")
+    return _load_postings(allocate)
+
+
+def _load_postings(allocate) -> Snapshot:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT id, text FROM {Term._meta.db_table} WHERE df > 0 ORDER BY id")
         term_rows = cursor.fetchall()
-    term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
     terms = {row[1]: i for i, row in enumerate(term_rows)}
-    ids, n_terms, columns = _stored_documents()
-    doc_ids = np.array(ids, dtype=np.int64)
-    if not len(doc_ids):
-        return Snapshot.empty(terms, doc_ids)
-    row_term, row_tf, n_pos, row_pos = stored_postings(*columns)
-    row_doc = np.repeat(np.arange(len(doc_ids), dtype=np.int32), n_terms)  # the rows come in doc_id order
-
+    term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
     # Term id -> row, through a table as long as the highest id (ids are dense: one per term ever
     # created); ids past it were created after the terms were read.
     row_of = np.full(int(term_ids.max()) + 2 if len(term_ids) else 1, -1, dtype=np.int32)
     row_of[term_ids] = np.arange(len(term_ids), dtype=np.int32)
-    term_loc = row_of[np.minimum(row_term, len(row_of) - 1)]
-    keep = term_loc >= 0
-    pos_start = np.concatenate(([0], np.cumsum(n_pos)[:-1]))
+    del term_rows, term_ids
 
-    # By term, and by document within a term: a stable sort of postings already in document order
-    # (a radix sort where the term rows fit in 16 bits).
-    order = np.flatnonzero(keep)
-    key = term_loc[order].astype(np.uint16 if len(term_ids) <= 2**16 else np.int64)
-    order = order[np.argsort(key, kind="stable")]
-    p_doc = row_doc[order]
-    p_term = term_loc[order].astype(np.int32)
-    p_tf = row_tf[order]
-    counts = n_pos[order]
-    pos_ptr = np.concatenate(([0], np.cumsum(counts)))
-    gather = np.repeat(pos_start[order] - pos_ptr[:-1], counts) + np.arange(pos_ptr[-1])
-    return Snapshot.build(terms, doc_ids, p_doc, p_term, p_tf, pos_ptr, row_pos[gather].astype(np.int32))
+    # First read: postings and positions per term, postings per document.
+    n_terms = len(terms)
+    df, term_positions = np.zeros(n_terms, np.int64), np.zeros(n_terms, np.int64)
+    id_parts, count_parts = [], []
+    for doc_ids, n_postings, (stored_terms, position_counts) in _document_pages(("term_ids", "position_counts")):
+        rows = row_of[np.minimum(stored_terms, len(row_of) - 1)]
+        keep = rows >= 0
+        df += np.bincount(rows[keep], minlength=n_terms)
+        term_positions += np.bincount(rows[keep], weights=position_counts[keep], minlength=n_terms).astype(np.int64)
+        id_parts.append(doc_ids)
+        count_parts.append(np.bincount(np.repeat(np.arange(len(doc_ids)), n_postings)[keep], minlength=len(doc_ids)))
+    doc_ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+    per_doc = np.concatenate(count_parts) if count_parts else np.zeros(0, np.int64)
+    if not len(doc_ids):
+        return Snapshot.empty(terms, doc_ids)
+
+    n_postings, n_positions = int(df.sum()), int(term_positions.sum())
+    t_ptr = np.concatenate(([0], np.cumsum(df)))
+    snap = dict(
+        terms=terms, doc_ids=doc_ids, df=df, t_ptr=t_ptr, d_ptr=np.concatenate(([0], np.cumsum(per_doc))),
+        p_doc=allocate("p_doc", (n_postings,), np.int32), p_term=allocate("p_term", (n_postings,), np.int32),
+        p_tf=allocate("p_tf", (n_postings,), np.float64), pos_ptr=allocate("pos_ptr", (n_postings + 1,), np.int64),
+        pos=allocate("pos", (n_positions,), np.int32),
+        d_post=allocate("d_post", (n_postings,), np.int32 if n_postings < 2**31 else np.int64),
+        s0=np.zeros(len(doc_ids)), s1=np.zeros(len(doc_ids)), s2=np.zeros(len(doc_ids)),
+    )
+    for a in range(0, n_terms, 4096):  # p_term: each term's row over its postings, without a second copy
+        b = min(a + 4096, n_terms)
+        snap["p_term"][t_ptr[a] : t_ptr[b]] = np.repeat(np.arange(a, b, dtype=np.int32), df[a:b])
+    snap["pos_ptr"][-1] = n_positions
+
+    # Second read: each page's postings to their places, checked against the first.
+    placed = _Placement(np.concatenate(([0], np.cumsum(term_positions))), t_ptr, np.log1p(df))
+    first = 0
+    for page_ids, n_postings, columns in _document_pages(PACKED):
+        n = len(page_ids)
+        if not np.array_equal(page_ids, doc_ids[first : first + n]):
+            raise _RowsMoved
+        placed.page(snap, first, per_doc[first : first + n], row_of, n_postings, *columns)
+        first += n
+    if first != len(doc_ids) or not placed.complete():
+        raise _RowsMoved
+    return Snapshot(**snap)
 
 
-def _consistent_load() -> tuple[Snapshot, str, int]:
-    """The postings and the state they are at, read in one transaction (REPEATABLE READ on PostgreSQL).
+class _Placement:
+    """Where the next posting of each term goes in the snapshot's arrays (by term, then by
+    document), while the second read of load_snapshot places the Document rows page by page."""
+
+    def __init__(self, pos_t_ptr: np.ndarray, t_ptr: np.ndarray, b: np.ndarray):
+        self.t_ptr, self.pos_t_ptr, self.b = t_ptr, pos_t_ptr, b
+        self.next_posting, self.next_position = t_ptr[:-1].copy(), pos_t_ptr[:-1].copy()
+        self.done_postings = 0  # postings placed so far: the next index of d_post (in document order)
+
+    def complete(self) -> bool:
+        return np.array_equal(self.next_posting, self.t_ptr[1:]) and np.array_equal(self.next_position, self.pos_t_ptr[1:])
+
+    def page(self, snap: dict, first: int, expected_counts, row_of, n_postings, stored_terms, tfs, position_counts, positions):
+        """Place one page's postings (documents first, first + 1, ... in stored order), or raise _RowsMoved."""
+        n_docs, n_terms = len(n_postings), len(self.b)
+        rows = row_of[np.minimum(stored_terms, len(row_of) - 1)]
+        keep = np.flatnonzero(rows >= 0)
+        local = np.repeat(np.arange(n_docs, dtype=np.int32), n_postings)[keep]
+        if not np.array_equal(np.bincount(local, minlength=n_docs), expected_counts):
+            raise _RowsMoved
+        source_start = (np.cumsum(position_counts) - position_counts)[keep]
+        rows, tfs, counts = rows[keep], tfs[keep], position_counts[keep]
+
+        # By term, documents ascending within a term (the page is in document order): the k-th
+        # posting of term t in this page goes to next_posting[t] + k.
+        order = np.argsort(rows.astype(np.uint16) if n_terms <= 2**16 else rows, kind="stable")  # radix sort in 16 bits
+        by_term = rows[order]
+        in_page = np.bincount(by_term, minlength=n_terms)
+        group_start = np.cumsum(in_page) - in_page
+        dest = self.next_posting[by_term] + (np.arange(len(order)) - group_start[by_term])
+        sorted_counts = counts[order]
+        count_start = np.cumsum(sorted_counts) - sorted_counts
+        position_dest = self.next_position[by_term] + (count_start - count_start[group_start[by_term]])
+        self.next_posting += in_page
+        self.next_position += np.bincount(by_term, weights=sorted_counts, minlength=n_terms).astype(np.int64)
+        if (self.next_posting > self.t_ptr[1:]).any() or (self.next_position > self.pos_t_ptr[1:]).any():
+            raise _RowsMoved
+        snap["p_doc"][dest] = local[order] + first
+        snap["p_tf"][dest] = tfs[order]
+        snap["pos_ptr"][dest] = position_dest
+        total = int(sorted_counts.sum())
+        snap["pos"][np.repeat(position_dest - count_start, sorted_counts) + np.arange(total)] = positions[
+            np.repeat(source_start[order] - count_start, sorted_counts) + np.arange(total)]
+
+        # Per document, its postings in term order (as argsort of p_doc would list them) and the
+        # norm sums (summed in that order, as a bincount over the by-term arrays does).
+        # (A stable sort by document of the by-term order; radix in 16 bits, as LOAD_PAGE < 2**16.)
+        by_doc = np.argsort(local[order].astype(np.uint16), kind="stable")
+        snap["d_post"][self.done_postings : self.done_postings + len(dest)] = dest[by_doc]
+        self.done_postings += len(dest)
+        by_doc = order[by_doc]
+        tf2 = tfs[by_doc] ** 2
+        b = self.b[rows[by_doc]]
+        docs = local[by_doc]
+        for name, weights in (("s0", tf2), ("s1", tf2 * b), ("s2", tf2 * b * b)):
+            snap[name][first : first + n_docs] = np.bincount(docs, weights=weights, minlength=n_docs)
+
+
+def _consistent_load(allocate=_new_array) -> tuple[Snapshot, str, int]:
+    """The postings (load_snapshot) and the state they are at, read in one transaction
+    (REPEATABLE READ on PostgreSQL).
 
     So a snapshot file holds exactly the index at the version in its name, whatever commits
     meanwhile. Called outside any transaction only.
@@ -256,7 +374,7 @@ def _consistent_load() -> tuple[Snapshot, str, int]:
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         epoch, version, _ = _read_state()
-        return load_snapshot(), epoch, version
+        return load_snapshot(allocate), epoch, version
 
 
 def _map_newest(root, epoch: str, lowest: int, highest: int, discard: bool):
@@ -299,10 +417,12 @@ def shared_snapshot(state, newer_than: int = -1) -> tuple[Snapshot, str, int]:
             found = _map_newest(root, epoch, lowest, version, discard=True)
             if found is not None:
                 return found
-            snap, epoch, version = _consistent_load()
-            path = snapshot_files.write(root, snap.arrays(), snap.term_list(), epoch, version)
+            with snapshot_files.new_folder(root) as folder:
+                snap, epoch, version = _consistent_load(folder.allocate)
+                path = folder.commit(snap.arrays(), snap.term_list(), epoch, version)
+            snap = None  # its large arrays were the folder's files, mapped read-only from here on
             snapshot_files.clean(root)
-            return Snapshot.from_file(path, epoch, version), epoch, version
+            return Snapshot.from_file(path, epoch, version, check_in_background=False), epoch, version
     except (OSError, snapshot_files.SnapshotFileError):
         log.exception("No search-index snapshot file under %s; this process keeps its own copy", root)
         if snap is None:
@@ -750,7 +870,7 @@ class Cache:
         if state is None:
             return View(Snapshot.empty(), "", 0, {})
         epoch, version, floor = state
-        if view is None or view.epoch != epoch or view.version < floor or view.version > version:
+        if view is None or view.snap.failed_check or view.epoch != epoch or view.version < floor or view.version > version:
             view = View(*shared_snapshot(state), {})
             if view.epoch == epoch and version - view.version > _overlay_limit(len(view.snap.doc_ids)):
                 view = View(*shared_snapshot(state, newer_than=version - 1), {})  # too far behind for an overlay

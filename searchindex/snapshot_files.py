@@ -30,8 +30,10 @@ import logging
 import os
 import re
 import shutil
+import threading
 import uuid
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 KEEP = 2  # complete folders kept per database: the newest, and the one processes may still be opening
+# Arrays up to this size are checksummed before a folder is used; larger ones (the per-posting
+# arrays) right after, in the background (read()).
+CHECK_AT_MAP_BYTES = 64 * 2**20
 _NAME_RE = re.compile(r"^(?P<epoch>[0-9a-f]+)-(?P<version>\d{20})$")
 
 
@@ -84,46 +89,112 @@ def _crc(array: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(array).view(np.uint8))
 
 
-def write(root: Path, arrays: dict[str, np.ndarray], terms: list[str], epoch: str, version: int) -> Path:
-    """Write a snapshot's arrays and terms (in row order) as the folder of (epoch, version); returns it.
+class NewFolder:
+    """A snapshot folder being written in a temporary place: arrays allocated in it as .npy files
+    mapped read-write (so that building a large snapshot needs no second copy in memory), then
+    completed by commit() or removed by abort()."""
 
-    Everything goes to a temporary folder, flushed to disk, then renamed into place in one step.
-    When another process got there first, its folder is kept and this one dropped.
-    """
-    final = root / folder_name(epoch, version)
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
+    def __init__(self, root: Path):
+        self.root = root
+        self.tmp = root / f".tmp-{uuid.uuid4().hex}"
+        self.tmp.mkdir(parents=True)
+        self._mapped: dict[str, np.memmap] = {}
+
+    def allocate(self, name: str, shape, dtype) -> np.ndarray:
+        """A zeroed array stored as this folder's <name>.npy: what commit() will save under that name."""
+        path = self.tmp / f"{name}.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        with open(path, "r+b") as handle:  # a full disk: OSError now, not SIGBUS when a page is written
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        self._mapped[name] = array
+        return array
+
+    def commit(self, arrays: dict[str, np.ndarray], terms: list[str], epoch: str, version: int) -> Path:
+        """Save arrays and terms (in row order) as the folder of (epoch, version); returns it.
+
+        Arrays allocated here are flushed in place, the others written; everything is flushed to
+        disk before the folder is renamed into place in one step. When another process got there
+        first, its folder is kept and this one dropped.
+        """
+        final = self.root / folder_name(epoch, version)
         files = {**arrays, "terms": np.frombuffer(json.dumps(terms).encode(), dtype=np.uint8)}
         manifest = {"format": FORMAT, "epoch": epoch, "version": version, "terms": len(terms), "files": {}}
         for name, array in files.items():
-            array = np.ascontiguousarray(array)
-            with open(tmp / f"{name}.npy", "wb") as out:
-                np.save(out, array, allow_pickle=False)
-                out.flush()
-                os.fsync(out.fileno())
+            path = self.tmp / f"{name}.npy"
+            if name in self._mapped and array is self._mapped[name]:
+                array.flush()
+            else:
+                array = np.ascontiguousarray(array)
+                with open(path, "wb") as out:
+                    np.save(out, array, allow_pickle=False)
+            _fsync(path)
             manifest["files"][name] = {"dtype": array.dtype.str, "shape": list(array.shape), "crc32": _crc(array)}
-        with open(tmp / "manifest.json", "w", encoding="utf-8") as out:
+        with open(self.tmp / "manifest.json", "w", encoding="utf-8") as out:
             json.dump(manifest, out)
             out.flush()
             os.fsync(out.fileno())
+        self._mapped.clear()
         try:
-            os.rename(tmp, final)  # atomic; fails when the folder exists (renaming onto a non-empty folder)
+            os.rename(self.tmp, final)  # atomic; fails when the folder exists (renaming onto a non-empty folder)
         except OSError:
             if not final.is_dir():
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process wrote this version meanwhile
-        _fsync(root)
+            shutil.rmtree(self.tmp, ignore_errors=True)  # another process wrote this version meanwhile
+        _fsync(self.root)
+        return final
+
+    def abort(self) -> None:
+        self._mapped.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def new_folder(root: Path):
+    """A NewFolder under root, removed unless committed (also when the build raises)."""
+    folder = NewFolder(root)
+    try:
+        yield folder
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder.abort()
         raise
-    return final
 
 
-def read(path: Path, epoch: str, version: int, names) -> tuple[dict[str, np.ndarray], list[str]]:
+def write(root: Path, arrays: dict[str, np.ndarray], terms: list[str], epoch: str, version: int) -> Path:
+    """Write in-memory arrays and terms (in row order) as the folder of (epoch, version); returns it."""
+    with new_folder(root) as folder:
+        return folder.commit(arrays, terms, epoch, version)
+
+
+@dataclass
+class DeferredCheck:
+    """The checksums of a mapped folder's large arrays, left for verify() after the folder is in use."""
+
+    path: Path
+    arrays: list[tuple[str, np.ndarray, int]]  # name, mapped array, expected CRC-32
+    failed: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def verify(self) -> None:
+        """Checksum the arrays; on a mismatch, discard the folder (under the build lock) and mark it failed."""
+        try:
+            for name, array, expected in self.arrays:
+                if _crc(array) != expected:
+                    log.error("Search-index snapshot %s/%s.npy: checksum mismatch; discarding it", self.path.name, name)
+                    with build_lock(self.path.parent):
+                        discard(self.path)
+                    self.failed = True  # after the discard, so that the next snapshot cannot be this folder again
+                    return
+        finally:
+            self.done.set()
+
+
+def read(path: Path, epoch: str, version: int, names) -> tuple[dict[str, np.ndarray], list[str], DeferredCheck]:
     """The arrays (mapped read-only) and terms of a folder, checked against its manifest and checksums.
 
-    Raises SnapshotFileError for anything missing, stale or corrupt.
+    Raises SnapshotFileError for anything missing, stale or corrupt. The checksums of arrays
+    larger than CHECK_AT_MAP_BYTES (the per-posting arrays: gigabytes at a million rich photos,
+    seconds of reading) are left to the returned DeferredCheck, which the caller runs in the
+    background; the rest, structure included, is checked here.
     """
     try:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
@@ -132,18 +203,20 @@ def read(path: Path, epoch: str, version: int, names) -> tuple[dict[str, np.ndar
         files = manifest["files"]
         if set(files) != {*names, "terms"}:
             raise SnapshotFileError(f"{path.name}: the manifest lists other arrays")
-        arrays = {}
+        arrays, deferred = {}, DeferredCheck(path, [])
         for name, meta in files.items():
             array = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray)
             if array.dtype.str != meta["dtype"] or list(array.shape) != meta["shape"]:
                 raise SnapshotFileError(f"{path.name}/{name}.npy: header does not match the manifest")
-            if _crc(array) != meta["crc32"]:
+            if array.nbytes > CHECK_AT_MAP_BYTES:
+                deferred.arrays.append((name, array, meta["crc32"]))
+            elif _crc(array) != meta["crc32"]:
                 raise SnapshotFileError(f"{path.name}/{name}.npy: checksum mismatch")
             arrays[name] = array
         terms = json.loads(arrays.pop("terms").tobytes().decode())
         if not isinstance(terms, list) or len(terms) != manifest["terms"]:
             raise SnapshotFileError(f"{path.name}: {len(terms)} terms where the manifest says {manifest['terms']}")
-        return arrays, terms
+        return arrays, terms, deferred
     except SnapshotFileError:
         raise
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # missing, truncated, garbled

@@ -44,7 +44,7 @@ def new_process(monkeypatch):
 def no_postings_load(monkeypatch):
     """Make loading the postings from PostgreSQL fail, to prove a file was mapped instead."""
 
-    def refuse():
+    def refuse(*args):
         raise AssertionError("the postings were loaded from PostgreSQL")
 
     monkeypatch.setattr(engine, "load_snapshot", refuse)
@@ -54,9 +54,9 @@ def count_postings_loads(monkeypatch) -> list:
     calls = []
     original = engine.load_snapshot
 
-    def counted():
+    def counted(*args):
         calls.append(1)
-        return original()
+        return original(*args)
 
     monkeypatch.setattr(engine, "load_snapshot", counted)
     return calls
@@ -119,7 +119,7 @@ statements = []
 def record(execute, sql, params, many, context):
     statements.append(sql)
     return execute(sql, params, many, context)
-def refuse():
+def refuse(*args):
     raise AssertionError("the postings were loaded from PostgreSQL")
 engine.load_snapshot = refuse
 from django.db import connection
@@ -142,10 +142,10 @@ import time
 from pathlib import Path
 loads = []
 load = engine.load_snapshot
-def counted():
+def counted(*args):
     loads.append(1)
     time.sleep(0.5)  # a slow load, so that the other process asks meanwhile
-    return load()
+    return load(*args)
 engine.load_snapshot = counted
 barrier = Path(sys.argv[1])
 (barrier / f"ready-{sys.argv[2]}").touch()
@@ -241,6 +241,63 @@ def test_a_corrupt_file_is_rebuilt_from_postgresql(monkeypatch, damage):
     assert hits("dog play shirt") == expected
     assert loads == [1]
     assert engine.Snapshot.from_file(path, epoch, version).doc_ids.tolist() == [1, 2, 3, 4]  # written anew
+
+
+def test_a_large_array_found_corrupt_after_mapping_is_discarded_and_rebuilt(monkeypatch):
+    """Large arrays are checksummed in the background once mapped: a mismatch drops the file and the view."""
+    si.rebuild(DOCS)
+    expected = hits("dog play shirt")
+    epoch, version, _ = state()
+    path = snapshot_files.database_dir() / snapshot_files.folder_name(epoch, version)
+    corrupt_data(path)
+    monkeypatch.setattr(snapshot_files, "CHECK_AT_MAP_BYTES", 16)  # p_tf (13 postings, 104 bytes) is large here
+    new_process(monkeypatch)
+    loads = count_postings_loads(monkeypatch)
+    hits("dog")  # mapped: only the small arrays were checked
+    assert loads == []
+    check = engine.cache._view.snap.check  # this search's view (the next search may already replace it)
+    assert "p_tf" in [name for name, _, _ in check.arrays]
+    assert check.done.wait(10) and check.failed
+    assert snapshot_files.folder_name(epoch, version) not in folders()
+    assert hits("dog play shirt") == expected  # the next search takes a snapshot from PostgreSQL
+    assert loads == [1]
+    snap = engine.cache.view().snap
+    assert not snap.failed_check and snap.p_tf[-1] == engine.load_snapshot().p_tf[-1]
+
+
+def test_a_sound_file_passes_the_background_check(monkeypatch):
+    si.rebuild(DOCS)
+    expected = hits("dog play shirt")
+    monkeypatch.setattr(snapshot_files, "CHECK_AT_MAP_BYTES", 16)
+    new_process(monkeypatch)
+    no_postings_load(monkeypatch)
+    assert hits("dog play shirt") == expected
+    check = engine.cache._view.snap.check
+    assert len(check.arrays) >= 6 and check.done.wait(10) and not check.failed
+    assert hits("dog play shirt") == expected
+
+
+def test_a_commit_between_the_two_reads_of_the_postings_makes_the_load_read_again(monkeypatch):
+    """Under READ COMMITTED (no REPEATABLE READ transaction around it) the counting read and the
+    placing read may see different rows: detected, and read again."""
+    si.rebuild(DOCS)
+    pages = engine._document_pages
+    reads = []
+
+    def commit_after_the_first_read(columns):
+        reads.append(columns)
+        if len(reads) == 2:  # the placing read of the first try
+            si.index_document(9, "a dog in a boat")
+        return pages(columns)
+
+    monkeypatch.setattr(engine, "_document_pages", commit_after_the_first_read)
+    snap = engine.load_snapshot()
+    assert len(reads) == 4  # counted and placed twice
+    assert snap.doc_ids.tolist() == [1, 2, 3, 4, 9]
+    monkeypatch.undo()
+    fresh = engine.load_snapshot()
+    for name in engine.SNAPSHOT_ARRAYS:
+        assert np.array_equal(getattr(snap, name), getattr(fresh, name)), name
 
 
 @pytest.mark.slow  # starts other processes
