@@ -10,8 +10,9 @@ import io
 import re
 import struct
 import threading
-from functools import partial
+from dataclasses import dataclass
 
+import numpy as np
 from django.db import connection
 
 
@@ -40,24 +41,36 @@ class BulkWriter:
         field = copy_escape if free_text else str
         self._send(model, columns, "".join("\t".join(map(field, row)) + "\n" for row in rows).encode())
 
-    def write_binary(self, model, columns: tuple[str, ...], types: tuple[str, ...], rows: list[tuple]) -> None:
-        """Rows through COPY's binary format; types: each column's, "int8", "int4" or "bytea".
+    def write_binary(self, model, columns: tuple[str, ...], values: tuple) -> None:
+        """Rows through COPY's binary format, given column by column: each column an int64 or int32
+        NumPy array (PostgreSQL int8, int4) or PackedValues (bytea).
 
-        For rows of packed arrays (bytes): the text format would need them spelled in hex, twice
-        their size, for this process to write and the server to parse.
+        For rows of packed arrays: the text format would need them spelled in hex, twice their
+        size, for this process to write and the server to parse. Column by column, Python handles
+        no value: the fixed-width fields are packed for all rows at once by NumPy, and each row
+        is a few slices of those and of the bytea columns' data, joined.
         """
+        rows = len(values[0])
         if not rows:
             return
         if not self.copy:
-            self.write(model, columns, rows)
+            self.write(model, columns, list(zip(*(value.values() if isinstance(value, PackedValues) else value.tolist()
+                                                  for value in values))))
             return
-        encoders = [_BINARY_ENCODERS[kind] for kind in types]
-        start = _FIELD_COUNT.pack(len(columns))
-        data = [_BINARY_HEADER]
-        for row in rows:
-            data.append(start)
-            data += [encode(value) for encode, value in zip(encoders, row)]
-        data.append(_BINARY_TRAILER)
+        pieces = []  # per row in turn, each a list of every row's piece
+        fixed = [(">i2", len(columns))]  # the fields between two bytea values, and the length of the second
+        for value in values:
+            if isinstance(value, PackedValues):
+                fixed.append((">i4", np.diff(value.ends, prepend=0)))
+                pieces += [_fixed_pieces(fixed, rows), _slices(value.data, value.ends)]
+                fixed = []
+            else:
+                fixed += [(">i4", value.dtype.itemsize), (value.dtype.newbyteorder(">"), value)]
+        if fixed:
+            pieces.append(_fixed_pieces(fixed, rows))
+        data = [_BINARY_HEADER, *[None] * (rows * len(pieces)), _BINARY_TRAILER]
+        for k, row_pieces in enumerate(pieces):
+            data[1 + k : -1 : len(pieces)] = row_pieces
         self._send(model, columns, b"".join(data), binary=True)
 
     def write_lines(self, model, columns: tuple[str, ...], lines: list[str]) -> None:
@@ -99,13 +112,37 @@ class BulkWriter:
 # then each field's length and bytes (integers big-endian); -1 at the end.
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\0" + struct.pack(">ii", 0, 0)
 _BINARY_TRAILER = struct.pack(">h", -1)
-_FIELD_COUNT = struct.Struct(">h")
-_LENGTH = struct.Struct(">i")
-_BINARY_ENCODERS = {
-    "int8": partial(struct.Struct(">iq").pack, 8),
-    "int4": partial(struct.Struct(">ii").pack, 4),
-    "bytea": lambda value: _LENGTH.pack(len(value)) + value,
-}
+
+
+@dataclass(frozen=True)
+class PackedValues:
+    """A bytea column's values, row after row: row k's value is data[ends[k - 1]:ends[k]] (from 0 for the first)."""
+
+    data: bytes
+    ends: np.ndarray  # int64 [rows]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def values(self) -> list[bytes]:
+        bounds = [0, *self.ends.tolist()]
+        return [self.data[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def _fixed_pieces(fields: list[tuple], rows: int) -> list[memoryview]:
+    """Fixed-width fields (dtype, a value for every row or one for all) packed for all rows, one piece per row."""
+    record = np.empty(rows, dtype=[(f"f{k}", dtype) for k, (dtype, _) in enumerate(fields)])
+    for k, (_, value) in enumerate(fields):
+        record[f"f{k}"] = value
+    width = record.dtype.itemsize
+    return _slices(record.tobytes(), np.arange(width, width * rows + 1, width))
+
+
+def _slices(data: bytes, ends: np.ndarray) -> list[memoryview]:
+    """data[ends[k - 1]:ends[k]] for every k (from 0 for the first), as views."""
+    view = memoryview(data)
+    ends = ends.tolist()
+    return list(map(view.__getitem__, map(slice, [0, *ends[:-1]], ends)))
 
 
 _COPY_UNESCAPES = {"t": "\t", "n": "\n", "r": "\r"}

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from django.core.management.color import no_style
 from django.db import connection, transaction
 from django.db.models import Count, F, Sum
 
-from imagesearch.bulk import BulkWriter
+from imagesearch.bulk import BulkWriter, PackedValues
 
 from . import engine
 from .analysis import (
@@ -75,7 +76,6 @@ __all__ = [
 REBUILD_BATCH = 5_000  # documents per COPY during rebuild (about 40 MB of COPY text for rich photos)
 PACKED = tuple(name for name, _ in STORED_POSTINGS)
 DOCUMENT_COLUMNS = ("doc_id", "length", *PACKED)
-DOCUMENT_TYPES = ("int8", "int4", *["bytea"] * len(PACKED))  # for COPY's binary format
 PRUNE_EVERY = 1_000  # versions between prunings of the change log
 KEEP_CHANGES = 100_000  # change-log rows kept; a process further behind reloads everything
 MAX_PER_PAGE = 1_000
@@ -120,25 +120,21 @@ def _record_changes(state: IndexState, doc_ids: list[int]) -> None:
     state.save(update_fields=["version", "log_floor"])
 
 
-def _document_rows(doc_ids: list[int], postings, ids: dict) -> tuple[list[tuple], np.ndarray]:
-    """Document rows (DOCUMENT_COLUMNS) of analysed documents (weighted_postings), terms numbered by ids.
+def _packed_documents(postings, ids: dict) -> tuple[np.ndarray, np.ndarray, list[PackedValues]]:
+    """Analysed documents (weighted_postings) as Document rows, terms numbered by ids: each
+    document's length, every posting's term id, and the packed columns (PACKED) of every row.
 
-    Also returns every posting's term id. Each column is packed for all documents at once and
-    then cut per document: a few bytes slices per document, nothing per posting.
+    Each column is packed for all documents at once: nothing per document or per posting.
     """
     term_ids = np.array([ids[term] for term in postings.vocabulary], dtype=TERM_ID)[postings.term]
-    columns = (term_ids.tobytes(), postings.tf.astype(TF).tobytes(), postings.position_count.astype(POSITION_COUNT).tobytes(),
-               postings.positions.astype(POSITION).tobytes())
-    term_ends = np.concatenate(([0], np.cumsum(postings.per_document)))
+    term_ends = np.cumsum(postings.per_document)
     position_ends = np.concatenate(([0], np.cumsum(postings.position_count)))[term_ends]
-    ends = [(term_ends * dtype.itemsize).tolist() for _, dtype in STORED_POSTINGS[:3]]
-    ends.append((position_ends * POSITION.itemsize).tolist())
-    lengths = np.diff(position_ends).tolist()
-    rows = [
-        (doc_id, lengths[k], *(column[bounds[k] : bounds[k + 1]] for column, bounds in zip(columns, ends)))
-        for k, doc_id in enumerate(doc_ids)
+    columns = [
+        PackedValues(values.astype(dtype).tobytes(), ends * dtype.itemsize)
+        for values, dtype, ends in zip((term_ids, postings.tf, postings.position_count, postings.positions),
+                                       (TERM_ID, TF, POSITION_COUNT, POSITION), (term_ends, term_ends, term_ends, position_ends))
     ]
-    return rows, term_ids
+    return np.diff(position_ends, prepend=0), term_ids, columns
 
 
 def _stored_term_ids(packed) -> list[int]:
@@ -175,7 +171,8 @@ def index_documents(documents: Iterable[tuple[int, object]]) -> None:
         if missing:
             Term.objects.bulk_create([Term(text=term) for term in missing], ignore_conflicts=True)
             ids.update(Term.objects.filter(text__in=missing).values_list("text", "id"))
-        rows, term_ids = _document_rows(doc_ids, postings, ids)
+        lengths, term_ids, columns = _packed_documents(postings, ids)
+        rows = zip(doc_ids, lengths.tolist(), *(column.values() for column in columns))
         Document.objects.bulk_create([Document(**dict(zip(DOCUMENT_COLUMNS, row))) for row in rows],
                                      update_conflicts=True, unique_fields=["doc_id"], update_fields=["length", *PACKED])
         # Each term's document frequency moves by the documents that gained it less those that lost it.
@@ -254,8 +251,9 @@ def _rebuild_rows(writer: "BulkWriter", documents, progress) -> int:
         postings = weighted_postings(document for _, document in batch)
         for term in postings.vocabulary:
             term_ids.setdefault(term, len(term_ids) + 1)
-        rows, batch_term_ids = _document_rows([doc_id for doc_id, _ in batch], postings, term_ids)
-        writer.write_binary(Document, DOCUMENT_COLUMNS, DOCUMENT_TYPES, rows)
+        lengths, batch_term_ids, columns = _packed_documents(postings, term_ids)
+        doc_ids = np.fromiter(map(itemgetter(0), batch), dtype=np.int64, count=len(batch))
+        writer.write_binary(Document, DOCUMENT_COLUMNS, (doc_ids, lengths.astype(np.int32), *columns))
         dfs = np.concatenate((dfs, np.zeros(len(term_ids) - len(dfs), dtype=np.int64)))
         dfs += np.bincount(batch_term_ids - 1, minlength=len(term_ids))
         count += len(batch)

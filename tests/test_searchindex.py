@@ -1,12 +1,15 @@
 """The search index: analysis, query syntax, messages, pagination, writes and index statistics."""
-import struct
+import math
+import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from django.db import connection
 from psycopg2 import DatabaseError
 
 from searchindex import index as si
+from searchindex.analysis import FIELD_GAP, weighted_postings
 from searchindex.engine import fetch_documents
 from searchindex.models import Document, IndexState, Term
 
@@ -44,6 +47,38 @@ def test_analyzer_is_unicode_aware():
 
 def test_positions_count_stop_words():
     assert si.analyze_with_positions("man in a red shirt") == [("man", 0), ("red", 3), ("shirt", 4)]
+
+
+def field_terms_one_by_one(fields) -> dict:
+    """weighted_terms as its docstring defines it, from analyze_with_positions field by field."""
+    terms, offset = {}, 0
+    for text, weight in fields:
+        if weight > 0 and math.isfinite(weight):
+            for term, position in si.analyze_with_positions(text):
+                tf, positions = terms.get(term, (0.0, []))
+                terms[term] = (tf + weight, positions + [offset + position])
+            offset += len(si.tokens(text)) + FIELD_GAP
+    return terms
+
+
+def test_batch_analysis_matches_field_by_field_analysis():
+    """Plain ASCII texts are split apart from the others, and short texts kept between batches."""
+    captions = ["a dog runs on the beach", "A man's dog don't swim", "Zwei Hunde im Schnee, café", "x\0y dog",
+                "the_cat 42nd street -- again", "ＤＯＧＳ and dogs", "", "a" * 80 + " dog"]
+    words = ["dog", "Beach", "snow", "don't", "été", "red shirt"]
+    rng = random.Random(5)
+    documents = [[(rng.choice(captions), rng.choice([1.0, 0.5])), (rng.choice(captions), 0.0)]
+                 + [(rng.choice(words), rng.random()) for _ in range(rng.randrange(4))] for _ in range(60)]
+    for _ in range(2):  # the second time the short texts are known
+        postings = weighted_postings([[si.Field(*field) for field in document] for document in documents])
+        ends = np.cumsum(postings.per_document)
+        position_ends = np.concatenate(([0], np.cumsum(postings.position_count)))
+        for document, end, count in zip(documents, ends, postings.per_document):
+            found = {postings.vocabulary[postings.term[k]]:
+                     (postings.tf[k], postings.positions[position_ends[k] : position_ends[k + 1]].tolist())
+                     for k in range(end - count, end)}
+            expected = field_terms_one_by_one(document)
+            assert found == expected and list(found) == list(expected)
 
 
 def test_highlight_marks_words_whose_stem_matched():
@@ -181,9 +216,10 @@ def test_rebuild_that_fails_mid_way_keeps_the_index(docs, monkeypatch):
 
     with pytest.raises(RuntimeError):
         si.rebuild(failing_input())
-    with pytest.raises(struct.error):  # out of bigint's range
+    with pytest.raises(OverflowError):  # out of bigint's range
         si.rebuild([(1, "a cat"), (2, "a cow"), (2**70, "a cat")])
-    monkeypatch.setattr(si, "DOCUMENT_TYPES", ("int4", *si.DOCUMENT_TYPES[1:]))  # rows only the server rejects
+    doc_id, length, *packed = si.DOCUMENT_COLUMNS
+    monkeypatch.setattr(si, "DOCUMENT_COLUMNS", (length, doc_id, *packed))  # rows only the server rejects: int8 into int4
     with pytest.raises(DatabaseError):
         si.rebuild([(1, "a cat"), (2, "a cow"), (3, "a cat")])
     assert ids(si.search("cat")) == [] and set(ids(si.search("dog"))) == {1, 3, 6}
