@@ -155,7 +155,7 @@ class Snapshot:
 SNAPSHOT_ARRAYS = tuple(f.name for f in fields(Snapshot) if f.name not in ("terms", "check"))
 
 
-LOAD_PAGE = 20_000  # documents per query of load_snapshot (about 90 MB of rich photos' postings); < 2**16
+LOAD_PAGE = 20_000  # documents per query of load_snapshot (about 90 MB of rich photos' postings)
 LOAD_TRIES = 3  # reads of the postings that may straddle a commit (load_snapshot)
 PACKED = tuple(name for name, _ in STORED_POSTINGS)
 
@@ -350,8 +350,8 @@ class _Placement:
 
         # Per document, its postings in term order (as argsort of p_doc would list them) and the
         # norm sums (summed in that order, as a bincount over the by-term arrays does).
-        # (A stable sort by document of the by-term order; radix in 16 bits, as LOAD_PAGE < 2**16.)
-        by_doc = np.argsort(local[order].astype(np.uint16), kind="stable")
+        # (A stable sort by document of the by-term order; a radix sort while a page's documents fit in 16 bits.)
+        by_doc = np.argsort(local[order].astype(np.uint16 if n_docs <= 2**16 else np.int32), kind="stable")
         snap["d_post"][self.done_postings : self.done_postings + len(dest)] = dest[by_doc]
         self.done_postings += len(dest)
         by_doc = order[by_doc]
