@@ -83,16 +83,13 @@ class Snapshot:
         df = np.bincount(p_term, minlength=len(terms)).astype(np.int64)
         per_doc = np.bincount(p_doc, minlength=n_docs)
         p_tf = np.asarray(p_tf, dtype=np.float64)
-        tf2 = p_tf**2
-        b = np.log1p(df)[p_term]
+        s0, s1, s2 = _norm_sums(p_doc, p_tf, np.log1p(df)[p_term], n_docs)
         return cls(
             terms=terms, doc_ids=doc_ids, p_doc=p_doc, p_term=p_term, p_tf=p_tf, pos_ptr=pos_ptr, pos=pos, df=df,
             t_ptr=np.concatenate(([0], np.cumsum(df))),
             d_ptr=np.concatenate(([0], np.cumsum(per_doc))),
             d_post=np.argsort(p_doc, kind="stable").astype(np.int32 if len(p_doc) < 2**31 else np.int64),
-            s0=np.bincount(p_doc, weights=tf2, minlength=n_docs),
-            s1=np.bincount(p_doc, weights=tf2 * b, minlength=n_docs),
-            s2=np.bincount(p_doc, weights=tf2 * b * b, minlength=n_docs),
+            s0=s0, s1=s1, s2=s2,
         )
 
     @classmethod
@@ -254,7 +251,7 @@ def _load_postings(allocate) -> Snapshot:
     terms = {row[1]: i for i, row in enumerate(term_rows)}
     term_ids = np.array([row[0] for row in term_rows], dtype=np.int64)
     # Term id -> row, through a table as long as the highest id (ids are dense: one per term ever
-    # created); ids past it were created after the terms were read.
+    # created) and one more entry, -1, for the ids past it (_term_rows).
     row_of = np.full(int(term_ids.max()) + 2 if len(term_ids) else 1, -1, dtype=np.int32)
     row_of[term_ids] = np.arange(len(term_ids), dtype=np.int32)
     del term_rows, term_ids
@@ -264,7 +261,7 @@ def _load_postings(allocate) -> Snapshot:
     df, term_positions = np.zeros(n_terms, np.int64), np.zeros(n_terms, np.int64)
     id_parts, count_parts = [], []
     for doc_ids, n_postings, (stored_terms, position_counts) in _document_pages(("term_ids", "position_counts")):
-        rows = row_of[np.minimum(stored_terms, len(row_of) - 1)]
+        rows = _term_rows(row_of, stored_terms)
         keep = rows >= 0
         df += np.bincount(rows[keep], minlength=n_terms)
         term_positions += np.bincount(rows[keep], weights=position_counts[keep], minlength=n_terms).astype(np.int64)
@@ -304,6 +301,19 @@ def _load_postings(allocate) -> Snapshot:
     return Snapshot(**snap)
 
 
+def _term_rows(row_of: np.ndarray, term_ids: np.ndarray) -> np.ndarray:
+    """Each stored term id's row in the snapshot, -1 for the terms it drops (ids read as df 0, or
+    created after the terms were read: past the table, they map to its last entry, -1)."""
+    return row_of[np.minimum(term_ids, len(row_of) - 1)]
+
+
+def _norm_sums(docs: np.ndarray, tfs: np.ndarray, b: np.ndarray, n_docs: int) -> tuple[np.ndarray, ...]:
+    """Per document (docs: its local number, per posting), s0 = sum tf^2, s1 = sum tf^2 b and
+    s2 = sum tf^2 b^2 (Snapshot), summed in the order the postings are given."""
+    tf2 = tfs**2
+    return tuple(np.bincount(docs, weights=weights, minlength=n_docs) for weights in (tf2, tf2 * b, tf2 * b * b))
+
+
 class _Placement:
     """Where the next posting of each term goes in the snapshot's arrays (by term, then by
     document), while the second read of load_snapshot places the Document rows page by page."""
@@ -319,7 +329,7 @@ class _Placement:
     def page(self, snap: dict, first: int, expected_counts, row_of, n_postings, stored_terms, tfs, position_counts, positions):
         """Place one page's postings (documents first, first + 1, ... in stored order), or raise _RowsMoved."""
         n_docs, n_terms = len(n_postings), len(self.b)
-        rows = row_of[np.minimum(stored_terms, len(row_of) - 1)]
+        rows = _term_rows(row_of, stored_terms)
         keep = np.flatnonzero(rows >= 0)
         local = np.repeat(np.arange(n_docs, dtype=np.int32), n_postings)[keep]
         if not np.array_equal(np.bincount(local, minlength=n_docs), expected_counts):
@@ -355,11 +365,9 @@ class _Placement:
         snap["d_post"][self.done_postings : self.done_postings + len(dest)] = dest[by_doc]
         self.done_postings += len(dest)
         by_doc = order[by_doc]
-        tf2 = tfs[by_doc] ** 2
-        b = self.b[rows[by_doc]]
-        docs = local[by_doc]
-        for name, weights in (("s0", tf2), ("s1", tf2 * b), ("s2", tf2 * b * b)):
-            snap[name][first : first + n_docs] = np.bincount(docs, weights=weights, minlength=n_docs)
+        sums = _norm_sums(local[by_doc], tfs[by_doc], self.b[rows[by_doc]], n_docs)
+        for name, values in zip(("s0", "s1", "s2"), sums):
+            snap[name][first : first + n_docs] = values
 
 
 def _consistent_load(allocate=_new_array) -> tuple[Snapshot, str, int]:
