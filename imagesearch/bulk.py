@@ -125,8 +125,7 @@ class PackedValues:
         return len(self.ends)
 
     def values(self) -> list[bytes]:
-        bounds = [0, *self.ends.tolist()]
-        return [self.data[start:end] for start, end in zip(bounds, bounds[1:])]
+        return list(map(bytes, _slices(self.data, self.ends)))
 
 
 def _fixed_pieces(fields: list[tuple], rows: int) -> list[memoryview]:

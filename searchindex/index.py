@@ -48,7 +48,7 @@ from .analysis import (
     weighted_postings,
     weighted_terms,
 )
-from .models import POSITION, POSITION_COUNT, STORED_POSTINGS, TERM_ID, TF, Document, IndexChange, IndexState, Term
+from .models import STORED_POSTINGS, TERM_ID, Document, IndexChange, IndexState, Term
 from .query import Interpretation, parse_fields, parse_query
 
 __all__ = [
@@ -131,8 +131,8 @@ def _packed_documents(postings, ids: dict) -> tuple[np.ndarray, np.ndarray, list
     position_ends = np.concatenate(([0], np.cumsum(postings.position_count)))[term_ends]
     columns = [
         PackedValues(values.astype(dtype).tobytes(), ends * dtype.itemsize)
-        for values, dtype, ends in zip((term_ids, postings.tf, postings.position_count, postings.positions),
-                                       (TERM_ID, TF, POSITION_COUNT, POSITION), (term_ends, term_ends, term_ends, position_ends))
+        for values, (_, dtype), ends in zip((term_ids, postings.tf, postings.position_count, postings.positions),
+                                            STORED_POSTINGS, (term_ends, term_ends, term_ends, position_ends))
     ]
     return np.diff(position_ends, prepend=0), term_ids, columns
 
