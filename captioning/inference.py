@@ -26,6 +26,7 @@ No Django imports: the Django glue is ``captioning.services``.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -354,8 +355,9 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[start : start + size]
 
 
-def describe_ahead(captioner, batches: Iterable[tuple[Any, Sequence[np.ndarray]]]) -> Iterator[tuple[Any, list["Description"]]]:
-    """For each ``(key, arrays)`` of ``batches``: ``(key, captioner.describe_arrays(arrays))``, in order.
+def describe_ahead(describe, batches: Iterable[tuple[Any, Sequence[np.ndarray]]]) -> Iterator[tuple[Any, list["Description"]]]:
+    """For each ``(key, arrays)`` of ``batches``: ``(key, describe(arrays))``, in order
+    (``describe``: an ImageCaptioner's ``describe_arrays``, say).
 
     The model describes each batch on a thread of its own, one batch at a time, while the caller
     works: the next batch is taken from ``batches`` (decoded, say) while the model describes the
@@ -368,7 +370,7 @@ def describe_ahead(captioner, batches: Iterable[tuple[Any, Sequence[np.ndarray]]
     try:
         running = None
         for key, arrays in batches:
-            following = key, model.submit(captioner.describe_arrays, arrays)
+            following = key, model.submit(describe, arrays)
             if running is not None:
                 yield running[0], running[1].result()
             running = following
@@ -598,25 +600,12 @@ class ImageCaptioner:
     def describe_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[Description]:
         """Describe image files or encoded bytes; raises InvalidImageError / FileNotFoundError.
 
-        The next batch is decoded in a background thread while this one is captioned (the beam
+        The next batch is decoded while the model describes this one (describe_ahead: the beam
         search leaves a core idle), so at most two batches of pixels are held in memory.
         """
-        chunks = list(_batches(list(sources), self.batch_size))
-        results: list[Description] = []
-        if not chunks:
-            return results
-
-        def decode(chunk):
-            return [preprocess_image(s) for s in chunk]
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-            pending = pool.submit(decode, chunks[0])
-            for following in chunks[1:] + [None]:
-                arrays = pending.result()
-                if following is not None:
-                    pending = pool.submit(decode, following)
-                results += self.describe_arrays(arrays, beam_width=beam_width)
-        return results
+        batches = ((None, [preprocess_image(s) for s in chunk]) for chunk in _batches(list(sources), self.batch_size))
+        describe = functools.partial(self.describe_arrays, beam_width=beam_width)
+        return [d for _, descriptions in describe_ahead(describe, batches) for d in descriptions]
 
     def caption_sources(self, sources: Sequence, *, beam_width: int | None = None) -> list[CaptionResult]:
         """Caption image files or encoded bytes (see describe_sources)."""

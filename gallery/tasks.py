@@ -101,7 +101,7 @@ def caption_images(image_ids: list[int]) -> dict:
     batches = (_readable(images[start : start + size]) for start in range(0, len(images), size))
     captioned = 0
     with captioning_slots():
-        for readable, results in describe_ahead(captioner, batches):
+        for readable, results in describe_ahead(captioner.describe_arrays, batches):
             add_model_captions(
                 [
                     ModelDescription(

@@ -69,7 +69,7 @@ def test_describe_ahead_describes_the_next_batch_while_the_caller_handles_one():
             return [f"described {a}" for a in arrays]
 
     out = []
-    for key, descriptions in describe_ahead(Model(), [("one", [1]), ("two", [2]), ("three", [3])]):
+    for key, descriptions in describe_ahead(Model().describe_arrays, [("one", [1]), ("two", [2]), ("three", [3])]):
         out.append((key, descriptions))
         handled_first.set()
     assert out == [("one", ["described 1"]), ("two", ["described 2"]), ("three", ["described 3"])]
